@@ -1,0 +1,7 @@
+//! inclubit rendezvous: the wire format (one definition for every message), the sans-IO room
+//! logic and its UDP server. No ffmpeg, no GPU: an admin's VPS builds only this crate.
+
+pub mod client;
+pub mod code;
+pub mod server;
+pub mod wire;

@@ -1,0 +1,785 @@
+//! Rooms, sans-IO: `(now, from, message)` in, datagrams and events out. No sockets, no clock.
+//!
+//! Drive it like str0m: feed [`Rooms::handle`] / [`Rooms::handle_timeout`], then drain
+//! [`Rooms::poll_transmit`] and [`Rooms::poll_event`], and sleep until [`Rooms::poll_timeout`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::code::RoomCode;
+use crate::wire::signal::{
+    ClientMsg, ErrorKind, Fingerprint, MemberId, ServerMsg, ViewerInfo, MAX_LISTED_VIEWERS,
+    SENDER_ID,
+};
+
+#[derive(Debug, Clone)]
+pub struct RoomsConfig {
+    /// A member that sends nothing for this long is gone; a sender gone closes its room.
+    pub idle: Duration,
+    /// A room (and its code) never lives longer than this.
+    pub max_age: Duration,
+    pub max_rooms: usize,
+    pub max_viewers: usize,
+    /// Datagrams per second per source IP (token bucket), and the burst allowed.
+    pub rate_per_ip: f64,
+    pub burst_per_ip: f64,
+    /// Open and join attempts per second per source IP: makes guessing codes slow.
+    pub joins_per_ip: f64,
+    pub join_burst_per_ip: f64,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(15),
+            max_age: Duration::from_secs(12 * 3600),
+            max_rooms: 10_000,
+            max_viewers: 16,
+            rate_per_ip: 50.0,
+            burst_per_ip: 100.0,
+            joins_per_ip: 5.0,
+            join_burst_per_ip: 20.0,
+        }
+    }
+}
+
+/// One datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub msg: ServerMsg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The sender said goodbye.
+    Left,
+    /// The sender stopped sending keepalives.
+    SenderGone,
+    /// The room reached its maximum age.
+    Expired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Opened { code: RoomCode, from: SocketAddr },
+    Joined { code: RoomCode, member: MemberId, from: SocketAddr },
+    ViewerLeft { code: RoomCode, member: MemberId },
+    Closed { code: RoomCode, reason: CloseReason },
+    /// Requests from this address were refused; emitted once per burst.
+    RateLimited { ip: IpAddr },
+}
+
+#[derive(Debug)]
+struct Member {
+    addr: SocketAddr,
+    hosts: Vec<SocketAddr>,
+    token: u64,
+    last_seen: Instant,
+}
+
+impl Member {
+    /// Host candidates first, then the reflexive address if it is new.
+    fn candidates(&self) -> Vec<SocketAddr> {
+        let mut c = self.hosts.clone();
+        if !c.contains(&self.addr) {
+            c.push(self.addr);
+        }
+        c
+    }
+}
+
+#[derive(Debug)]
+struct Room {
+    created: Instant,
+    sender: Member,
+    fingerprint: Fingerprint,
+    viewers: BTreeMap<MemberId, Member>,
+    next_viewer: MemberId,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    limited: bool,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.limited = false;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct Rooms {
+    cfg: RoomsConfig,
+    rooms: HashMap<RoomCode, Room>,
+    /// (source, txn) of recent requests, so a retried request gets the same answer.
+    opens: HashMap<(SocketAddr, u64), RoomCode>,
+    joins: HashMap<(SocketAddr, u64), (RoomCode, MemberId)>,
+    buckets: HashMap<IpAddr, (Bucket, Bucket)>,
+    rng: StdRng,
+    out: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl Rooms {
+    /// `seed` makes codes and tokens reproducible in tests; servers pass a random seed.
+    pub fn new(cfg: RoomsConfig, seed: u64) -> Self {
+        Self {
+            cfg,
+            rooms: HashMap::new(),
+            opens: HashMap::new(),
+            joins: HashMap::new(),
+            buckets: HashMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn viewer_count(&self, code: RoomCode) -> Option<usize> {
+        self.rooms.get(&code).map(|r| r.viewers.len())
+    }
+
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, msg: ClientMsg) {
+        let is_join = matches!(msg, ClientMsg::Open { .. } | ClientMsg::Join { .. });
+        if !self.admit(now, from.ip(), is_join) {
+            let txn = match msg {
+                ClientMsg::Open { txn, .. } | ClientMsg::Join { txn, .. } => txn,
+                _ => 0,
+            };
+            self.send(from, ServerMsg::Error {
+                txn,
+                kind: ErrorKind::RateLimited,
+            });
+            return;
+        }
+        match msg {
+            ClientMsg::Open {
+                txn,
+                hosts,
+                fingerprint,
+            } => self.open(now, from, txn, hosts, fingerprint),
+            ClientMsg::Join { txn, code, hosts } => self.join(now, from, txn, code, hosts),
+            ClientMsg::Keepalive {
+                code,
+                member,
+                token,
+            } => self.keepalive(now, from, code, member, token),
+            ClientMsg::Leave {
+                code,
+                member,
+                token,
+            } => self.leave(from, code, member, token),
+        }
+    }
+
+    fn admit(&mut self, now: Instant, ip: IpAddr, is_join: bool) -> bool {
+        let cfg = &self.cfg;
+        let (all, joins) = self.buckets.entry(ip).or_insert_with(|| {
+            let b = |burst| Bucket {
+                tokens: burst,
+                at: now,
+                limited: false,
+            };
+            (b(cfg.burst_per_ip), b(cfg.join_burst_per_ip))
+        });
+        let ok = all.take(now, cfg.rate_per_ip, cfg.burst_per_ip)
+            && (!is_join || joins.take(now, cfg.joins_per_ip, cfg.join_burst_per_ip));
+        if !ok && !(all.limited || joins.limited) {
+            all.limited = true;
+            joins.limited = true;
+            self.events.push_back(Event::RateLimited { ip });
+        }
+        ok
+    }
+
+    fn open(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        txn: u64,
+        hosts: Vec<SocketAddr>,
+        fingerprint: Fingerprint,
+    ) {
+        let code = match self.opens.get(&(from, txn)) {
+            Some(code) if self.rooms.contains_key(code) => *code,
+            _ => {
+                if self.rooms.len() >= self.cfg.max_rooms {
+                    self.send(from, ServerMsg::Error {
+                        txn,
+                        kind: ErrorKind::ServerFull,
+                    });
+                    return;
+                }
+                let code = loop {
+                    let c = RoomCode::random(&mut self.rng);
+                    if !self.rooms.contains_key(&c) {
+                        break c;
+                    }
+                };
+                let token = self.rng.gen();
+                self.rooms.insert(code, Room {
+                    created: now,
+                    sender: Member {
+                        addr: from,
+                        hosts,
+                        token,
+                        last_seen: now,
+                    },
+                    fingerprint,
+                    viewers: BTreeMap::new(),
+                    next_viewer: 1,
+                });
+                self.opens.insert((from, txn), code);
+                self.events.push_back(Event::Opened { code, from });
+                code
+            }
+        };
+        let room = &self.rooms[&code];
+        let msg = ServerMsg::Opened {
+            txn,
+            code,
+            token: room.sender.token,
+            reflexive: from,
+            idle_secs: self.cfg.idle.as_secs().min(u16::MAX as u64) as u16,
+        };
+        self.send(from, msg);
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        txn: u64,
+        code: RoomCode,
+        hosts: Vec<SocketAddr>,
+    ) {
+        let Some(room) = self.rooms.get_mut(&code) else {
+            self.send(from, ServerMsg::Error {
+                txn,
+                kind: ErrorKind::RoomNotFound,
+            });
+            return;
+        };
+        let member = match self.joins.get(&(from, txn)) {
+            Some((c, id)) if *c == code && room.viewers.contains_key(id) => *id,
+            _ => {
+                if room.viewers.len() >= self.cfg.max_viewers {
+                    self.out.push_back(Transmit {
+                        to: from,
+                        msg: ServerMsg::Error {
+                            txn,
+                            kind: ErrorKind::RoomFull,
+                        },
+                    });
+                    return;
+                }
+                let id = room.next_viewer;
+                room.next_viewer += 1;
+                room.viewers.insert(id, Member {
+                    addr: from,
+                    hosts,
+                    token: self.rng.gen(),
+                    last_seen: now,
+                });
+                self.joins.insert((from, txn), (code, id));
+                self.events.push_back(Event::Joined {
+                    code,
+                    member: id,
+                    from,
+                });
+                // Tell the sender at once; its keepalives repeat the list in case this is lost.
+                let to = room.sender.addr;
+                let msg = viewers_msg(code, room);
+                self.out.push_back(Transmit { to, msg });
+                id
+            }
+        };
+        let room = &self.rooms[&code];
+        let msg = ServerMsg::Joined {
+            txn,
+            code,
+            member,
+            token: room.viewers[&member].token,
+            reflexive: from,
+            sender: room.sender.candidates(),
+            fingerprint: room.fingerprint,
+        };
+        self.send(from, msg);
+    }
+
+    fn keepalive(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        code: RoomCode,
+        member: MemberId,
+        token: u64,
+    ) {
+        let Some(room) = self.rooms.get_mut(&code) else {
+            self.send(from, ServerMsg::Error {
+                txn: 0,
+                kind: ErrorKind::RoomNotFound,
+            });
+            return;
+        };
+        let m = if member == SENDER_ID {
+            Some(&mut room.sender)
+        } else {
+            room.viewers.get_mut(&member)
+        };
+        match m {
+            Some(m) if m.token == token => {
+                // The member may have roamed: its newest address is the one to use.
+                m.addr = from;
+                m.last_seen = now;
+            }
+            _ => {
+                self.send(from, ServerMsg::Error {
+                    txn: 0,
+                    kind: ErrorKind::NotMember,
+                });
+                return;
+            }
+        }
+        let msg = if member == SENDER_ID {
+            viewers_msg(code, room)
+        } else {
+            ServerMsg::Alive { code }
+        };
+        self.send(from, msg);
+    }
+
+    fn leave(&mut self, from: SocketAddr, code: RoomCode, member: MemberId, token: u64) {
+        let Some(room) = self.rooms.get_mut(&code) else {
+            return;
+        };
+        if member == SENDER_ID {
+            if room.sender.token == token {
+                self.close(code, CloseReason::Left);
+            }
+        } else if room.viewers.get(&member).is_some_and(|m| m.token == token) {
+            room.viewers.remove(&member);
+            self.events.push_back(Event::ViewerLeft { code, member });
+            let to = room.sender.addr;
+            let msg = viewers_msg(code, room);
+            self.out.push_back(Transmit { to, msg });
+        } else {
+            self.send(from, ServerMsg::Error {
+                txn: 0,
+                kind: ErrorKind::NotMember,
+            });
+        }
+    }
+
+    fn close(&mut self, code: RoomCode, reason: CloseReason) {
+        if self.rooms.remove(&code).is_some() {
+            self.opens.retain(|_, c| *c != code);
+            self.joins.retain(|_, (c, _)| *c != code);
+            self.events.push_back(Event::Closed { code, reason });
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut closed = Vec::new();
+        for (code, room) in &mut self.rooms {
+            if now >= room.created + self.cfg.max_age {
+                closed.push((*code, CloseReason::Expired));
+            } else if now >= room.sender.last_seen + self.cfg.idle {
+                closed.push((*code, CloseReason::SenderGone));
+            } else {
+                let idle = self.cfg.idle;
+                let gone: Vec<_> = room
+                    .viewers
+                    .iter()
+                    .filter(|(_, v)| now >= v.last_seen + idle)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    room.viewers.remove(&id);
+                    self.events.push_back(Event::ViewerLeft {
+                        code: *code,
+                        member: id,
+                    });
+                }
+            }
+        }
+        for (code, reason) in closed {
+            self.close(code, reason);
+        }
+        // Forget rate-limit state of quiet addresses (their buckets are full again).
+        let horizon = Duration::from_secs(10);
+        self.buckets
+            .retain(|_, (a, j)| now.saturating_duration_since(a.at.max(j.at)) < horizon);
+    }
+
+    /// The next instant [`Rooms::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let rooms = self.rooms.values().flat_map(|r| {
+            std::iter::once(r.created + self.cfg.max_age)
+                .chain(std::iter::once(r.sender.last_seen + self.cfg.idle))
+                .chain(r.viewers.values().map(|v| v.last_seen + self.cfg.idle))
+        });
+        let buckets = self
+            .buckets
+            .values()
+            .map(|(a, j)| a.at.max(j.at) + Duration::from_secs(10));
+        rooms.chain(buckets).min()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn send(&mut self, to: SocketAddr, msg: ServerMsg) {
+        self.out.push_back(Transmit { to, msg });
+    }
+}
+
+fn viewers_msg(code: RoomCode, room: &Room) -> ServerMsg {
+    ServerMsg::Viewers {
+        code,
+        viewers: room
+            .viewers
+            .iter()
+            .take(MAX_LISTED_VIEWERS)
+            .map(|(id, m)| ViewerInfo {
+                id: *id,
+                candidates: m.candidates(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FP: Fingerprint = [7; 32];
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    struct Lab {
+        rooms: Rooms,
+        now: Instant,
+    }
+
+    impl Lab {
+        fn new() -> Self {
+            Self::with(RoomsConfig::default())
+        }
+        fn with(cfg: RoomsConfig) -> Self {
+            Self {
+                rooms: Rooms::new(cfg, 1),
+                now: Instant::now(),
+            }
+        }
+        fn advance(&mut self, d: Duration) {
+            self.now += d;
+            if self.rooms.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.rooms.handle_timeout(self.now);
+            }
+        }
+        fn send(&mut self, from: &str, msg: ClientMsg) -> Vec<Transmit> {
+            self.rooms.handle(self.now, addr(from), msg);
+            std::iter::from_fn(|| self.rooms.poll_transmit()).collect()
+        }
+        fn events(&mut self) -> Vec<Event> {
+            std::iter::from_fn(|| self.rooms.poll_event()).collect()
+        }
+        fn open(&mut self, from: &str) -> (RoomCode, u64) {
+            let out = self.send(from, ClientMsg::Open {
+                txn: 1,
+                hosts: vec![addr("192.0.2.10:5000")],
+                fingerprint: FP,
+            });
+            match &out[..] {
+                [Transmit {
+                    msg: ServerMsg::Opened { code, token, .. },
+                    ..
+                }] => (*code, *token),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        fn join(&mut self, from: &str, txn: u64, code: RoomCode) -> Vec<Transmit> {
+            self.send(from, ClientMsg::Join {
+                txn,
+                code,
+                hosts: vec![],
+            })
+        }
+    }
+
+    #[test]
+    fn open_then_join_exchanges_candidates() {
+        let mut lab = Lab::new();
+        let (code, _) = lab.open("198.51.100.1:4000");
+        let out = lab.join("198.51.100.2:4001", 9, code);
+        assert_eq!(out.len(), 2, "{out:?}");
+        // The sender hears about the viewer, with its reflexive address.
+        assert_eq!(out[0].to, addr("198.51.100.1:4000"));
+        assert_eq!(out[0].msg, ServerMsg::Viewers {
+            code,
+            viewers: vec![ViewerInfo {
+                id: 1,
+                candidates: vec![addr("198.51.100.2:4001")]
+            }]
+        });
+        // The viewer gets host + reflexive candidates of the sender and its fingerprint.
+        match &out[1].msg {
+            ServerMsg::Joined {
+                txn,
+                member,
+                reflexive,
+                sender,
+                fingerprint,
+                ..
+            } => {
+                assert_eq!(*txn, 9);
+                assert_eq!(*member, 1);
+                assert_eq!(*reflexive, addr("198.51.100.2:4001"));
+                assert_eq!(sender, &vec![
+                    addr("192.0.2.10:5000"),
+                    addr("198.51.100.1:4000")
+                ]);
+                assert_eq!(*fingerprint, FP);
+            }
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn retried_requests_are_idempotent() {
+        let mut lab = Lab::new();
+        let (a, ta) = lab.open("198.51.100.1:4000");
+        let (b, tb) = lab.open("198.51.100.1:4000");
+        assert_eq!((a, ta), (b, tb));
+        assert_eq!(lab.rooms.room_count(), 1);
+        lab.join("198.51.100.2:1", 5, a);
+        lab.join("198.51.100.2:1", 5, a);
+        assert_eq!(lab.rooms.viewer_count(a), Some(1));
+    }
+
+    #[test]
+    fn wrong_code_is_room_not_found() {
+        let mut lab = Lab::new();
+        let (code, _) = lab.open("198.51.100.1:4000");
+        let wrong = RoomCode::from_bits(code.bits() ^ 1);
+        let out = lab.join("198.51.100.2:1", 3, wrong);
+        assert_eq!(out, vec![Transmit {
+            to: addr("198.51.100.2:1"),
+            msg: ServerMsg::Error {
+                txn: 3,
+                kind: ErrorKind::RoomNotFound
+            }
+        }]);
+    }
+
+    #[test]
+    fn second_viewer_gets_its_own_id_and_sender_sees_both() {
+        let mut lab = Lab::new();
+        let (code, token) = lab.open("198.51.100.1:4000");
+        lab.join("198.51.100.2:1", 1, code);
+        lab.join("198.51.100.3:1", 1, code);
+        let out = lab.send("198.51.100.1:4000", ClientMsg::Keepalive {
+            code,
+            member: SENDER_ID,
+            token,
+        });
+        match &out[0].msg {
+            ServerMsg::Viewers { viewers, .. } => {
+                assert_eq!(viewers.iter().map(|v| v.id).collect::<Vec<_>>(), [1, 2])
+            }
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn sender_gone_closes_room_after_idle() {
+        let mut lab = Lab::new();
+        let (code, token) = lab.open("198.51.100.1:4000");
+        lab.events();
+        // Keepalives keep it open well past the idle time.
+        for _ in 0..10 {
+            lab.advance(Duration::from_secs(5));
+            lab.send("198.51.100.1:4000", ClientMsg::Keepalive {
+                code,
+                member: 0,
+                token,
+            });
+        }
+        assert_eq!(lab.rooms.room_count(), 1);
+        lab.advance(Duration::from_secs(16));
+        assert_eq!(lab.rooms.room_count(), 0);
+        assert_eq!(lab.events(), vec![Event::Closed {
+            code,
+            reason: CloseReason::SenderGone
+        }]);
+        // A late viewer is told plainly.
+        let out = lab.join("198.51.100.2:1", 1, code);
+        assert!(matches!(out[0].msg, ServerMsg::Error {
+            kind: ErrorKind::RoomNotFound,
+            ..
+        }));
+    }
+
+    #[test]
+    fn rooms_expire_at_max_age_even_with_keepalives() {
+        let mut lab = Lab::with(RoomsConfig {
+            max_age: Duration::from_secs(60),
+            ..Default::default()
+        });
+        let (code, token) = lab.open("198.51.100.1:4000");
+        for _ in 0..13 {
+            lab.advance(Duration::from_secs(5));
+            lab.send("198.51.100.1:4000", ClientMsg::Keepalive {
+                code,
+                member: 0,
+                token,
+            });
+        }
+        assert_eq!(lab.rooms.room_count(), 0);
+        assert!(lab.events().contains(&Event::Closed {
+            code,
+            reason: CloseReason::Expired
+        }));
+    }
+
+    #[test]
+    fn viewer_leave_and_idle_viewer_are_removed() {
+        let mut lab = Lab::new();
+        let (code, stoken) = lab.open("198.51.100.1:4000");
+        let out = lab.join("198.51.100.2:1", 1, code);
+        let ServerMsg::Joined { token, member, .. } = out[1].msg.clone() else {
+            panic!()
+        };
+        lab.join("198.51.100.3:1", 1, code);
+        // A forged leave (wrong token) is refused.
+        let out = lab.send("198.51.100.9:1", ClientMsg::Leave {
+            code,
+            member,
+            token: token ^ 1,
+        });
+        assert!(matches!(out[0].msg, ServerMsg::Error {
+            kind: ErrorKind::NotMember,
+            ..
+        }));
+        lab.send("198.51.100.2:1", ClientMsg::Leave {
+            code,
+            member,
+            token,
+        });
+        assert_eq!(lab.rooms.viewer_count(code), Some(1));
+        // Viewer 2 goes quiet while the sender keeps the room.
+        for _ in 0..4 {
+            lab.advance(Duration::from_secs(5));
+            lab.send("198.51.100.1:4000", ClientMsg::Keepalive {
+                code,
+                member: 0,
+                token: stoken,
+            });
+        }
+        assert_eq!(lab.rooms.viewer_count(code), Some(0));
+    }
+
+    #[test]
+    fn sender_leave_closes_room() {
+        let mut lab = Lab::new();
+        let (code, token) = lab.open("198.51.100.1:4000");
+        lab.send("198.51.100.1:4000", ClientMsg::Leave {
+            code,
+            member: 0,
+            token,
+        });
+        assert_eq!(lab.rooms.room_count(), 0);
+    }
+
+    #[test]
+    fn roaming_member_keeps_membership_with_new_address() {
+        let mut lab = Lab::new();
+        let (code, token) = lab.open("198.51.100.1:4000");
+        lab.send("198.51.100.7:999", ClientMsg::Keepalive {
+            code,
+            member: 0,
+            token,
+        });
+        let out = lab.join("198.51.100.2:1", 1, code);
+        assert_eq!(out[0].to, addr("198.51.100.7:999"));
+    }
+
+    #[test]
+    fn room_full() {
+        let mut lab = Lab::with(RoomsConfig {
+            max_viewers: 2,
+            ..Default::default()
+        });
+        let (code, _) = lab.open("198.51.100.1:4000");
+        lab.join("198.51.100.2:1", 1, code);
+        lab.join("198.51.100.3:1", 1, code);
+        let out = lab.join("198.51.100.4:1", 1, code);
+        assert!(matches!(out[0].msg, ServerMsg::Error {
+            kind: ErrorKind::RoomFull,
+            ..
+        }));
+    }
+
+    #[test]
+    fn guessing_codes_is_rate_limited() {
+        let mut lab = Lab::new();
+        lab.open("198.51.100.1:4000");
+        let mut limited = 0;
+        for i in 0..100 {
+            let out = lab.join("203.0.113.5:1", i, RoomCode::from_bits(i as u32));
+            if matches!(out[0].msg, ServerMsg::Error {
+                kind: ErrorKind::RateLimited,
+                ..
+            }) {
+                limited += 1;
+            }
+        }
+        assert!(limited >= 75, "only {limited} limited");
+        assert_eq!(
+            lab.events()
+                .iter()
+                .filter(|e| matches!(e, Event::RateLimited { .. }))
+                .count(),
+            1
+        );
+        // Other addresses are unaffected, and the bucket refills with time.
+        let (code, _) = lab.open("198.51.100.8:1");
+        assert!(matches!(
+            lab.join("198.51.100.9:1", 1, code)[1].msg,
+            ServerMsg::Joined { .. }
+        ));
+        lab.advance(Duration::from_secs(2));
+        assert!(matches!(
+            lab.join("203.0.113.5:1", 1000, code)[1].msg,
+            ServerMsg::Joined { .. }
+        ));
+    }
+}

@@ -1,0 +1,395 @@
+//! Media between peers, inside QUIC.
+//!
+//! * One bidirectional **control stream**, opened by the viewer: [`Control`] messages, each
+//!   framed as `u16 length, body`.
+//! * One unidirectional stream **per video frame**, opened by the sender: a [`FrameHeader`]
+//!   followed by `payload_len` bytes of H.264 Annex-B. A lost packet delays only its own frame.
+
+use super::codec::{Reader, WireError, Writer};
+
+pub const MEDIA_VERSION: u8 = 1;
+/// ALPN for peer-to-peer media connections.
+pub const ALPN: &[u8] = b"inclubit/1";
+/// Largest control message body.
+pub const MAX_CONTROL_LEN: usize = 4096;
+/// Largest encoded frame accepted (a 4K keyframe at a high bitrate stays well below).
+pub const MAX_FRAME_LEN: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// H.264 Annex-B, Constrained Baseline or Main profile (browsers decode it untouched).
+    H264 = 1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Projection {
+    #[default]
+    EquirectMono = 0,
+    /// Left eye on top, right eye below.
+    EquirectStereoTopBottom = 1,
+    /// Two circular fisheye images side by side (front, back).
+    DualFisheye = 2,
+}
+
+impl Codec {
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        match v {
+            1 => Ok(Self::H264),
+            _ => Err(WireError::Invalid("codec")),
+        }
+    }
+}
+
+impl Projection {
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            0 => Self::EquirectMono,
+            1 => Self::EquirectStereoTopBottom,
+            2 => Self::DualFisheye,
+            _ => return Err(WireError::Invalid("projection")),
+        })
+    }
+}
+
+/// Precedes every frame on its own stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub seq: u64,
+    /// Capture time, microseconds on the sender's clock (see [`Control::Pong`] for the offset).
+    pub capture_us: u64,
+    /// An IDR: decoding may start here.
+    pub keyframe: bool,
+    /// SPS/PPS are in the payload.
+    pub has_config: bool,
+    pub codec: Codec,
+    pub projection: Projection,
+    pub width: u16,
+    pub height: u16,
+    pub payload_len: u32,
+}
+
+const F_KEY: u8 = 1;
+const F_CONFIG: u8 = 2;
+
+impl FrameHeader {
+    pub const LEN: usize = 28;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut w = Writer::default();
+        w.u8(MEDIA_VERSION);
+        w.u8(if self.keyframe { F_KEY } else { 0 } | if self.has_config { F_CONFIG } else { 0 });
+        w.u8(self.codec as u8);
+        w.u8(self.projection as u8);
+        w.u64(self.seq);
+        w.u64(self.capture_us);
+        w.u16(self.width);
+        w.u16(self.height);
+        w.u32(self.payload_len);
+        let mut out = [0u8; Self::LEN];
+        out.copy_from_slice(&w.buf);
+        out
+    }
+
+    pub fn decode(buf: &[u8; Self::LEN]) -> Result<Self, WireError> {
+        let mut r = Reader::new(buf);
+        let v = r.u8()?;
+        if v != MEDIA_VERSION {
+            return Err(WireError::Version(v));
+        }
+        let flags = r.u8()?;
+        if flags & !(F_KEY | F_CONFIG) != 0 {
+            return Err(WireError::Invalid("frame flags"));
+        }
+        let h = Self {
+            keyframe: flags & F_KEY != 0,
+            has_config: flags & F_CONFIG != 0,
+            codec: Codec::from_u8(r.u8()?)?,
+            projection: Projection::from_u8(r.u8()?)?,
+            seq: r.u64()?,
+            capture_us: r.u64()?,
+            width: r.u16()?,
+            height: r.u16()?,
+            payload_len: r.u32()?,
+        };
+        if h.payload_len as usize > MAX_FRAME_LEN {
+            return Err(WireError::TooLong(h.payload_len as usize));
+        }
+        r.finish()?;
+        Ok(h)
+    }
+}
+
+/// What the sender says first on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHello {
+    pub codec: Codec,
+    pub width: u16,
+    pub height: u16,
+    /// Frames per second × 1000.
+    pub fps_milli: u32,
+    pub projection: Projection,
+    pub bitrate: u32,
+    /// Orientation correction in centidegrees (yaw, pitch, roll).
+    pub orientation_cdeg: [i16; 3],
+    /// The frame sequence number the stream starts near.
+    pub next_seq: u64,
+}
+
+/// Counters a viewer reports back so the sender's stats line shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ViewerStats {
+    pub frames_shown: u64,
+    pub frames_dropped: u64,
+    pub latency_p50_us: u32,
+    pub latency_p99_us: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Viewer → sender, first message.
+    ViewerHello { name: String },
+    /// Sender → viewer, answer to the hello.
+    Hello(StreamHello),
+    /// Viewer → sender: decoding cannot go on until an IDR.
+    KeyframeRequest,
+    /// Sender → viewer: this frame will never arrive (too old, or the viewer fell behind).
+    Skipped { seq: u64 },
+    /// Viewer → sender: clock probe, viewer time in µs.
+    Ping { viewer_us: u64 },
+    /// Sender → viewer: echo with the sender's clock, for the capture-time offset.
+    Pong { viewer_us: u64, sender_us: u64 },
+    /// Viewer → sender.
+    Stats(ViewerStats),
+}
+
+const C_VIEWER_HELLO: u8 = 1;
+const C_HELLO: u8 = 2;
+const C_KEYFRAME: u8 = 3;
+const C_SKIPPED: u8 = 4;
+const C_PING: u8 = 5;
+const C_PONG: u8 = 6;
+const C_STATS: u8 = 7;
+
+impl Control {
+    /// Body only; [`Control::frame`] adds the length prefix.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(MEDIA_VERSION);
+        match self {
+            Self::ViewerHello { name } => {
+                w.u8(C_VIEWER_HELLO);
+                w.short_str(name);
+            }
+            Self::Hello(h) => {
+                w.u8(C_HELLO);
+                w.u8(h.codec as u8);
+                w.u16(h.width);
+                w.u16(h.height);
+                w.u32(h.fps_milli);
+                w.u8(h.projection as u8);
+                w.u32(h.bitrate);
+                for v in h.orientation_cdeg {
+                    w.i16(v);
+                }
+                w.u64(h.next_seq);
+            }
+            Self::KeyframeRequest => w.u8(C_KEYFRAME),
+            Self::Skipped { seq } => {
+                w.u8(C_SKIPPED);
+                w.u64(*seq);
+            }
+            Self::Ping { viewer_us } => {
+                w.u8(C_PING);
+                w.u64(*viewer_us);
+            }
+            Self::Pong {
+                viewer_us,
+                sender_us,
+            } => {
+                w.u8(C_PONG);
+                w.u64(*viewer_us);
+                w.u64(*sender_us);
+            }
+            Self::Stats(s) => {
+                w.u8(C_STATS);
+                w.u64(s.frames_shown);
+                w.u64(s.frames_dropped);
+                w.u32(s.latency_p50_us);
+                w.u32(s.latency_p99_us);
+            }
+        }
+        w.buf
+    }
+
+    /// Length-prefixed, ready to write on the control stream.
+    pub fn frame(&self) -> Vec<u8> {
+        let body = self.encode();
+        let mut out = Vec::with_capacity(body.len() + 2);
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        if buf.len() > MAX_CONTROL_LEN {
+            return Err(WireError::TooLong(buf.len()));
+        }
+        let mut r = Reader::new(buf);
+        let v = r.u8()?;
+        if v != MEDIA_VERSION {
+            return Err(WireError::Version(v));
+        }
+        let msg = match r.u8()? {
+            C_VIEWER_HELLO => Self::ViewerHello {
+                name: r.short_str()?.to_string(),
+            },
+            C_HELLO => Self::Hello(StreamHello {
+                codec: Codec::from_u8(r.u8()?)?,
+                width: r.u16()?,
+                height: r.u16()?,
+                fps_milli: r.u32()?,
+                projection: Projection::from_u8(r.u8()?)?,
+                bitrate: r.u32()?,
+                orientation_cdeg: [r.i16()?, r.i16()?, r.i16()?],
+                next_seq: r.u64()?,
+            }),
+            C_KEYFRAME => Self::KeyframeRequest,
+            C_SKIPPED => Self::Skipped { seq: r.u64()? },
+            C_PING => Self::Ping {
+                viewer_us: r.u64()?,
+            },
+            C_PONG => Self::Pong {
+                viewer_us: r.u64()?,
+                sender_us: r.u64()?,
+            },
+            C_STATS => Self::Stats(ViewerStats {
+                frames_shown: r.u64()?,
+                frames_dropped: r.u64()?,
+                latency_p50_us: r.u32()?,
+                latency_p99_us: r.u32()?,
+            }),
+            t => return Err(WireError::UnknownType(t)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn projection() -> impl Strategy<Value = Projection> {
+        (0u8..3).prop_map(|v| Projection::from_u8(v).unwrap())
+    }
+
+    fn header() -> impl Strategy<Value = FrameHeader> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<bool>(),
+            projection(),
+            any::<u16>(),
+            any::<u16>(),
+            0..=MAX_FRAME_LEN as u32,
+        )
+            .prop_map(|(seq, capture_us, keyframe, has_config, projection, width, height, len)| {
+                FrameHeader {
+                    seq,
+                    capture_us,
+                    keyframe,
+                    has_config,
+                    codec: Codec::H264,
+                    projection,
+                    width,
+                    height,
+                    payload_len: len,
+                }
+            })
+    }
+
+    fn control() -> impl Strategy<Value = Control> {
+        prop_oneof![
+            "[a-z]{0,40}".prop_map(|name| Control::ViewerHello { name }),
+            (
+                any::<u16>(),
+                any::<u16>(),
+                any::<u32>(),
+                projection(),
+                any::<u32>(),
+                any::<[i16; 3]>(),
+                any::<u64>()
+            )
+                .prop_map(|(width, height, fps_milli, projection, bitrate, o, next_seq)| {
+                    Control::Hello(StreamHello {
+                        codec: Codec::H264,
+                        width,
+                        height,
+                        fps_milli,
+                        projection,
+                        bitrate,
+                        orientation_cdeg: o,
+                        next_seq,
+                    })
+                }),
+            Just(Control::KeyframeRequest),
+            any::<u64>().prop_map(|seq| Control::Skipped { seq }),
+            any::<u64>().prop_map(|viewer_us| Control::Ping { viewer_us }),
+            (any::<u64>(), any::<u64>()).prop_map(|(viewer_us, sender_us)| Control::Pong {
+                viewer_us,
+                sender_us
+            }),
+            (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c, d)| {
+                Control::Stats(ViewerStats {
+                    frames_shown: a,
+                    frames_dropped: b,
+                    latency_p50_us: c,
+                    latency_p99_us: d,
+                })
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn header_roundtrip(h in header()) {
+            prop_assert_eq!(FrameHeader::decode(&h.encode()).unwrap(), h);
+        }
+
+        #[test]
+        fn control_roundtrip(c in control()) {
+            let framed = c.frame();
+            let len = u16::from_be_bytes([framed[0], framed[1]]) as usize;
+            prop_assert_eq!(len, framed.len() - 2);
+            prop_assert_eq!(Control::decode(&framed[2..]).unwrap(), c);
+        }
+
+        #[test]
+        fn random_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), h in any::<[u8; 28]>()) {
+            let _ = Control::decode(&bytes);
+            let _ = FrameHeader::decode(&h);
+        }
+    }
+
+    #[test]
+    fn oversized_frame_rejected() {
+        let mut h = FrameHeader {
+            seq: 1,
+            capture_us: 2,
+            keyframe: true,
+            has_config: true,
+            codec: Codec::H264,
+            projection: Projection::EquirectMono,
+            width: 640,
+            height: 320,
+            payload_len: 10,
+        };
+        h.payload_len = MAX_FRAME_LEN as u32 + 1;
+        assert_eq!(
+            FrameHeader::decode(&h.encode()),
+            Err(WireError::TooLong(MAX_FRAME_LEN + 1))
+        );
+    }
+}

@@ -1,0 +1,492 @@
+//! Signalling datagrams between a peer and the rendezvous.
+//!
+//! They travel on the same UDP socket as the peer's QUIC traffic, so the rendezvous observes the
+//! address the media will come from (the reflexive candidate). Every datagram starts with
+//! [`SIGNAL_MAGIC`], which has the 0x40 bit clear: QUIC packets always set that "fixed bit"
+//! (both ends disable greasing it), so one byte tells the two apart.
+//!
+//! Layout: `magic, version, type, body`. Integers are big-endian.
+
+use std::net::SocketAddr;
+
+use super::codec::{Reader, WireError, Writer};
+use crate::code::RoomCode;
+
+pub const SIGNAL_MAGIC: u8 = 0x21;
+pub const SIGNAL_VERSION: u8 = 1;
+/// Upper bound of any signalling datagram; fits the QUIC minimum MTU.
+pub const MAX_SIGNAL_LEN: usize = 1200;
+/// Most candidate addresses a peer may announce.
+pub const MAX_CANDIDATES: usize = 8;
+/// Most viewers listed in one [`ServerMsg::Viewers`].
+pub const MAX_LISTED_VIEWERS: usize = 16;
+
+/// True when a datagram is signalling rather than QUIC.
+pub fn is_signal(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&SIGNAL_MAGIC)
+}
+
+/// SHA-256 of the sender's self-signed certificate (DER).
+pub type Fingerprint = [u8; 32];
+
+/// Identifies a member of a room: 0 is the sender, viewers count up from 1.
+pub type MemberId = u32;
+pub const SENDER_ID: MemberId = 0;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMsg {
+    /// A sender asks for a room. Retries carry the same `txn` and get the same room.
+    Open {
+        txn: u64,
+        hosts: Vec<SocketAddr>,
+        fingerprint: Fingerprint,
+    },
+    /// A viewer joins a room by code.
+    Join {
+        txn: u64,
+        code: RoomCode,
+        hosts: Vec<SocketAddr>,
+    },
+    /// Keeps a membership (and the NAT mapping) alive. `token` was handed out with the membership.
+    Keepalive {
+        code: RoomCode,
+        member: MemberId,
+        token: u64,
+    },
+    /// Ends a membership; the sender leaving closes the room.
+    Leave {
+        code: RoomCode,
+        member: MemberId,
+        token: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewerInfo {
+    pub id: MemberId,
+    pub candidates: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No open room has this code (wrong code, or it expired).
+    RoomNotFound = 1,
+    RoomFull = 2,
+    /// Too many requests from this address.
+    RateLimited = 3,
+    /// The token does not belong to this member.
+    NotMember = 4,
+    /// The server has too many rooms.
+    ServerFull = 5,
+}
+
+impl ErrorKind {
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            1 => Self::RoomNotFound,
+            2 => Self::RoomFull,
+            3 => Self::RateLimited,
+            4 => Self::NotMember,
+            5 => Self::ServerFull,
+            _ => return Err(WireError::Invalid("error kind")),
+        })
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RoomNotFound => "no room with that code (check the code, or the sender has stopped)",
+            Self::RoomFull => "the room is full",
+            Self::RateLimited => "too many requests; try again in a few seconds",
+            Self::NotMember => "not a member of this room",
+            Self::ServerFull => "the rendezvous has no room left",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsg {
+    Opened {
+        txn: u64,
+        code: RoomCode,
+        token: u64,
+        /// The address the server saw the request come from.
+        reflexive: SocketAddr,
+        /// Seconds the room lives without a keepalive.
+        idle_secs: u16,
+    },
+    Joined {
+        txn: u64,
+        code: RoomCode,
+        member: MemberId,
+        token: u64,
+        reflexive: SocketAddr,
+        /// Sender's candidates: its host addresses, then the reflexive one the server observed.
+        sender: Vec<SocketAddr>,
+        fingerprint: Fingerprint,
+    },
+    /// Answer to a keepalive, and pushed to the sender when a viewer joins.
+    Viewers {
+        code: RoomCode,
+        viewers: Vec<ViewerInfo>,
+    },
+    /// Answer to a keepalive from a viewer.
+    Alive { code: RoomCode },
+    Error {
+        /// The request's txn, or 0 for keepalives.
+        txn: u64,
+        kind: ErrorKind,
+    },
+}
+
+const T_OPEN: u8 = 1;
+const T_JOIN: u8 = 2;
+const T_KEEPALIVE: u8 = 3;
+const T_LEAVE: u8 = 4;
+const T_OPENED: u8 = 65;
+const T_JOINED: u8 = 66;
+const T_VIEWERS: u8 = 67;
+const T_ALIVE: u8 = 68;
+const T_ERROR: u8 = 69;
+
+fn header(w: &mut Writer, ty: u8) {
+    w.u8(SIGNAL_MAGIC);
+    w.u8(SIGNAL_VERSION);
+    w.u8(ty);
+}
+
+fn read_header(buf: &[u8]) -> Result<(u8, Reader<'_>), WireError> {
+    if buf.len() > MAX_SIGNAL_LEN {
+        return Err(WireError::TooLong(buf.len()));
+    }
+    let mut r = Reader::new(buf);
+    if r.u8()? != SIGNAL_MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let v = r.u8()?;
+    if v != SIGNAL_VERSION {
+        return Err(WireError::Version(v));
+    }
+    let ty = r.u8()?;
+    Ok((ty, r))
+}
+
+fn code(r: &mut Reader) -> Result<RoomCode, WireError> {
+    let bits = r.u32()?;
+    if bits >> crate::code::CODE_BITS != 0 {
+        return Err(WireError::Invalid("room code"));
+    }
+    Ok(RoomCode::from_bits(bits))
+}
+
+impl ClientMsg {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        match self {
+            Self::Open {
+                txn,
+                hosts,
+                fingerprint,
+            } => {
+                header(&mut w, T_OPEN);
+                w.u64(*txn);
+                w.addrs(hosts, MAX_CANDIDATES);
+                w.bytes(fingerprint);
+            }
+            Self::Join { txn, code, hosts } => {
+                header(&mut w, T_JOIN);
+                w.u64(*txn);
+                w.u32(code.bits());
+                w.addrs(hosts, MAX_CANDIDATES);
+            }
+            Self::Keepalive {
+                code,
+                member,
+                token,
+            } => {
+                header(&mut w, T_KEEPALIVE);
+                w.u32(code.bits());
+                w.u32(*member);
+                w.u64(*token);
+            }
+            Self::Leave {
+                code,
+                member,
+                token,
+            } => {
+                header(&mut w, T_LEAVE);
+                w.u32(code.bits());
+                w.u32(*member);
+                w.u64(*token);
+            }
+        }
+        w.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        let (ty, mut r) = read_header(buf)?;
+        let msg = match ty {
+            T_OPEN => Self::Open {
+                txn: r.u64()?,
+                hosts: r.addrs(MAX_CANDIDATES)?,
+                fingerprint: r.array()?,
+            },
+            T_JOIN => Self::Join {
+                txn: r.u64()?,
+                code: code(&mut r)?,
+                hosts: r.addrs(MAX_CANDIDATES)?,
+            },
+            T_KEEPALIVE => Self::Keepalive {
+                code: code(&mut r)?,
+                member: r.u32()?,
+                token: r.u64()?,
+            },
+            T_LEAVE => Self::Leave {
+                code: code(&mut r)?,
+                member: r.u32()?,
+                token: r.u64()?,
+            },
+            t => return Err(WireError::UnknownType(t)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+impl ServerMsg {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        match self {
+            Self::Opened {
+                txn,
+                code,
+                token,
+                reflexive,
+                idle_secs,
+            } => {
+                header(&mut w, T_OPENED);
+                w.u64(*txn);
+                w.u32(code.bits());
+                w.u64(*token);
+                w.addr(reflexive);
+                w.u16(*idle_secs);
+            }
+            Self::Joined {
+                txn,
+                code,
+                member,
+                token,
+                reflexive,
+                sender,
+                fingerprint,
+            } => {
+                header(&mut w, T_JOINED);
+                w.u64(*txn);
+                w.u32(code.bits());
+                w.u32(*member);
+                w.u64(*token);
+                w.addr(reflexive);
+                w.addrs(sender, MAX_CANDIDATES + 1);
+                w.bytes(fingerprint);
+            }
+            Self::Viewers { code, viewers } => {
+                header(&mut w, T_VIEWERS);
+                w.u32(code.bits());
+                let n = viewers.len().min(MAX_LISTED_VIEWERS);
+                w.u8(n as u8);
+                for v in &viewers[..n] {
+                    w.u32(v.id);
+                    w.addrs(&v.candidates, MAX_CANDIDATES + 1);
+                }
+            }
+            Self::Alive { code } => {
+                header(&mut w, T_ALIVE);
+                w.u32(code.bits());
+            }
+            Self::Error { txn, kind } => {
+                header(&mut w, T_ERROR);
+                w.u64(*txn);
+                w.u8(*kind as u8);
+            }
+        }
+        w.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        let (ty, mut r) = read_header(buf)?;
+        let msg = match ty {
+            T_OPENED => Self::Opened {
+                txn: r.u64()?,
+                code: code(&mut r)?,
+                token: r.u64()?,
+                reflexive: r.addr()?,
+                idle_secs: r.u16()?,
+            },
+            T_JOINED => Self::Joined {
+                txn: r.u64()?,
+                code: code(&mut r)?,
+                member: r.u32()?,
+                token: r.u64()?,
+                reflexive: r.addr()?,
+                sender: r.addrs(MAX_CANDIDATES + 1)?,
+                fingerprint: r.array()?,
+            },
+            T_VIEWERS => {
+                let code = code(&mut r)?;
+                let n = r.u8()? as usize;
+                if n > MAX_LISTED_VIEWERS {
+                    return Err(WireError::Invalid("viewer count"));
+                }
+                let viewers = (0..n)
+                    .map(|_| {
+                        Ok(ViewerInfo {
+                            id: r.u32()?,
+                            candidates: r.addrs(MAX_CANDIDATES + 1)?,
+                        })
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                Self::Viewers { code, viewers }
+            }
+            T_ALIVE => Self::Alive { code: code(&mut r)? },
+            T_ERROR => Self::Error {
+                txn: r.u64()?,
+                kind: ErrorKind::from_u8(r.u8()?)?,
+            },
+            t => return Err(WireError::UnknownType(t)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{IpAddr, Ipv6Addr};
+
+    fn addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(ip, p)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), p)),
+        ]
+    }
+    fn addrs() -> impl Strategy<Value = Vec<SocketAddr>> {
+        proptest::collection::vec(addr(), 0..=MAX_CANDIDATES)
+    }
+    fn room() -> impl Strategy<Value = RoomCode> {
+        any::<u32>().prop_map(RoomCode::from_bits)
+    }
+
+    fn client_msg() -> impl Strategy<Value = ClientMsg> {
+        prop_oneof![
+            (any::<u64>(), addrs(), any::<[u8; 32]>()).prop_map(|(txn, hosts, fingerprint)| {
+                ClientMsg::Open {
+                    txn,
+                    hosts,
+                    fingerprint,
+                }
+            }),
+            (any::<u64>(), room(), addrs())
+                .prop_map(|(txn, code, hosts)| ClientMsg::Join { txn, code, hosts }),
+            (room(), any::<u32>(), any::<u64>()).prop_map(|(code, member, token)| {
+                ClientMsg::Keepalive {
+                    code,
+                    member,
+                    token,
+                }
+            }),
+            (room(), any::<u32>(), any::<u64>()).prop_map(|(code, member, token)| {
+                ClientMsg::Leave {
+                    code,
+                    member,
+                    token,
+                }
+            }),
+        ]
+    }
+
+    fn server_msg() -> impl Strategy<Value = ServerMsg> {
+        let viewers = proptest::collection::vec(
+            (any::<u32>(), addrs()).prop_map(|(id, candidates)| ViewerInfo { id, candidates }),
+            0..=MAX_LISTED_VIEWERS,
+        );
+        prop_oneof![
+            (any::<u64>(), room(), any::<u64>(), addr(), any::<u16>()).prop_map(
+                |(txn, code, token, reflexive, idle_secs)| ServerMsg::Opened {
+                    txn,
+                    code,
+                    token,
+                    reflexive,
+                    idle_secs
+                }
+            ),
+            (
+                any::<u64>(),
+                room(),
+                any::<u32>(),
+                any::<u64>(),
+                addr(),
+                addrs(),
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(txn, code, member, token, reflexive, sender, fingerprint)| {
+                    ServerMsg::Joined {
+                        txn,
+                        code,
+                        member,
+                        token,
+                        reflexive,
+                        sender,
+                        fingerprint,
+                    }
+                }),
+            (room(), viewers).prop_map(|(code, viewers)| ServerMsg::Viewers { code, viewers }),
+            room().prop_map(|code| ServerMsg::Alive { code }),
+            (any::<u64>(), 1u8..=5).prop_map(|(txn, k)| ServerMsg::Error {
+                txn,
+                kind: ErrorKind::from_u8(k).unwrap()
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn client_roundtrip(m in client_msg()) {
+            let bytes = m.encode();
+            prop_assert!(bytes.len() <= MAX_SIGNAL_LEN);
+            prop_assert!(is_signal(&bytes));
+            prop_assert_eq!(ClientMsg::decode(&bytes).unwrap(), m);
+        }
+
+        #[test]
+        fn server_roundtrip(m in server_msg()) {
+            let bytes = m.encode();
+            prop_assert!(bytes.len() <= MAX_SIGNAL_LEN);
+            prop_assert_eq!(ServerMsg::decode(&bytes).unwrap(), m);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            let _ = ClientMsg::decode(&bytes);
+            let _ = ServerMsg::decode(&bytes);
+        }
+
+        #[test]
+        fn truncation_is_an_error(m in client_msg(), cut in 0usize..64) {
+            let bytes = m.encode();
+            let cut = cut.min(bytes.len() - 1);
+            prop_assert!(ClientMsg::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn quic_packets_are_not_signal() {
+        // Long header (Initial) and short header first bytes both carry the fixed bit 0x40.
+        assert!(!is_signal(&[0xc3, 0, 0, 0, 1]));
+        assert!(!is_signal(&[0x41, 1, 2]));
+        assert_eq!(SIGNAL_MAGIC & 0x40, 0);
+    }
+}
