@@ -1,1 +1,20 @@
+//! inclubit: live 360° video from a camera PC to VR headsets and browsers, peer to peer.
 
+pub mod capture;
+pub mod clock;
+pub mod decode;
+pub mod encode;
+pub mod picture;
+pub mod projection;
+
+pub use inclubit_rendezvous as rendezvous;
+
+/// Initialises FFmpeg once (devices included) and quiets its logging.
+pub fn media_init() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = ffmpeg_next::init();
+        ffmpeg_next::device::register_all();
+        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Fatal);
+    });
+}
