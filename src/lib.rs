@@ -18,3 +18,4 @@ pub fn media_init() {
         ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Fatal);
     });
 }
+pub mod net;

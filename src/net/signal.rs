@@ -1,0 +1,99 @@
+//! Drives the sans-IO [`SignalClient`] on a media socket's [`SignalPort`].
+
+use std::net::SocketAddr;
+
+use inclubit_rendezvous::client::{ClientConfig, ClientEvent, Role, SignalClient};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::socket::SignalPort;
+
+pub struct Signalling {
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+    leave: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Signalling {
+    pub fn spawn(port: SignalPort, server: SocketAddr, role: Role) -> Self {
+        let (tx, events) = mpsc::unbounded_channel();
+        let (leave, leave_rx) = oneshot::channel();
+        let client = SignalClient::new(
+            std::time::Instant::now(),
+            server,
+            role,
+            rand::random(),
+            ClientConfig::default(),
+        );
+        let task = tokio::spawn(drive(port, client, tx, leave_rx));
+        Self {
+            events,
+            leave: Some(leave),
+            task,
+        }
+    }
+
+    /// The next event; `None` when the client has finished.
+    pub async fn next_event(&mut self) -> Option<ClientEvent> {
+        self.events.recv().await
+    }
+
+    /// Says goodbye to the rendezvous (one datagram, best effort) and stops.
+    pub async fn leave(mut self) {
+        if let Some(l) = self.leave.take() {
+            let _ = l.send(());
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), &mut self.task).await;
+    }
+}
+
+impl Drop for Signalling {
+    fn drop(&mut self) {
+        if self.leave.is_some() {
+            self.task.abort();
+        }
+    }
+}
+
+async fn drive(
+    mut port: SignalPort,
+    mut client: SignalClient,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    mut leave: oneshot::Receiver<()>,
+) {
+    let server = client.server();
+    loop {
+        while let Some(d) = client.poll_transmit() {
+            if let Err(e) = port.send(server, &d).await {
+                tracing::debug!(%server, "signalling send failed: {e}");
+            }
+        }
+        while let Some(e) = client.poll_event() {
+            let _ = events.send(e);
+        }
+        if client.is_done() {
+            return;
+        }
+        let timeout = client.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            d = port.recv() => match d {
+                Some((from, bytes)) => client.handle_datagram(std::time::Instant::now(), from, &bytes),
+                None => return,
+            },
+            _ = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => client.handle_timeout(std::time::Instant::now()),
+            _ = &mut leave => {
+                client.leave();
+                while let Some(d) = client.poll_transmit() {
+                    let _ = port.send(server, &d).await;
+                }
+                return;
+            }
+        }
+    }
+}
