@@ -19,3 +19,4 @@ pub fn media_init() {
     });
 }
 pub mod net;
+pub mod render;

@@ -88,6 +88,17 @@ pub fn yuv_to_rgb(yuv: [u8; 3]) -> [u8; 3] {
     [r, g, b].map(|c| c.round().clamp(0.0, 255.0) as u8)
 }
 
+/// [`yuv_to_rgb`] on normalised inputs, as the GPU sees them.
+pub fn yuv_to_rgb_f(yuv: [f32; 3]) -> [u8; 3] {
+    let y = (yuv[0] - 16.0 / 255.0) * (255.0 / 219.0);
+    let cb = (yuv[1] - 128.0 / 255.0) * (255.0 / 224.0);
+    let cr = (yuv[2] - 128.0 / 255.0) * (255.0 / 224.0);
+    let r = y + 1.5748 * cr;
+    let g = y - 0.187_324 * cb - 0.468_124 * cr;
+    let b = y + 1.8556 * cb;
+    [r, g, b].map(|c| (c.clamp(0.0, 1.0) * 255.0).round() as u8)
+}
+
 pub fn rgb_to_yuv(rgb: [u8; 3]) -> [u8; 3] {
     let [r, g, b] = rgb.map(|c| c as f32 / 255.0);
     let y = 0.2126 * r + 0.7152 * g + 0.0722 * b;

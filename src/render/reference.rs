@@ -1,0 +1,43 @@
+//! A CPU reference of the GPU projection: the same maths as `shaders/equirect.wgsl`, with
+//! bilinear sampling like the GPU sampler (repeat in longitude, clamp in latitude). Tests
+//! compare offscreen renders against it.
+
+use super::ViewParams;
+use crate::picture::I420;
+use crate::projection::{dir_to_equirect, pixel_ray, yuv_to_rgb_f};
+use inclubit_rendezvous::wire::media::Projection;
+
+fn sample(pic: &I420, plane: usize, uv: [f32; 2]) -> f32 {
+    let (w, h) = pic.plane_size(plane);
+    let x = uv[0] * w as f32 - 0.5;
+    let y = (uv[1] * h as f32 - 0.5).clamp(0.0, h as f32 - 1.0);
+    let (x0, y0) = (x.floor(), y.floor());
+    let (fx, fy) = (x - x0, y - y0);
+    let at = |xi: i64, yi: i64| -> f32 {
+        let xi = xi.rem_euclid(w as i64) as usize;
+        let yi = yi.clamp(0, h as i64 - 1) as usize;
+        pic.planes[plane][yi * pic.strides[plane] + xi] as f32 / 255.0
+    };
+    let (xi, yi) = (x0 as i64, y0 as i64);
+    let top = at(xi, yi) * (1.0 - fx) + at(xi + 1, yi) * fx;
+    let bottom = at(xi, yi + 1) * (1.0 - fx) + at(xi + 1, yi + 1) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+/// Renders `w`×`h` RGBA, the way the GPU renderer does.
+pub fn render(pic: &I420, view: &ViewParams, w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity((w * h * 4) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let d = view.pose.apply(pixel_ray(x, y, w, h, view.fov_y_deg));
+            let mut uv = dir_to_equirect(d);
+            if view.projection == Projection::EquirectStereoTopBottom {
+                uv[1] = uv[1] * 0.5 + view.eye as f32 * 0.5;
+            }
+            let yuv = [0, 1, 2].map(|p| sample(pic, p, uv));
+            let rgb = yuv_to_rgb_f(yuv);
+            out.extend_from_slice(&[rgb[0], rgb[1], rgb[2], 255]);
+        }
+    }
+    out
+}

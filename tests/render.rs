@@ -1,0 +1,122 @@
+//! The GPU renderer (lavapipe on machines without a GPU) against the CPU reference.
+
+use inclubit::capture::testcard::TestCard;
+use inclubit::projection::{colour_distance, Face, Pose};
+use inclubit::render::{reference, rgba_at, Offscreen, ViewParams};
+use inclubit::rendezvous::wire::media::Projection;
+
+fn errors(a: &[u8], b: &[u8]) -> (f64, u8) {
+    let mut sum = 0u64;
+    let mut max = 0u8;
+    let mut n = 0u64;
+    for (pa, pb) in a.chunks(4).zip(b.chunks(4)) {
+        for c in 0..3 {
+            let d = pa[c].abs_diff(pb[c]);
+            sum += d as u64;
+            max = max.max(d);
+            n += 1;
+        }
+    }
+    (sum as f64 / n as f64, max)
+}
+
+#[test]
+fn offscreen_render_matches_cpu_reference_at_several_poses() {
+    let card = TestCard::new(1024, 512);
+    let pic = card.frame(42, 0);
+    let (w, h) = (160, 120);
+    let mut gpu = Offscreen::new(w, h).expect("a GPU adapter (lavapipe in CI)");
+    gpu.upload(&pic);
+    let poses = [
+        (0.0, 0.0, 90.0),
+        (90.0, 0.0, 70.0),
+        (180.0, 10.0, 100.0),
+        (-45.0, 45.0, 90.0),
+        (30.0, -80.0, 60.0),
+        (0.0, 89.0, 90.0),
+    ];
+    for (yaw, pitch, fov) in poses {
+        let view = ViewParams {
+            pose: Pose::new(yaw, pitch),
+            fov_y_deg: fov,
+            ..Default::default()
+        };
+        let got = gpu.render_rgba(&view).unwrap();
+        let want = reference::render(&pic, &view, w, h);
+        let (mean, max) = errors(&got, &want);
+        // Edges between faces differ by a texel of filtering at most.
+        assert!(mean < 1.0, "pose {yaw},{pitch}: mean error {mean}");
+        assert!(max < 200, "pose {yaw},{pitch}: max error {max}");
+        let diff_pixels = got
+            .chunks(4)
+            .zip(want.chunks(4))
+            .filter(|(a, b)| colour_distance([a[0], a[1], a[2]], [b[0], b[1], b[2]]) > 8)
+            .count();
+        assert!(
+            diff_pixels * 100 < (w * h) as usize,
+            "pose {yaw},{pitch}: {diff_pixels} pixels differ"
+        );
+    }
+}
+
+#[test]
+fn each_face_centre_renders_its_colour() {
+    let card = TestCard::new(640, 320);
+    let mut gpu = Offscreen::new(64, 64).unwrap();
+    gpu.upload(&card.frame(0, 0));
+    for face in Face::ALL {
+        let (yaw, pitch) = face.angles();
+        let rgba = gpu
+            .render_rgba(&ViewParams {
+                pose: Pose::new(yaw, pitch),
+                fov_y_deg: 30.0,
+                ..Default::default()
+            })
+            .unwrap();
+        let c = rgba_at(&rgba, 64, 32, 32);
+        assert!(colour_distance(c, face.colour()) <= 6, "{face:?}: {c:?}");
+    }
+}
+
+#[test]
+fn stereo_top_bottom_eyes_see_their_own_half() {
+    // Top half: the test card; bottom half: the same card turned 180° (back where front was).
+    let card = TestCard::new(512, 256);
+    let a = card.frame(0, 0);
+    let mut stereo = inclubit::picture::I420::new(512, 512);
+    for p in 0..3 {
+        let (w, h) = a.plane_size(p);
+        for y in 0..h as usize {
+            let src = &a.planes[p][y * a.strides[p]..][..w as usize];
+            stereo.planes[p][y * stereo.strides[p]..][..w as usize].copy_from_slice(src);
+            let dst = &mut stereo.planes[p][(y + h as usize) * stereo.strides[p]..][..w as usize];
+            let half = w as usize / 2;
+            dst[..half].copy_from_slice(&src[half..]);
+            dst[half..].copy_from_slice(&src[..half]);
+        }
+    }
+    let mut gpu = Offscreen::new(32, 32).unwrap();
+    gpu.upload(&stereo);
+    let mut eye = |eye| {
+        let v = ViewParams {
+            fov_y_deg: 30.0,
+            projection: Projection::EquirectStereoTopBottom,
+            eye,
+            ..Default::default()
+        };
+        rgba_at(&gpu.render_rgba(&v).unwrap(), 32, 16, 16)
+    };
+    let (left, right) = (eye(0), eye(1));
+    assert!(colour_distance(left, Face::Front.colour()) <= 6, "{left:?}");
+    assert!(colour_distance(right, Face::Back.colour()) <= 6, "{right:?}");
+    // Mono: both eyes identical.
+    let mut mono = |eye| {
+        let v = ViewParams {
+            fov_y_deg: 30.0,
+            eye,
+            ..Default::default()
+        };
+        gpu.render_rgba(&v).unwrap()
+    };
+    assert_eq!(mono(0), mono(1));
+}
