@@ -20,3 +20,4 @@ pub fn media_init() {
 }
 pub mod net;
 pub mod render;
+pub mod pipeline;

@@ -1,0 +1,1 @@
+//! `inclubit demo`: embedded rendezvous + test-card sender + viewer in one process on loopback.

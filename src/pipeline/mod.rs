@@ -1,0 +1,57 @@
+//! Wires the stages together; the only place that spawns tasks and threads.
+
+pub mod demo;
+pub mod send;
+pub mod stats;
+pub mod view;
+
+use crate::capture::CaptureError;
+use crate::decode::DecodeError;
+use crate::encode::EncodeError;
+use crate::net::NetError;
+use crate::render::RenderError;
+use inclubit_rendezvous::wire::signal::ErrorKind;
+
+/// Why a pipeline stopped. [`PipelineError::exit_code`] maps it to the documented exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("connection to the sender: {0}")]
+    Connection(String),
+    #[error("the sender sent something malformed: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Exit codes, also listed in `inclubit --help` and the README.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILURE: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const ROOM_NOT_FOUND: i32 = 3;
+    pub const NETWORK: i32 = 4;
+    pub const SOURCE: i32 = 5;
+    pub const GRAPHICS: i32 = 6;
+}
+
+impl PipelineError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Capture(_) => exit::SOURCE,
+            Self::Net(NetError::Refused(ErrorKind::RoomNotFound)) => exit::ROOM_NOT_FOUND,
+            Self::Net(_) | Self::Connection(_) => exit::NETWORK,
+            Self::Render(_) => exit::GRAPHICS,
+            _ => exit::FAILURE,
+        }
+    }
+}

@@ -1,0 +1,585 @@
+//! `inclubit send`: capture → encode once → one QUIC connection per viewer, one stream per frame.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use inclubit_rendezvous::client::{ClientEvent, Role};
+use inclubit_rendezvous::code::RoomCode;
+use inclubit_rendezvous::server::{rooms::RoomsConfig, Server, ServerConfig};
+use inclubit_rendezvous::wire::media::{
+    Codec, Control, FrameHeader, Projection, StreamHello, ViewerStats, MAX_CONTROL_LEN,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::stats::{Percentiles, RateMeter, StatsLine};
+use super::PipelineError;
+use crate::capture::{self, CaptureConfig, SourceSpec};
+use crate::clock;
+use crate::encode::{EncodedFrame, Encoder, EncoderConfig};
+use crate::net::candidates::host_candidates;
+use crate::net::signal::Signalling;
+use crate::net::{Identity, Impairment, NetError, PeerEndpoint};
+
+#[derive(Clone)]
+pub struct SendConfig {
+    pub source: SourceSpec,
+    pub capture: CaptureConfig,
+    /// Bits per second; `None` picks one for the size and rate.
+    pub bitrate: Option<u32>,
+    pub projection: Projection,
+    pub bind: SocketAddr,
+    /// `None`: run an embedded rendezvous on `embedded_port`.
+    pub rendezvous: Option<SocketAddr>,
+    pub embedded_port: u16,
+    /// A frame older than this is abandoned for a viewer rather than queued.
+    pub latency_budget: Duration,
+    /// Stop after this many frames (tests, benchmarks).
+    pub max_frames: Option<u64>,
+    pub encoder_threads: u32,
+    pub impairment: Option<Arc<dyn Impairment>>,
+    /// Per encoded frame: (seq, capture µs, encoded µs), for benchmarks.
+    pub frame_log: Option<mpsc::UnboundedSender<(u64, u64, u64)>>,
+}
+
+impl Default for SendConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceSpec::TestCard,
+            capture: CaptureConfig::default(),
+            bitrate: None,
+            projection: Projection::EquirectMono,
+            bind: "0.0.0.0:0".parse().expect("valid"),
+            rendezvous: None,
+            embedded_port: 7000,
+            latency_budget: Duration::from_millis(250),
+            max_frames: None,
+            encoder_threads: 0,
+            impairment: None,
+            frame_log: None,
+        }
+    }
+}
+
+/// State shared by the encoder thread and the viewer tasks.
+struct Shared {
+    want_keyframe: AtomicBool,
+    stop: AtomicBool,
+    hello: StreamHello,
+    next_seq: AtomicU64,
+    budget: Duration,
+    viewers: Mutex<Vec<ViewerSlot>>,
+    encoded: Mutex<(RateMeter, u64)>,
+}
+
+struct ViewerSlot {
+    id: usize,
+    conn: quinn::Connection,
+    stats: ViewerStats,
+    skipped: u64,
+}
+
+impl Shared {
+    fn request_keyframe(&self) {
+        self.want_keyframe.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A running sender.
+pub struct SendSession {
+    pub code: RoomCode,
+    /// The rendezvous viewers should use.
+    pub rendezvous: SocketAddr,
+    /// True when this process runs the rendezvous.
+    pub embedded_rendezvous: bool,
+    pub media_addr: SocketAddr,
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    signalling: Option<Signalling>,
+    encoder: Option<std::thread::JoinHandle<Result<(), PipelineError>>>,
+    tasks: Vec<JoinHandle<()>>,
+    done: watch::Receiver<bool>,
+}
+
+pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
+    // The source first: a missing camera or file fails before anything touches the network.
+    let spec = cfg.source.clone();
+    let capture_cfg = cfg.capture.clone();
+    let source = tokio::task::spawn_blocking(move || capture::open(&spec, &capture_cfg))
+        .await
+        .map_err(|e| PipelineError::Other(e.to_string()))??;
+    let (width, height) = source.size();
+    let fps = source.fps().round().max(1.0) as u32;
+    let enc_cfg = EncoderConfig {
+        width,
+        height,
+        fps,
+        bitrate: cfg
+            .bitrate
+            .unwrap_or_else(|| EncoderConfig::default_bitrate(width, height, fps)),
+        threads: cfg.encoder_threads,
+    };
+    let encoder = Encoder::new(enc_cfg.clone())?;
+
+    let identity = Identity::generate()?;
+    let ep = PeerEndpoint::bind(cfg.bind, Some(&identity), cfg.impairment.clone())?;
+
+    let (rendezvous, embedded, server_task) = match cfg.rendezvous {
+        Some(addr) => (addr, false, None),
+        None => {
+            let (addr, task) = embed_rendezvous(cfg.bind, cfg.embedded_port).await?;
+            (addr, true, Some(task))
+        }
+    };
+    // Talk to an embedded rendezvous over loopback when bound to every interface.
+    let signal_to = if embedded && rendezvous.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), rendezvous.port())
+    } else {
+        rendezvous
+    };
+    let hosts = host_candidates(ep.local_addr);
+    let PeerEndpoint {
+        endpoint,
+        signal,
+        local_addr,
+    } = ep;
+    let mut signalling = Signalling::spawn(signal, signal_to, Role::Sender {
+        hosts: hosts.clone(),
+        fingerprint: identity.fingerprint(),
+    });
+    let code = match signalling.next_event().await {
+        Some(ClientEvent::Opened { code, reflexive }) => {
+            tracing::debug!(%code, %reflexive, "room opened");
+            code
+        }
+        Some(ClientEvent::Refused(kind)) => return Err(NetError::Refused(kind).into()),
+        _ => return Err(NetError::Unreachable(signal_to).into()),
+    };
+    // What to tell viewers: a concrete address for the embedded rendezvous.
+    let advertised = if embedded && rendezvous.ip().is_unspecified() {
+        hosts
+            .iter()
+            .find(|a| a.is_ipv4())
+            .map(|a| SocketAddr::new(a.ip(), rendezvous.port()))
+            .unwrap_or(signal_to)
+    } else {
+        rendezvous
+    };
+
+    let shared = Arc::new(Shared {
+        want_keyframe: AtomicBool::new(true),
+        stop: AtomicBool::new(false),
+        hello: StreamHello {
+            codec: Codec::H264,
+            width: width as u16,
+            height: height as u16,
+            fps_milli: fps * 1000,
+            projection: cfg.projection,
+            bitrate: enc_cfg.bitrate,
+            orientation_cdeg: [0; 3],
+            next_seq: 0,
+        },
+        next_seq: AtomicU64::new(0),
+        budget: cfg.latency_budget,
+        viewers: Mutex::new(Vec::new()),
+        encoded: Mutex::new((RateMeter::default(), 0)),
+    });
+    let (frames_tx, _) = broadcast::channel::<Arc<EncodedFrame>>(16);
+    let (done_tx, done) = watch::channel(false);
+
+    let enc_thread = {
+        let shared = shared.clone();
+        let frames_tx = frames_tx.clone();
+        let max = cfg.max_frames;
+        let log = cfg.frame_log.clone();
+        std::thread::Builder::new()
+            .name("capture+encode".into())
+            .spawn(move || {
+                let r = encode_loop(source, encoder, &shared, &frames_tx, max, log);
+                let _ = done_tx.send(true);
+                r
+            })
+            .map_err(|e| PipelineError::Other(e.to_string()))?
+    };
+
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        endpoint.clone(),
+        shared.clone(),
+        frames_tx,
+    ))];
+    tasks.extend(server_task);
+    Ok(SendSession {
+        code,
+        rendezvous: advertised,
+        embedded_rendezvous: embedded,
+        media_addr: local_addr,
+        shared,
+        endpoint,
+        signalling: Some(signalling),
+        encoder: Some(enc_thread),
+        tasks,
+        done,
+    })
+}
+
+async fn embed_rendezvous(
+    bind: SocketAddr,
+    port: u16,
+) -> Result<(SocketAddr, JoinHandle<()>), PipelineError> {
+    let cfg = |port| ServerConfig {
+        listen: SocketAddr::new(bind.ip(), port),
+        rooms: RoomsConfig::default(),
+    };
+    let server = match Server::bind(cfg(port)).await {
+        Ok(s) => s,
+        Err(e) if port != 0 => {
+            tracing::info!("{e}; using another port");
+            Server::bind(cfg(0))
+                .await
+                .map_err(|e| PipelineError::Other(e.to_string()))?
+        }
+        Err(e) => return Err(PipelineError::Other(e.to_string())),
+    };
+    let addr = server.local_addr();
+    Ok((addr, tokio::spawn(server.run())))
+}
+
+fn encode_loop(
+    mut source: Box<dyn capture::FrameSource>,
+    mut encoder: Encoder,
+    shared: &Shared,
+    frames: &broadcast::Sender<Arc<EncodedFrame>>,
+    max: Option<u64>,
+    log: Option<mpsc::UnboundedSender<(u64, u64, u64)>>,
+) -> Result<(), PipelineError> {
+    // Keyframes on demand, but not more often than this: many lossy viewers must not turn the
+    // stream into all-IDR.
+    let min_idr_gap = Duration::from_millis(100);
+    let mut last_idr: Option<Instant> = None;
+    let mut seq = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) && max.is_none_or(|m| seq < m) {
+        let captured = source.next_frame()?;
+        let idr_ok = last_idr.is_none_or(|t| t.elapsed() >= min_idr_gap);
+        let force = idr_ok && shared.want_keyframe.swap(false, Ordering::Relaxed);
+        if let Some(frame) = encoder.encode(&captured.picture, seq, captured.capture_us, force)? {
+            if frame.keyframe {
+                last_idr = Some(Instant::now());
+            }
+            if let Some(log) = &log {
+                let _ = log.send((seq, frame.capture_us, clock::now_us()));
+            }
+            if let Ok(mut e) = shared.encoded.lock() {
+                e.0.record(Instant::now(), frame.data.len() as u64);
+                e.1 += 1;
+            }
+            shared.next_seq.store(seq + 1, Ordering::Relaxed);
+            // No receivers (no viewer yet) is fine.
+            let _ = frames.send(Arc::new(frame));
+        }
+        seq += 1;
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    frames: broadcast::Sender<Arc<EncodedFrame>>,
+) {
+    let mut next_id = 0;
+    while let Some(incoming) = endpoint.accept().await {
+        next_id += 1;
+        let id = next_id;
+        let shared = shared.clone();
+        let rx = frames.subscribe();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("handshake failed: {e}");
+                    return;
+                }
+            };
+            let remote = conn.remote_address();
+            tracing::info!(%remote, id, "viewer connected");
+            if let Ok(mut v) = shared.viewers.lock() {
+                v.push(ViewerSlot {
+                    id,
+                    conn: conn.clone(),
+                    stats: ViewerStats::default(),
+                    skipped: 0,
+                });
+            }
+            let r = serve_viewer(id, conn.clone(), &shared, rx).await;
+            if let Ok(mut v) = shared.viewers.lock() {
+                v.retain(|s| s.id != id);
+            }
+            match r {
+                Ok(()) => tracing::info!(%remote, id, "viewer left"),
+                Err(e) => tracing::info!(%remote, id, "viewer dropped: {e}"),
+            }
+            conn.close(0u32.into(), b"bye");
+        });
+    }
+}
+
+/// Reads one length-prefixed control message.
+pub(crate) async fn read_control(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<Control>, PipelineError> {
+    let mut len = [0u8; 2];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(PipelineError::Connection(e.to_string())),
+    }
+    let len = u16::from_be_bytes(len) as usize;
+    if len > MAX_CONTROL_LEN {
+        return Err(PipelineError::Protocol(format!("control message of {len} bytes")));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| PipelineError::Connection(e.to_string()))?;
+    Control::decode(&body)
+        .map(Some)
+        .map_err(|e| PipelineError::Protocol(e.to_string()))
+}
+
+async fn serve_viewer(
+    id: usize,
+    conn: quinn::Connection,
+    shared: &Arc<Shared>,
+    mut frames: broadcast::Receiver<Arc<EncodedFrame>>,
+) -> Result<(), PipelineError> {
+    let (mut ctrl_send, mut ctrl_recv) =
+        tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
+            .await
+            .map_err(|_| PipelineError::Protocol("no control stream within 5 s".into()))?
+            .map_err(|e| PipelineError::Connection(e.to_string()))?;
+    match read_control(&mut ctrl_recv).await? {
+        Some(Control::ViewerHello { name }) => tracing::debug!(id, %name, "hello"),
+        other => return Err(PipelineError::Protocol(format!("expected hello, got {other:?}"))),
+    }
+    let mut hello = shared.hello.clone();
+    hello.next_seq = shared.next_seq.load(Ordering::Relaxed);
+    ctrl_send
+        .write_all(&Control::Hello(hello).frame())
+        .await
+        .map_err(|e| PipelineError::Connection(e.to_string()))?;
+    // A viewer joining mid-stream needs an IDR to start.
+    shared.request_keyframe();
+
+    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Control>(64);
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(m)) = read_control(&mut ctrl_recv).await {
+            if ctrl_tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (skip_tx, mut skip_rx) = mpsc::unbounded_channel::<u64>();
+    let inflight = Arc::new(AtomicU64::new(0));
+    let max_inflight = (shared.budget.as_secs_f64() * shared.hello.fps_milli as f64 / 1000.0)
+        .ceil()
+        .max(2.0) as u64;
+    let mut waiting_key = true;
+    let mut last_seq: Option<u64> = None;
+
+    let result = loop {
+        let mut skipped = Vec::new();
+        tokio::select! {
+            f = frames.recv() => match f {
+                Ok(frame) => {
+                    last_seq = Some(frame.seq);
+                    let age = Duration::from_micros(clock::now_us().saturating_sub(frame.capture_us));
+                    if waiting_key && !frame.keyframe {
+                        skipped.push(frame.seq);
+                    } else if age >= shared.budget || inflight.load(Ordering::Relaxed) >= max_inflight {
+                        skipped.push(frame.seq);
+                        waiting_key = true;
+                    } else {
+                        waiting_key = false;
+                        let deadline = tokio::time::Instant::now() + (shared.budget - age);
+                        tokio::spawn(send_frame(conn.clone(), frame, shared.hello.projection, deadline, skip_tx.clone(), inflight.clone()));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    // This viewer's task fell behind: its frames only are lost.
+                    if let Some(l) = last_seq {
+                        skipped.extend(l + 1..=l + n);
+                        last_seq = Some(l + n);
+                    }
+                    waiting_key = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => break Ok(()),
+            },
+            Some(seq) = skip_rx.recv() => {
+                skipped.push(seq);
+                waiting_key = true;
+            }
+            m = ctrl_rx.recv() => match m {
+                Some(Control::KeyframeRequest) => {
+                    waiting_key = true;
+                    shared.request_keyframe();
+                }
+                Some(Control::Ping { viewer_us }) => {
+                    let pong = Control::Pong { viewer_us, sender_us: clock::now_us() };
+                    if let Err(e) = ctrl_send.write_all(&pong.frame()).await {
+                        break Err(PipelineError::Connection(e.to_string()));
+                    }
+                }
+                Some(Control::Stats(s)) => {
+                    if let Ok(mut v) = shared.viewers.lock() {
+                        if let Some(slot) = v.iter_mut().find(|s| s.id == id) {
+                            slot.stats = s;
+                        }
+                    }
+                }
+                Some(other) => break Err(PipelineError::Protocol(format!("unexpected {other:?}"))),
+                None => break Ok(()),
+            },
+            _ = conn.closed() => break Ok(()),
+        }
+        if !skipped.is_empty() {
+            if waiting_key {
+                shared.request_keyframe();
+            }
+            if let Ok(mut v) = shared.viewers.lock() {
+                if let Some(slot) = v.iter_mut().find(|s| s.id == id) {
+                    slot.skipped += skipped.len() as u64;
+                }
+            }
+            for seq in skipped {
+                if let Err(e) = ctrl_send.write_all(&Control::Skipped { seq }.frame()).await {
+                    reader.abort();
+                    return Err(PipelineError::Connection(e.to_string()));
+                }
+            }
+        }
+    };
+    reader.abort();
+    result
+}
+
+async fn send_frame(
+    conn: quinn::Connection,
+    frame: Arc<EncodedFrame>,
+    projection: Projection,
+    deadline: tokio::time::Instant,
+    skipped: mpsc::UnboundedSender<u64>,
+    inflight: Arc<AtomicU64>,
+) {
+    inflight.fetch_add(1, Ordering::Relaxed);
+    let header = FrameHeader {
+        seq: frame.seq,
+        capture_us: frame.capture_us,
+        keyframe: frame.keyframe,
+        has_config: frame.keyframe,
+        codec: Codec::H264,
+        projection,
+        width: frame.width as u16,
+        height: frame.height as u16,
+        payload_len: frame.data.len() as u32,
+    };
+    let ok = match tokio::time::timeout_at(deadline, conn.open_uni()).await {
+        Ok(Ok(mut s)) => {
+            let sent = tokio::time::timeout_at(deadline, async {
+                s.write_all(&header.encode()).await.ok()?;
+                s.write_all(&frame.data).await.ok()?;
+                s.finish().ok()?;
+                // Done when the viewer has acknowledged every byte.
+                s.stopped().await.ok()
+            })
+            .await;
+            match sent {
+                Ok(Some(None)) => true,
+                _ => {
+                    // Too late or refused: abandon it rather than let it queue.
+                    let _ = s.reset(1u32.into());
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
+    inflight.fetch_sub(1, Ordering::Relaxed);
+    if !ok && conn.close_reason().is_none() {
+        let _ = skipped.send(frame.seq);
+    }
+}
+
+impl SendSession {
+    /// The command a viewer runs.
+    pub fn view_command(&self) -> String {
+        format!("inclubit view --rendezvous {} {}", self.rendezvous, self.code)
+    }
+
+    pub fn stats(&self) -> StatsLine {
+        let (fps, bps, frames) = match self.shared.encoded.lock() {
+            Ok(mut e) => {
+                let (f, b) = e.0.rates(Instant::now());
+                (f, b, e.1)
+            }
+            Err(_) => (0.0, 0.0, 0),
+        };
+        let mut line = StatsLine {
+            role: "send",
+            fps,
+            bitrate_mbps: bps / 1e6,
+            frames,
+            path: "direct".into(),
+            ..Default::default()
+        };
+        if let Ok(v) = self.shared.viewers.lock() {
+            line.viewers = Some(v.len());
+            let mut p50 = Percentiles::new(64);
+            let mut p99 = Percentiles::new(64);
+            let mut rtt = 0.0f64;
+            for s in v.iter() {
+                rtt = rtt.max(s.conn.rtt().as_secs_f64() * 1000.0);
+                p50.record(s.stats.latency_p50_us as u64);
+                p99.record(s.stats.latency_p99_us as u64);
+                line.dropped += s.stats.frames_dropped.max(s.skipped);
+            }
+            line.rtt_ms = rtt;
+            line.latency_p50_ms = p50.get(100.0) as f64 / 1000.0;
+            line.latency_p99_ms = p99.get(100.0) as f64 / 1000.0;
+            if v.is_empty() {
+                line.path = "-".into();
+            }
+        }
+        line
+    }
+
+    /// Resolves when capture stops (`max_frames` reached or the source failed).
+    pub async fn finished(&mut self) -> Result<(), PipelineError> {
+        let _ = self.done.wait_for(|d| *d).await;
+        self.join_encoder()
+    }
+
+    fn join_encoder(&mut self) -> Result<(), PipelineError> {
+        match self.encoder.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(PipelineError::Other("encoder thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops capture, says goodbye to viewers and the rendezvous.
+    pub async fn stop(mut self) -> Result<(), PipelineError> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.endpoint.close(0u32.into(), b"sender stopped");
+        if let Some(s) = self.signalling.take() {
+            s.leave().await;
+        }
+        let r = tokio::task::block_in_place(|| self.join_encoder());
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        r
+    }
+}

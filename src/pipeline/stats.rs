@@ -1,0 +1,166 @@
+//! Live statistics: rates over the last second, latency percentiles over recent frames, and
+//! the one-line (or JSON) rendering both ends print.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Events per second and bytes per second over a sliding one-second window.
+#[derive(Debug, Default)]
+pub struct RateMeter {
+    events: VecDeque<(Instant, u64)>,
+}
+
+impl RateMeter {
+    pub fn record(&mut self, now: Instant, bytes: u64) {
+        self.events.push_back((now, bytes));
+        self.trim(now);
+    }
+
+    fn trim(&mut self, now: Instant) {
+        while self
+            .events
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(1))
+        {
+            self.events.pop_front();
+        }
+    }
+
+    /// (events/s, bits/s)
+    pub fn rates(&mut self, now: Instant) -> (f64, f64) {
+        self.trim(now);
+        let bytes: u64 = self.events.iter().map(|(_, b)| b).sum();
+        (self.events.len() as f64, bytes as f64 * 8.0)
+    }
+}
+
+/// Percentiles over the most recent samples.
+#[derive(Debug)]
+pub struct Percentiles {
+    samples: VecDeque<u64>,
+    cap: usize,
+}
+
+impl Default for Percentiles {
+    fn default() -> Self {
+        Self::new(300)
+    }
+}
+
+impl Percentiles {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            samples: VecDeque::with_capacity(cap),
+            cap,
+        }
+    }
+
+    pub fn record(&mut self, v: u64) {
+        if self.samples.len() == self.cap {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(v);
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The `p`-th percentile (0..=100), or 0 with no samples.
+    pub fn get(&self, p: f64) -> u64 {
+        percentile(self.samples.iter().copied().collect(), p)
+    }
+}
+
+pub fn percentile(mut v: Vec<u64>, p: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// One stats line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatsLine {
+    pub role: &'static str,
+    pub fps: f64,
+    pub bitrate_mbps: f64,
+    pub rtt_ms: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub dropped: u64,
+    pub frames: u64,
+    pub viewers: Option<usize>,
+    pub path: String,
+}
+
+impl StatsLine {
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            return serde_json::to_string(self).unwrap_or_default();
+        }
+        let viewers = self
+            .viewers
+            .map(|v| format!("  viewers {v}"))
+            .unwrap_or_default();
+        format!(
+            "{:<4} fps {:5.1}  bitrate {:6.2} Mbit/s  rtt {:6.1} ms  latency p50 {:5.1} ms p99 {:5.1} ms  dropped {}  frames {}{}  path {}",
+            self.role,
+            self.fps,
+            self.bitrate_mbps,
+            self.rtt_ms,
+            self.latency_p50_ms,
+            self.latency_p99_ms,
+            self.dropped,
+            self.frames,
+            viewers,
+            self.path,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_rates() {
+        let mut p = Percentiles::new(100);
+        for v in 1..=100 {
+            p.record(v);
+        }
+        assert_eq!(p.get(50.0), 51);
+        assert_eq!(p.get(99.0), 99);
+        assert_eq!(Percentiles::new(3).get(50.0), 0);
+        let t = Instant::now();
+        let mut r = RateMeter::default();
+        for i in 0..30 {
+            r.record(t + Duration::from_millis(i * 33), 1000);
+        }
+        let (fps, bps) = r.rates(t + Duration::from_millis(990));
+        assert_eq!(fps, 30.0);
+        assert_eq!(bps, 240_000.0);
+        assert_eq!(r.rates(t + Duration::from_secs(3)).0, 0.0);
+    }
+
+    #[test]
+    fn line_and_json() {
+        let s = StatsLine {
+            role: "view",
+            fps: 30.0,
+            path: "direct".into(),
+            ..Default::default()
+        };
+        assert!(s.render(false).contains("fps  30.0"));
+        let v: serde_json::Value = serde_json::from_str(&s.render(true)).unwrap();
+        assert_eq!(v["path"], "direct");
+    }
+}

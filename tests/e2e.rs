@@ -1,0 +1,109 @@
+//! End to end on loopback: rendezvous + test-card sender (real x264) + two headless viewers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use inclubit::capture::testcard::read_barcode;
+use inclubit::pipeline::view::{self, Display, FrameSlot, ViewConfig, ViewEvent};
+use inclubit::projection::{colour_distance, Face, Pose};
+use inclubit::render::{rgba_at, ViewParams};
+use tokio::sync::mpsc;
+
+fn probes() -> Vec<ViewParams> {
+    Face::ALL
+        .iter()
+        .map(|f| {
+            let (yaw, pitch) = f.angles();
+            ViewParams {
+                pose: Pose::new(yaw, pitch),
+                fov_y_deg: 20.0,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn check_viewer(events: &[ViewEvent], frames: u64) {
+    let mut last = None;
+    let mut decoded = 0;
+    let mut rendered = 0;
+    for e in events {
+        match e {
+            ViewEvent::Decoded {
+                seq,
+                keyframe,
+                picture,
+                ..
+            } => {
+                if last.is_none() {
+                    assert!(keyframe, "first decoded frame must be a keyframe");
+                }
+                assert!(last.is_none_or(|l| *seq > l), "out of order: {seq} after {last:?}");
+                assert_eq!(
+                    read_barcode(picture),
+                    Some(*seq as u32 & 0xFF_FFFF),
+                    "barcode of decoded frame {seq}"
+                );
+                last = Some(*seq);
+                decoded += 1;
+            }
+            ViewEvent::Rendered {
+                probe, rgba, width, height, ..
+            } => {
+                let face = Face::ALL[*probe];
+                let c = rgba_at(rgba, *width, width / 2, height / 2);
+                assert!(
+                    colour_distance(c, face.colour()) <= 40,
+                    "{face:?} rendered as {c:?}"
+                );
+                rendered += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(decoded >= frames, "decoded {decoded} < {frames}");
+    assert!(rendered >= 6, "rendered {rendered} probe views");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_viewers_get_every_frame_right() {
+    let rv = rendezvous().await;
+    let send = sender(rv, 640, 320).await;
+    let mut runs = Vec::new();
+    let mut rxs = Vec::new();
+    for i in 0..2 {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut cfg = ViewConfig::new(send.code, rv);
+        cfg.bind = LOOPBACK.parse().unwrap();
+        cfg.display = Display::Headless {
+            width: 32,
+            height: 32,
+        };
+        cfg.probes = probes();
+        cfg.max_frames = Some(150);
+        cfg.events = Some(tx);
+        cfg.name = format!("viewer-{i}");
+        runs.push(tokio::spawn(view::run(cfg, FrameSlot::default())));
+        rxs.push(rx);
+    }
+    for run in runs {
+        let summary = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("viewer finishes in time")
+            .unwrap()
+            .unwrap();
+        assert!(summary.frames >= 150, "{summary:?}");
+    }
+    for mut rx in rxs {
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        check_viewer(&events, 150);
+    }
+    let stats = send.stats();
+    assert!(stats.frames >= 150);
+    send.stop().await.unwrap();
+}
