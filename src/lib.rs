@@ -21,3 +21,5 @@ pub fn media_init() {
 pub mod net;
 pub mod render;
 pub mod pipeline;
+pub mod cli;
+pub mod commands;

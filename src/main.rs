@@ -1,1 +1,21 @@
-fn main(){}
+//! The `inclubit` binary: parse, start logging, dispatch.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = inclubit::cli::Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = inclubit::commands::run(cli);
+    std::process::ExitCode::from(code as u8)
+}

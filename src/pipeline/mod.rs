@@ -25,6 +25,8 @@ pub enum PipelineError {
     Render(#[from] RenderError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Rendezvous(#[from] inclubit_rendezvous::server::ServerError),
     #[error("connection to the sender: {0}")]
     Connection(String),
     #[error("the sender sent something malformed: {0}")]
@@ -49,7 +51,7 @@ impl PipelineError {
         match self {
             Self::Capture(_) => exit::SOURCE,
             Self::Net(NetError::Refused(ErrorKind::RoomNotFound)) => exit::ROOM_NOT_FOUND,
-            Self::Net(_) | Self::Connection(_) => exit::NETWORK,
+            Self::Net(_) | Self::Connection(_) | Self::Rendezvous(_) => exit::NETWORK,
             Self::Render(_) => exit::GRAPHICS,
             _ => exit::FAILURE,
         }

@@ -236,11 +236,9 @@ async fn embed_rendezvous(
         Ok(s) => s,
         Err(e) if port != 0 => {
             tracing::info!("{e}; using another port");
-            Server::bind(cfg(0))
-                .await
-                .map_err(|e| PipelineError::Other(e.to_string()))?
+            Server::bind(cfg(0)).await?
         }
-        Err(e) => return Err(PipelineError::Other(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
     let addr = server.local_addr();
     Ok((addr, tokio::spawn(server.run())))

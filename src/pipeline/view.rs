@@ -524,7 +524,10 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                     emit(ViewEvent::KeyframeRequested);
                 }
                 Output::Dropped { seq } => {
-                    dropped += 1;
+                    // Frames before the first keyframe of a mid-stream join are not losses.
+                    if decoded_count.load(Ordering::Relaxed) > 0 {
+                        dropped += 1;
+                    }
                     emit(ViewEvent::Dropped { seq });
                 }
             }

@@ -1,0 +1,207 @@
+//! The command line (clap derive). Network flags are shared through `#[command(flatten)]`.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use inclubit_rendezvous::code::RoomCode;
+use inclubit_rendezvous::server::ServerArgs;
+use inclubit_rendezvous::wire::media::Projection;
+
+use crate::capture::SourceSpec;
+use crate::net::NetArgs;
+
+const AFTER_HELP: &str = "\
+Examples:
+  inclubit demo                                        test card -> embedded rendezvous -> viewer
+  inclubit send --source testcard                      prints a code and the viewer's command
+  inclubit send --source camera:/dev/video0 --size 3840x1920 --fps 30
+  inclubit send --source file:talk360.mp4 --rendezvous rv.example.org:7000
+  inclubit view --rendezvous rv.example.org:7000 K7F-Q2M
+  inclubit rendezvous --listen 0.0.0.0:7000
+
+Exit codes:
+  0  finished normally (Ctrl-C, --frames reached, or the sender ended the stream)
+  1  other failure
+  2  bad command line (including a malformed code)
+  3  no room with that code
+  4  network: rendezvous unreachable, sender unreachable or lost
+  5  source: no camera, camera busy, no such file, not a video
+  6  graphics: no GPU adapter or window";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "inclubit",
+    version,
+    about = "Live 360° video from a camera PC to VR headsets and browsers, peer to peer",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print stats lines as JSON objects.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream a 360 camera, a file or the test card.
+    Send(SendArgs),
+    /// Watch a stream by its code.
+    View(ViewArgs),
+    /// Run a rendezvous server (rooms and signalling).
+    Rendezvous(ServerArgs),
+    /// Test card, rendezvous and viewer in one process on this machine.
+    Demo(DemoArgs),
+}
+
+/// `WIDTHxHEIGHT`.
+pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{s}` is not a size like 1920x960"))?;
+    let p = |v: &str| {
+        v.parse::<u32>()
+            .ok()
+            .filter(|n| (16..=8192).contains(n))
+            .ok_or_else(|| format!("`{s}` is not a size like 1920x960 (16..8192)"))
+    };
+    Ok((p(w)?, p(h)?))
+}
+
+/// `8M`, `2500k` or bits per second.
+pub fn parse_bitrate(s: &str) -> Result<u32, String> {
+    let err = || format!("`{s}` is not a bitrate like 8M or 2500k");
+    let (num, mul) = match s.chars().last() {
+        Some('M' | 'm') => (&s[..s.len() - 1], 1_000_000.0),
+        Some('k' | 'K') => (&s[..s.len() - 1], 1_000.0),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num.parse().map_err(|_| err())?;
+    let bps = v * mul;
+    if (50_000.0..=500_000_000.0).contains(&bps) {
+        Ok(bps as u32)
+    } else {
+        Err(err())
+    }
+}
+
+fn parse_projection(s: &str) -> Result<Projection, String> {
+    match s {
+        "equirect" | "mono" => Ok(Projection::EquirectMono),
+        "equirect-tb" | "stereo-tb" => Ok(Projection::EquirectStereoTopBottom),
+        _ => Err(format!("unknown projection `{s}`: equirect or equirect-tb")),
+    }
+}
+
+fn parse_code(s: &str) -> Result<RoomCode, String> {
+    s.parse::<RoomCode>().map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// testcard, file:PATH or camera:/dev/videoN
+    #[arg(long, default_value = "testcard")]
+    pub source: SourceSpec,
+    /// Output size, WIDTHxHEIGHT (2:1 for equirect). Default: the source's own (test card 1920x960).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<(u32, u32)>,
+    /// Frames per second (test card and camera; files keep their own rate).
+    #[arg(long, default_value_t = 30.0)]
+    pub fps: f64,
+    /// Video bitrate, e.g. 8M. Default: about 0.1 bit per pixel.
+    #[arg(long, value_parser = parse_bitrate)]
+    pub bitrate: Option<u32>,
+    /// Ask the camera for MJPEG (higher sizes and rates over USB 2).
+    #[arg(long)]
+    pub mjpeg: bool,
+    /// equirect or equirect-tb (stereo, left eye on top)
+    #[arg(long, default_value = "equirect", value_parser = parse_projection)]
+    pub projection: Projection,
+    /// Port of the embedded rendezvous when --rendezvous is not given.
+    #[arg(long, default_value_t = 7000)]
+    pub rendezvous_port: u16,
+    /// Frames older than this (ms) are dropped for a viewer rather than queued.
+    #[arg(long, default_value_t = 250)]
+    pub latency_budget_ms: u64,
+    /// Stop after this many frames.
+    #[arg(long)]
+    pub frames: Option<u64>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+impl SendArgs {
+    pub fn latency_budget(&self) -> Duration {
+        Duration::from_millis(self.latency_budget_ms)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// The code the sender printed, e.g. K7F-Q2M.
+    #[arg(value_parser = parse_code)]
+    pub code: RoomCode,
+    /// Render offscreen and print stats (no window).
+    #[arg(long)]
+    pub headless: bool,
+    /// Stop after this many frames.
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Offscreen render size for --headless.
+    #[arg(long, default_value = "1280x720", value_parser = parse_size)]
+    pub render_size: (u32, u32),
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// No window even if a display is available.
+    #[arg(long)]
+    pub headless: bool,
+    /// Stop after this many frames (default: run until Ctrl-C).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Test card size.
+    #[arg(long, default_value = "1920x960", value_parser = parse_size)]
+    pub size: (u32, u32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_bitrates_codes() {
+        assert_eq!(parse_size("1920x960"), Ok((1920, 960)));
+        assert!(parse_size("1920").is_err());
+        assert!(parse_size("0x0").is_err());
+        assert_eq!(parse_bitrate("8M"), Ok(8_000_000));
+        assert_eq!(parse_bitrate("2500k"), Ok(2_500_000));
+        assert!(parse_bitrate("fast").is_err());
+        assert!(parse_code("K7F-Q2M").is_ok());
+        assert!(parse_code("hello").is_err());
+    }
+
+    #[test]
+    fn network_flags_are_shared() {
+        let c = Cli::try_parse_from([
+            "inclubit", "view", "--rendezvous", "h:7000", "--bind", "127.0.0.1:0", "K7F-Q2M",
+        ])
+        .unwrap();
+        let Command::View(v) = c.command else { panic!() };
+        assert_eq!(v.net.rendezvous.as_deref(), Some("h:7000"));
+        let c = Cli::try_parse_from(["inclubit", "send", "--rendezvous", "h", "--json"]).unwrap();
+        assert!(c.json);
+    }
+}

@@ -1,0 +1,223 @@
+//! What each subcommand does at the terminal: start a pipeline, print the code and stats lines,
+//! stop cleanly on Ctrl-C, and map failures to exit codes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::cli::{Cli, Command, DemoArgs, SendArgs, ViewArgs};
+use crate::net::resolve;
+use crate::pipeline::send::{self, SendConfig, SendSession};
+use crate::pipeline::view::{self, Display, FrameSlot, ViewConfig};
+use crate::pipeline::{exit, PipelineError};
+use crate::render::desktop;
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let json = cli.json;
+    let r = match cli.command {
+        Command::Send(a) => rt.block_on(send_cmd(a, json)),
+        Command::View(a) => view_cmd(&rt, a, json),
+        Command::Rendezvous(a) => rt.block_on(rendezvous_cmd(a)),
+        Command::Demo(a) => demo_cmd(&rt, a, json),
+    };
+    // Don't wait for blocked capture reads and the like.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    match r {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn rendezvous_cmd(a: inclubit_rendezvous::server::ServerArgs) -> Result<(), PipelineError> {
+    let server = inclubit_rendezvous::server::Server::bind(a.config()).await?;
+    println!("listening on {}", server.local_addr());
+    tokio::select! {
+        _ = server.run() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+async fn rendezvous_addr(s: &Option<String>) -> Result<Option<SocketAddr>, PipelineError> {
+    match s {
+        Some(s) => Ok(Some(resolve(s).await?)),
+        None => Ok(None),
+    }
+}
+
+fn send_config(a: &SendArgs, rendezvous: Option<SocketAddr>) -> SendConfig {
+    SendConfig {
+        source: a.source.clone(),
+        capture: crate::capture::CaptureConfig {
+            size: a.size,
+            fps: a.fps,
+            mjpeg: a.mjpeg,
+        },
+        bitrate: a.bitrate,
+        projection: a.projection,
+        bind: a.net.bind,
+        rendezvous,
+        embedded_port: a.rendezvous_port,
+        latency_budget: a.latency_budget(),
+        max_frames: a.frames,
+        ..Default::default()
+    }
+}
+
+fn announce(s: &SendSession) {
+    println!("code        {}", s.code);
+    let how = if s.embedded_rendezvous {
+        " (embedded)"
+    } else {
+        ""
+    };
+    println!("rendezvous  {}{how}", s.rendezvous);
+    println!("viewer      {}", s.view_command());
+}
+
+async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
+    let rv = rendezvous_addr(&a.net.rendezvous).await?;
+    let mut s = send::start(send_config(&a, rv)).await?;
+    announce(&s);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let r = loop {
+        tokio::select! {
+            r = s.finished() => break r,
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = tick.tick() => println!("{}", s.stats().render(json)),
+        }
+    };
+    let stopped = s.stop().await;
+    r.and(stopped)
+}
+
+fn view_config(a: &ViewArgs, rendezvous: SocketAddr, display: Display) -> ViewConfig {
+    let mut cfg = ViewConfig::new(a.code, rendezvous);
+    cfg.bind = a.net.bind;
+    cfg.display = display;
+    cfg.max_frames = a.frames;
+    cfg
+}
+
+/// Drives a viewer, printing stats every second, until it ends or Ctrl-C.
+async fn view_loop(cfg: ViewConfig, slot: FrameSlot, json: bool) -> Result<(), PipelineError> {
+    let metrics = slot.metrics.clone();
+    let closer = slot.clone();
+    let run = view::run(cfg, slot);
+    tokio::pin!(run);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut run => {
+                closer.close();
+                let summary = r?;
+                if summary.sender_ended {
+                    eprintln!("the sender ended the stream");
+                }
+                return Ok(());
+            }
+            _ = tokio::signal::ctrl_c() => {
+                closer.close();
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                if let Ok(mut m) = metrics.lock() {
+                    // Nothing to report before the stream starts.
+                    if !m.path.is_empty() {
+                        println!("{}", m.line().render(json));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn view_cmd(rt: &tokio::runtime::Runtime, a: ViewArgs, json: bool) -> Result<(), PipelineError> {
+    let Some(rv) = &a.net.rendezvous else {
+        return Err(PipelineError::Other(
+            "view needs --rendezvous HOST:PORT (the sender prints the exact command)".into(),
+        ));
+    };
+    let rv = rt.block_on(resolve(rv))?;
+    let (w, h) = a.render_size;
+    if a.headless || !desktop::display_available() {
+        if !a.headless {
+            eprintln!("no display found; rendering headless (use --headless to silence this)");
+        }
+        let cfg = view_config(&a, rv, Display::Headless { width: w, height: h });
+        return rt.block_on(view_loop(cfg, FrameSlot::default(), json));
+    }
+    let slot = FrameSlot::default();
+    let cfg = view_config(&a, rv, Display::Window(slot.clone()));
+    let title = format!("inclubit {}", a.code);
+    windowed(rt, slot.clone(), &title, view_loop(cfg, slot, json))
+}
+
+/// Runs `work` on the runtime while the window owns the main thread.
+fn windowed<F>(
+    rt: &tokio::runtime::Runtime,
+    slot: FrameSlot,
+    title: &str,
+    work: F,
+) -> Result<(), PipelineError>
+where
+    F: std::future::Future<Output = Result<(), PipelineError>> + Send + 'static,
+{
+    let handle = rt.spawn(work);
+    let shown = desktop::run_window(slot.clone(), title);
+    slot.close();
+    let r = rt.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(3), handle).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(PipelineError::Other(e.to_string())),
+            Err(_) => Ok(()),
+        }
+    });
+    shown?;
+    r
+}
+
+fn demo_cmd(rt: &tokio::runtime::Runtime, a: DemoArgs, json: bool) -> Result<(), PipelineError> {
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid");
+    let cfg = SendConfig {
+        capture: crate::capture::CaptureConfig {
+            size: Some(a.size),
+            ..Default::default()
+        },
+        bind: loopback,
+        embedded_port: 0,
+        ..Default::default()
+    };
+    let sender = rt.block_on(send::start(cfg))?;
+    println!("demo: test card {}x{} -> rendezvous {} -> viewer (code {})", a.size.0, a.size.1, sender.rendezvous, sender.code);
+    let mut vcfg = ViewConfig::new(sender.code, sender.rendezvous);
+    vcfg.bind = loopback;
+    vcfg.max_frames = a.frames;
+    let r = if a.headless || !desktop::display_available() {
+        if !a.headless {
+            println!("no display found: running headless with a stats line");
+        }
+        vcfg.display = Display::Headless {
+            width: 1280,
+            height: 720,
+        };
+        rt.block_on(view_loop(vcfg, FrameSlot::default(), json))
+    } else {
+        let slot = FrameSlot::default();
+        vcfg.display = Display::Window(slot.clone());
+        windowed(rt, slot.clone(), "inclubit demo", view_loop(vcfg, slot, json))
+    };
+    let stopped = rt.block_on(sender.stop());
+    r.and(stopped)
+}

@@ -1,0 +1,255 @@
+//! The real binary, as a user runs it: output, exit codes and bad input.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_inclubit");
+
+/// A child process killed on drop, with its stdout lines on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn inclubit");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// The first stdout line starting with `prefix`, within `timeout`.
+    fn line(&self, prefix: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no line starting with {prefix:?}: {e}"),
+            }
+        }
+    }
+
+    fn wait(mut self, timeout: Duration) -> (i32, String) {
+        use wait_timeout::ChildExt;
+        let status = self
+            .child
+            .wait_timeout(timeout)
+            .unwrap()
+            .unwrap_or_else(|| panic!("process did not exit within {timeout:?}"));
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        (status.code().unwrap_or(-1), err)
+    }
+
+    fn interrupt(&self) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str], timeout: Duration) -> (i32, String) {
+    Proc::start(args).wait(timeout)
+}
+
+fn rendezvous() -> (Proc, SocketAddr) {
+    let p = Proc::start(&["rendezvous", "--listen", "127.0.0.1:0"]);
+    let l = p.line("listening on ", Duration::from_secs(10));
+    let addr = l.trim_start_matches("listening on ").parse().unwrap();
+    (p, addr)
+}
+
+/// Starts a test-card sender against `rv` (or its own rendezvous) and returns it with its code
+/// and the rendezvous address it printed.
+fn sender(rv: Option<SocketAddr>) -> (Proc, String, String) {
+    let rv_s = rv.map(|a| a.to_string());
+    let mut args = vec![
+        "send", "--source", "testcard", "--size", "640x320", "--bind", "127.0.0.1:0",
+        "--rendezvous-port", "0",
+    ];
+    if let Some(r) = &rv_s {
+        args.extend(["--rendezvous", r.as_str()]);
+    }
+    let p = Proc::start(&args);
+    let code = p.line("code ", Duration::from_secs(10));
+    let code = code.split_whitespace().nth(1).unwrap().to_string();
+    let rvl = p.line("rendezvous ", Duration::from_secs(5));
+    let rv_printed = rvl.split_whitespace().nth(1).unwrap().to_string();
+    let viewer = p.line("viewer ", Duration::from_secs(5));
+    assert!(viewer.contains(&format!("inclubit view --rendezvous {rv_printed} {code}")), "{viewer}");
+    (p, code, rv_printed)
+}
+
+fn view(rv: &str, code: &str, frames: &str) -> Proc {
+    Proc::start(&[
+        "view", "--rendezvous", rv, "--bind", "127.0.0.1:0", "--headless", "--frames", frames,
+        "--render-size", "64x64", code,
+    ])
+}
+
+#[test]
+fn send_with_embedded_rendezvous_and_view_with_json_stats() {
+    let (_send, code, rv) = sender(None);
+    let mut v = Proc::start(&[
+        "view", "--rendezvous", &rv, "--bind", "127.0.0.1:0", "--headless", "--frames", "60",
+        "--render-size", "64x64", "--json", &code,
+    ]);
+    let l = v.line("{", Duration::from_secs(15));
+    let stats: serde_json::Value = serde_json::from_str(&l).unwrap();
+    assert_eq!(stats["role"], "view");
+    assert_eq!(stats["path"], "direct");
+    v.lines = mpsc::channel().1;
+    let (code, err) = v.wait(Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn wrong_code_is_exit_3_with_one_clear_line() {
+    let (_rv, addr) = rendezvous();
+    let start = Instant::now();
+    let (code, err) = run(
+        &["view", "--rendezvous", &addr.to_string(), "--headless", "K7F-Q2M"],
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("error: rendezvous refused: no room with that code"), "{err}");
+}
+
+#[test]
+fn unreachable_rendezvous_is_exit_4() {
+    // A port nobody listens on: bind and drop.
+    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let rv = format!("127.0.0.1:{port}");
+    let (code, err) = run(&["view", "--rendezvous", &rv, "--headless", "K7F-Q2M"], Duration::from_secs(5));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(&format!("rendezvous {rv} did not answer")), "{err}");
+    let (code, err) = run(
+        &["send", "--size", "320x160", "--rendezvous", &rv, "--bind", "127.0.0.1:0"],
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, 4, "{err}");
+}
+
+#[test]
+fn missing_camera_and_file_are_exit_5() {
+    let (code, err) = run(&["send", "--source", "camera:/dev/video99"], Duration::from_secs(5));
+    assert_eq!((code, err.trim()), (5, "error: no camera at /dev/video99"));
+    let (code, err) = run(&["send", "--source", "file:/no/such.mp4"], Duration::from_secs(5));
+    assert_eq!((code, err.trim()), (5, "error: no such file: /no/such.mp4"));
+}
+
+#[test]
+fn malformed_code_and_flags_are_exit_2() {
+    let (code, err) = run(&["view", "--rendezvous", "127.0.0.1:1", "NOT-A-CODE"], Duration::from_secs(5));
+    assert_eq!(code, 2, "{err}");
+    let (code, _) = run(&["send", "--size", "big"], Duration::from_secs(5));
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn help_shows_examples_and_exit_codes() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("inclubit demo") && s.contains("Exit codes:"), "{s}");
+}
+
+#[test]
+fn rendezvous_survives_10000_random_datagrams_then_serves() {
+    let (_rv, addr) = rendezvous();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = [0u8; 1500];
+    for i in 0..10_000 {
+        // xorshift: random lengths and bytes; every tenth starts like a real signal message.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 1400) as usize;
+        for b in buf[..len].iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        if i % 10 == 0 && len > 3 {
+            buf[0] = 0x21;
+            buf[1] = 1;
+        }
+        let _ = sock.send_to(&buf[..len], addr);
+    }
+    let (_send, code, _) = sender(Some(addr));
+    let v = view(&addr.to_string(), &code, "30");
+    let (status, err) = v.wait(Duration::from_secs(30));
+    assert_eq!(status, 0, "{err}");
+}
+
+#[test]
+fn no_gpu_is_a_clear_error() {
+    let (_send, code, rv) = sender(None);
+    let out = Command::new(BIN)
+        .args(["view", "--rendezvous", &rv, "--bind", "127.0.0.1:0", "--headless", &code])
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .env("WGPU_BACKEND", "vulkan")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("no GPU adapter found"), "{err}");
+}
+
+#[test]
+fn viewer_exits_cleanly_when_sender_stops() {
+    let (send, code, rv) = sender(None);
+    let v = view(&rv, &code, "100000");
+    v.line("view ", Duration::from_secs(15));
+    drop(send);
+    // The sender was killed without a goodbye: the viewer notices within the idle timeout.
+    let (status, err) = v.wait(Duration::from_secs(20));
+    assert_eq!(status, 4, "{err}");
+    assert!(err.contains("lost the sender"), "{err}");
+}
+
+#[test]
+fn ctrl_c_on_the_sender_ends_both_cleanly() {
+    let (send, code, rv) = sender(None);
+    let v = view(&rv, &code, "100000");
+    v.line("view ", Duration::from_secs(15));
+    send.interrupt();
+    let (status, err) = send.wait(Duration::from_secs(5));
+    assert_eq!(status, 0, "{err}");
+    let (status, err) = v.wait(Duration::from_secs(5));
+    assert_eq!(status, 0, "{err}");
+    assert!(err.contains("the sender ended the stream"), "{err}");
+}
