@@ -196,10 +196,18 @@ mod tests {
     #[test]
     fn network_flags_are_shared() {
         let c = Cli::try_parse_from([
-            "inclubit", "view", "--rendezvous", "h:7000", "--bind", "127.0.0.1:0", "K7F-Q2M",
+            "inclubit",
+            "view",
+            "--rendezvous",
+            "h:7000",
+            "--bind",
+            "127.0.0.1:0",
+            "K7F-Q2M",
         ])
         .unwrap();
-        let Command::View(v) = c.command else { panic!() };
+        let Command::View(v) = c.command else {
+            panic!()
+        };
         assert_eq!(v.net.rendezvous.as_deref(), Some("h:7000"));
         let c = Cli::try_parse_from(["inclubit", "send", "--rendezvous", "h", "--json"]).unwrap();
         assert!(c.json);

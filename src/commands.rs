@@ -13,7 +13,10 @@ use crate::render::desktop;
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -155,7 +158,14 @@ fn view_cmd(rt: &tokio::runtime::Runtime, a: ViewArgs, json: bool) -> Result<(),
         if !a.headless {
             eprintln!("no display found; rendering headless (use --headless to silence this)");
         }
-        let cfg = view_config(&a, rv, Display::Headless { width: w, height: h });
+        let cfg = view_config(
+            &a,
+            rv,
+            Display::Headless {
+                width: w,
+                height: h,
+            },
+        );
         return rt.block_on(view_loop(cfg, FrameSlot::default(), json));
     }
     let slot = FrameSlot::default();
@@ -200,7 +210,10 @@ fn demo_cmd(rt: &tokio::runtime::Runtime, a: DemoArgs, json: bool) -> Result<(),
         ..Default::default()
     };
     let sender = rt.block_on(send::start(cfg))?;
-    println!("demo: test card {}x{} -> rendezvous {} -> viewer (code {})", a.size.0, a.size.1, sender.rendezvous, sender.code);
+    println!(
+        "demo: test card {}x{} -> rendezvous {} -> viewer (code {})",
+        a.size.0, a.size.1, sender.rendezvous, sender.code
+    );
     let mut vcfg = ViewConfig::new(sender.code, sender.rendezvous);
     vcfg.bind = loopback;
     vcfg.max_frames = a.frames;
@@ -216,7 +229,12 @@ fn demo_cmd(rt: &tokio::runtime::Runtime, a: DemoArgs, json: bool) -> Result<(),
     } else {
         let slot = FrameSlot::default();
         vcfg.display = Display::Window(slot.clone());
-        windowed(rt, slot.clone(), "inclubit demo", view_loop(vcfg, slot, json))
+        windowed(
+            rt,
+            slot.clone(),
+            "inclubit demo",
+            view_loop(vcfg, slot, json),
+        )
     };
     let stopped = rt.block_on(sender.stop());
     r.and(stopped)

@@ -18,8 +18,8 @@ pub fn media_init() {
         ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Fatal);
     });
 }
-pub mod net;
-pub mod render;
-pub mod pipeline;
 pub mod cli;
 pub mod commands;
+pub mod net;
+pub mod pipeline;
+pub mod render;

@@ -104,12 +104,8 @@ pub fn rgb_to_yuv(rgb: [u8; 3]) -> [u8; 3] {
     let y = 0.2126 * r + 0.7152 * g + 0.0722 * b;
     let cb = (b - y) / 1.8556;
     let cr = (r - y) / 1.5748;
-    [
-        16.0 + 219.0 * y,
-        128.0 + 224.0 * cb,
-        128.0 + 224.0 * cr,
-    ]
-    .map(|c| c.round().clamp(0.0, 255.0) as u8)
+    [16.0 + 219.0 * y, 128.0 + 224.0 * cb, 128.0 + 224.0 * cr]
+        .map(|c| c.round().clamp(0.0, 255.0) as u8)
 }
 
 /// The six faces of the cube around the viewer, each with a colour on the test card.
@@ -226,7 +222,10 @@ mod tests {
     fn colour_conversion_roundtrip() {
         for face in Face::ALL {
             let c = face.colour();
-            assert!(colour_distance(yuv_to_rgb(rgb_to_yuv(c)), c) <= 3, "{face:?}");
+            assert!(
+                colour_distance(yuv_to_rgb(rgb_to_yuv(c)), c) <= 3,
+                "{face:?}"
+            );
         }
     }
 }

@@ -92,8 +92,15 @@ fn rendezvous() -> (Proc, SocketAddr) {
 fn sender(rv: Option<SocketAddr>) -> (Proc, String, String) {
     let rv_s = rv.map(|a| a.to_string());
     let mut args = vec![
-        "send", "--source", "testcard", "--size", "640x320", "--bind", "127.0.0.1:0",
-        "--rendezvous-port", "0",
+        "send",
+        "--source",
+        "testcard",
+        "--size",
+        "640x320",
+        "--bind",
+        "127.0.0.1:0",
+        "--rendezvous-port",
+        "0",
     ];
     if let Some(r) = &rv_s {
         args.extend(["--rendezvous", r.as_str()]);
@@ -104,14 +111,26 @@ fn sender(rv: Option<SocketAddr>) -> (Proc, String, String) {
     let rvl = p.line("rendezvous ", Duration::from_secs(5));
     let rv_printed = rvl.split_whitespace().nth(1).unwrap().to_string();
     let viewer = p.line("viewer ", Duration::from_secs(5));
-    assert!(viewer.contains(&format!("inclubit view --rendezvous {rv_printed} {code}")), "{viewer}");
+    assert!(
+        viewer.contains(&format!("inclubit view --rendezvous {rv_printed} {code}")),
+        "{viewer}"
+    );
     (p, code, rv_printed)
 }
 
 fn view(rv: &str, code: &str, frames: &str) -> Proc {
     Proc::start(&[
-        "view", "--rendezvous", rv, "--bind", "127.0.0.1:0", "--headless", "--frames", frames,
-        "--render-size", "64x64", code,
+        "view",
+        "--rendezvous",
+        rv,
+        "--bind",
+        "127.0.0.1:0",
+        "--headless",
+        "--frames",
+        frames,
+        "--render-size",
+        "64x64",
+        code,
     ])
 }
 
@@ -119,8 +138,18 @@ fn view(rv: &str, code: &str, frames: &str) -> Proc {
 fn send_with_embedded_rendezvous_and_view_with_json_stats() {
     let (_send, code, rv) = sender(None);
     let mut v = Proc::start(&[
-        "view", "--rendezvous", &rv, "--bind", "127.0.0.1:0", "--headless", "--frames", "60",
-        "--render-size", "64x64", "--json", &code,
+        "view",
+        "--rendezvous",
+        &rv,
+        "--bind",
+        "127.0.0.1:0",
+        "--headless",
+        "--frames",
+        "60",
+        "--render-size",
+        "64x64",
+        "--json",
+        &code,
     ]);
     let l = v.line("{", Duration::from_secs(15));
     let stats: serde_json::Value = serde_json::from_str(&l).unwrap();
@@ -136,25 +165,52 @@ fn wrong_code_is_exit_3_with_one_clear_line() {
     let (_rv, addr) = rendezvous();
     let start = Instant::now();
     let (code, err) = run(
-        &["view", "--rendezvous", &addr.to_string(), "--headless", "K7F-Q2M"],
+        &[
+            "view",
+            "--rendezvous",
+            &addr.to_string(),
+            "--headless",
+            "K7F-Q2M",
+        ],
         Duration::from_secs(5),
     );
     assert_eq!(code, 3, "{err}");
     assert!(start.elapsed() < Duration::from_secs(5));
     let last = err.lines().last().unwrap();
-    assert!(last.starts_with("error: rendezvous refused: no room with that code"), "{err}");
+    assert!(
+        last.starts_with("error: rendezvous refused: no room with that code"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unreachable_rendezvous_is_exit_4() {
     // A port nobody listens on: bind and drop.
-    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let rv = format!("127.0.0.1:{port}");
-    let (code, err) = run(&["view", "--rendezvous", &rv, "--headless", "K7F-Q2M"], Duration::from_secs(5));
-    assert_eq!(code, 4, "{err}");
-    assert!(err.contains(&format!("rendezvous {rv} did not answer")), "{err}");
     let (code, err) = run(
-        &["send", "--size", "320x160", "--rendezvous", &rv, "--bind", "127.0.0.1:0"],
+        &["view", "--rendezvous", &rv, "--headless", "K7F-Q2M"],
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains(&format!("rendezvous {rv} did not answer")),
+        "{err}"
+    );
+    let (code, err) = run(
+        &[
+            "send",
+            "--size",
+            "320x160",
+            "--rendezvous",
+            &rv,
+            "--bind",
+            "127.0.0.1:0",
+        ],
         Duration::from_secs(5),
     );
     assert_eq!(code, 4, "{err}");
@@ -162,15 +218,24 @@ fn unreachable_rendezvous_is_exit_4() {
 
 #[test]
 fn missing_camera_and_file_are_exit_5() {
-    let (code, err) = run(&["send", "--source", "camera:/dev/video99"], Duration::from_secs(5));
+    let (code, err) = run(
+        &["send", "--source", "camera:/dev/video99"],
+        Duration::from_secs(5),
+    );
     assert_eq!((code, err.trim()), (5, "error: no camera at /dev/video99"));
-    let (code, err) = run(&["send", "--source", "file:/no/such.mp4"], Duration::from_secs(5));
+    let (code, err) = run(
+        &["send", "--source", "file:/no/such.mp4"],
+        Duration::from_secs(5),
+    );
     assert_eq!((code, err.trim()), (5, "error: no such file: /no/such.mp4"));
 }
 
 #[test]
 fn malformed_code_and_flags_are_exit_2() {
-    let (code, err) = run(&["view", "--rendezvous", "127.0.0.1:1", "NOT-A-CODE"], Duration::from_secs(5));
+    let (code, err) = run(
+        &["view", "--rendezvous", "127.0.0.1:1", "NOT-A-CODE"],
+        Duration::from_secs(5),
+    );
     assert_eq!(code, 2, "{err}");
     let (code, _) = run(&["send", "--size", "big"], Duration::from_secs(5));
     assert_eq!(code, 2);
@@ -180,7 +245,10 @@ fn malformed_code_and_flags_are_exit_2() {
 fn help_shows_examples_and_exit_codes() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("inclubit demo") && s.contains("Exit codes:"), "{s}");
+    assert!(
+        s.contains("inclubit demo") && s.contains("Exit codes:"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -217,7 +285,15 @@ fn rendezvous_survives_10000_random_datagrams_then_serves() {
 fn no_gpu_is_a_clear_error() {
     let (_send, code, rv) = sender(None);
     let out = Command::new(BIN)
-        .args(["view", "--rendezvous", &rv, "--bind", "127.0.0.1:0", "--headless", &code])
+        .args([
+            "view",
+            "--rendezvous",
+            &rv,
+            "--bind",
+            "127.0.0.1:0",
+            "--headless",
+            &code,
+        ])
         .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
         .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
         .env("WGPU_BACKEND", "vulkan")

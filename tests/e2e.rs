@@ -40,7 +40,10 @@ fn check_viewer(events: &[ViewEvent], frames: u64) {
                 if last.is_none() {
                     assert!(keyframe, "first decoded frame must be a keyframe");
                 }
-                assert!(last.is_none_or(|l| *seq > l), "out of order: {seq} after {last:?}");
+                assert!(
+                    last.is_none_or(|l| *seq > l),
+                    "out of order: {seq} after {last:?}"
+                );
                 assert_eq!(
                     read_barcode(picture),
                     Some(*seq as u32 & 0xFF_FFFF),
@@ -50,7 +53,11 @@ fn check_viewer(events: &[ViewEvent], frames: u64) {
                 decoded += 1;
             }
             ViewEvent::Rendered {
-                probe, rgba, width, height, ..
+                probe,
+                rgba,
+                width,
+                height,
+                ..
             } => {
                 let face = Face::ALL[*probe];
                 let c = rgba_at(rgba, *width, width / 2, height / 2);

@@ -108,7 +108,10 @@ fn stereo_top_bottom_eyes_see_their_own_half() {
     };
     let (left, right) = (eye(0), eye(1));
     assert!(colour_distance(left, Face::Front.colour()) <= 6, "{left:?}");
-    assert!(colour_distance(right, Face::Back.colour()) <= 6, "{right:?}");
+    assert!(
+        colour_distance(right, Face::Back.colour()) <= 6,
+        "{right:?}"
+    );
     // Mono: both eyes identical.
     let mut mono = |eye| {
         let v = ViewParams {

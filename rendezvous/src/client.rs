@@ -75,8 +75,16 @@ pub enum ClientEvent {
 
 #[derive(Debug)]
 enum State {
-    Requesting { deadline: Instant, retry: Duration },
-    Member { code: RoomCode, member: MemberId, token: u64, lost: bool },
+    Requesting {
+        deadline: Instant,
+        retry: Duration,
+    },
+    Member {
+        code: RoomCode,
+        member: MemberId,
+        token: u64,
+        lost: bool,
+    },
     Done,
 }
 
@@ -221,12 +229,12 @@ impl SignalClient {
                     fingerprint,
                 });
             }
-            (State::Requesting { .. }, ServerMsg::Error { txn, kind }) if txn == self.txn => {
-                // Rate limiting is transient: the retransmissions carry on until the deadline.
-                if kind != ErrorKind::RateLimited {
-                    self.state = State::Done;
-                    self.events.push_back(ClientEvent::Refused(kind));
-                }
+            // Rate limiting is transient: the retransmissions carry on until the deadline.
+            (State::Requesting { .. }, ServerMsg::Error { txn, kind })
+                if txn == self.txn && kind != ErrorKind::RateLimited =>
+            {
+                self.state = State::Done;
+                self.events.push_back(ClientEvent::Refused(kind));
             }
             (State::Member { code, lost, .. }, msg) => {
                 let ours = match &msg {
@@ -409,14 +417,19 @@ mod tests {
         let mut v = SignalClient::new(
             net.now,
             SERVER.parse().unwrap(),
-            Role::Viewer { code, hosts: vec![] },
+            Role::Viewer {
+                code,
+                hosts: vec![],
+            },
             78,
             ClientConfig::default(),
         );
         let va: SocketAddr = "198.51.100.2:2".parse().unwrap();
-        let ev = net.run(&mut [(&mut s, sa), (&mut v, va)], Duration::from_secs(7), |n| {
-            n % 3 == 0
-        });
+        let ev = net.run(
+            &mut [(&mut s, sa), (&mut v, va)],
+            Duration::from_secs(7),
+            |n| n % 3 == 0,
+        );
         assert!(
             matches!(&ev[1][0], ClientEvent::Joined { fingerprint, sender, .. } if *fingerprint == [1; 32] && sender == &vec![sa]),
             "{ev:?}"
@@ -474,14 +487,18 @@ mod tests {
     fn foreign_and_malformed_datagrams_ignored() {
         let now = Instant::now();
         let mut s = sender(now);
-        s.handle_datagram(now, "203.0.113.9:7000".parse().unwrap(), &ServerMsg::Opened {
-            txn: 77,
-            code: RoomCode::from_bits(1),
-            token: 1,
-            reflexive: "203.0.113.9:1".parse().unwrap(),
-            idle_secs: 15,
-        }
-        .encode());
+        s.handle_datagram(
+            now,
+            "203.0.113.9:7000".parse().unwrap(),
+            &ServerMsg::Opened {
+                txn: 77,
+                code: RoomCode::from_bits(1),
+                token: 1,
+                reflexive: "203.0.113.9:1".parse().unwrap(),
+                idle_secs: 15,
+            }
+            .encode(),
+        );
         s.handle_datagram(now, SERVER.parse().unwrap(), &[0x21, 1, 65, 0]);
         assert_eq!(s.poll_event(), None);
     }

@@ -91,8 +91,14 @@ mod tests {
     fn display_and_forgiving_parse() {
         let c = RoomCode::from_bits(0x3FFF_FFFF);
         assert_eq!(c.to_string(), "ZZZ-ZZZ");
-        assert_eq!("k7f q2m".parse::<RoomCode>().unwrap().to_string(), "K7F-Q2M");
-        assert_eq!("o1l-iab".parse::<RoomCode>().unwrap().to_string(), "011-1AB");
+        assert_eq!(
+            "k7f q2m".parse::<RoomCode>().unwrap().to_string(),
+            "K7F-Q2M"
+        );
+        assert_eq!(
+            "o1l-iab".parse::<RoomCode>().unwrap().to_string(),
+            "011-1AB"
+        );
         assert!("K7F-Q2".parse::<RoomCode>().is_err());
         assert!("K7F-Q2MM".parse::<RoomCode>().is_err());
         assert!("K7F-Q2U".parse::<RoomCode>().is_err());

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ffmpeg_next as ffmpeg;
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
 
 use super::{pace, CaptureConfig, CaptureError, CapturedFrame, FrameSource};
 use crate::clock;
@@ -78,7 +78,11 @@ impl FfmpegSource {
         crate::media_init();
         let format = || {
             ffmpeg::device::input::video()
-                .find(|f| f.name().split(',').any(|n| n == "v4l2" || n == "video4linux2"))
+                .find(|f| {
+                    f.name()
+                        .split(',')
+                        .any(|n| n == "v4l2" || n == "video4linux2")
+                })
                 .ok_or_else(|| CaptureError::Camera {
                     path: path.to_path_buf(),
                     reason: "this FFmpeg has no v4l2 input".into(),

@@ -180,7 +180,10 @@ mod tests {
             "camera:/dev/video2".parse(),
             Ok(SourceSpec::Camera("/dev/video2".into()))
         );
-        assert_eq!("camera".parse(), Ok(SourceSpec::Camera("/dev/video0".into())));
+        assert_eq!(
+            "camera".parse(),
+            Ok(SourceSpec::Camera("/dev/video0".into()))
+        );
         assert_eq!("file:a.mp4".parse(), Ok(SourceSpec::File("a.mp4".into())));
         assert!("webcam".parse::<SourceSpec>().is_err());
         assert!("file:".parse::<SourceSpec>().is_err());
@@ -209,7 +212,8 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            e.to_string().starts_with(&format!("cannot read video from {}", p.display())),
+            e.to_string()
+                .starts_with(&format!("cannot read video from {}", p.display())),
             "{e}"
         );
     }

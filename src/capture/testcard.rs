@@ -89,7 +89,13 @@ impl TestCard {
             clock_ms % 1000,
             n
         );
-        draw_text(&mut p, &text, 2 * c, clock_top - 6 * (c / 4).max(2), (c / 4).max(2));
+        draw_text(
+            &mut p,
+            &text,
+            2 * c,
+            clock_top - 6 * (c / 4).max(2),
+            (c / 4).max(2),
+        );
         p
     }
 }
@@ -145,7 +151,14 @@ fn draw_text(p: &mut I420, text: &str, x0: u32, y0: u32, scale: u32) {
             for (row, bits) in g.iter().enumerate() {
                 for col in 0..3 {
                     if bits >> (2 - col) & 1 == 1 {
-                        fill_luma(p, x + col * scale, y0 + row as u32 * scale, scale, scale, 235);
+                        fill_luma(
+                            p,
+                            x + col * scale,
+                            y0 + row as u32 * scale,
+                            scale,
+                            scale,
+                            235,
+                        );
                     }
                 }
             }
@@ -188,7 +201,10 @@ mod tests {
     fn barcode_roundtrip_on_raw_frames() {
         let card = TestCard::new(640, 320);
         for n in [0u64, 1, 2, 255, 256, 65_535, 0xFF_FFFF, 0x1_000_005] {
-            assert_eq!(read_barcode(&card.frame(n, 1234)), Some(n as u32 & 0xFF_FFFF));
+            assert_eq!(
+                read_barcode(&card.frame(n, 1234)),
+                Some(n as u32 & 0xFF_FFFF)
+            );
         }
         // A blank picture is not mistaken for a frame.
         assert_eq!(read_barcode(&I420::new(640, 320)), None);

@@ -22,8 +22,7 @@ pub struct Decoder {
 impl Decoder {
     pub fn new() -> Result<Self, DecodeError> {
         crate::media_init();
-        let codec =
-            ffmpeg::decoder::find(ffmpeg::codec::Id::H264).ok_or(DecodeError::NoDecoder)?;
+        let codec = ffmpeg::decoder::find(ffmpeg::codec::Id::H264).ok_or(DecodeError::NoDecoder)?;
         let mut ctx = ffmpeg::codec::context::Context::new_with_codec(codec);
         ctx.set_flags(ffmpeg::codec::Flags::LOW_DELAY);
         // Slice threads add no delay; frame threads would hold back one frame per thread.
@@ -42,7 +41,9 @@ impl Decoder {
     /// Decodes one access unit. `Ok(None)` when the decoder produced no picture for it.
     pub fn decode(&mut self, access_unit: &[u8]) -> Result<Option<I420>, DecodeError> {
         let packet = ffmpeg::Packet::copy(access_unit);
-        self.dec.send_packet(&packet).map_err(DecodeError::Corrupt)?;
+        self.dec
+            .send_packet(&packet)
+            .map_err(DecodeError::Corrupt)?;
         let mut out = None;
         loop {
             match self.dec.receive_frame(&mut self.frame) {
@@ -93,8 +94,14 @@ mod tests {
         .unwrap();
         let mut dec = Decoder::new().unwrap();
         for n in 0..60u64 {
-            let f = enc.encode(&card.frame(n, n * 33), n, 0, false).unwrap().unwrap();
-            let pic = dec.decode(&f.data).unwrap().expect("one picture per access unit");
+            let f = enc
+                .encode(&card.frame(n, n * 33), n, 0, false)
+                .unwrap()
+                .unwrap();
+            let pic = dec
+                .decode(&f.data)
+                .unwrap()
+                .expect("one picture per access unit");
             assert_eq!(read_barcode(&pic), Some(n as u32), "frame {n}");
             if n == 59 {
                 // Equator at the front face centre.

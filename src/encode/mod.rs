@@ -232,7 +232,10 @@ mod tests {
         let mut sizes = vec![];
         for n in 1..60 {
             let f = enc.encode(&card.frame(n, 0), n, 0, false).unwrap().unwrap();
-            assert!(!f.keyframe, "no periodic IDR with intra-refresh (frame {n})");
+            assert!(
+                !f.keyframe,
+                "no periodic IDR with intra-refresh (frame {n})"
+            );
             sizes.push(f.data.len());
         }
         // Intra-refresh + small VBV: no frame is far above the mean.

@@ -82,7 +82,8 @@ impl ServerCertVerifier for PinnedCert {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(
-                "the sender's certificate does not match the one announced at the rendezvous".into(),
+                "the sender's certificate does not match the one announced at the rendezvous"
+                    .into(),
             ))
         }
     }

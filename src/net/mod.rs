@@ -45,7 +45,10 @@ pub enum NetError {
 
 /// Resolves `HOST:PORT` (default port 7000).
 pub async fn resolve(s: &str) -> Result<SocketAddr, NetError> {
-    let with_port = if s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let with_port = if s
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         s.to_string()
     } else {
         format!("{s}:7000")

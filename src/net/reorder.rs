@@ -31,11 +31,17 @@ impl Default for ReorderConfig {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output<F> {
-    Deliver { seq: u64, keyframe: bool, frame: F },
+    Deliver {
+        seq: u64,
+        keyframe: bool,
+        frame: F,
+    },
     /// Ask the sender for an IDR.
     RequestKeyframe,
     /// This frame will not be shown.
-    Dropped { seq: u64 },
+    Dropped {
+        seq: u64,
+    },
 }
 
 struct Pending<F> {
@@ -77,11 +83,14 @@ impl<F> Reorder<F> {
             self.out.push_back(Output::Dropped { seq });
             return;
         }
-        self.pending.insert(seq, Pending {
-            arrived: now,
-            keyframe,
-            frame,
-        });
+        self.pending.insert(
+            seq,
+            Pending {
+                arrived: now,
+                keyframe,
+                frame,
+            },
+        );
         if self.pending.len() > self.cfg.max_pending {
             self.gap(now);
         }

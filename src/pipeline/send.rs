@@ -145,10 +145,14 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         signal,
         local_addr,
     } = ep;
-    let mut signalling = Signalling::spawn(signal, signal_to, Role::Sender {
-        hosts: hosts.clone(),
-        fingerprint: identity.fingerprint(),
-    });
+    let mut signalling = Signalling::spawn(
+        signal,
+        signal_to,
+        Role::Sender {
+            hosts: hosts.clone(),
+            fingerprint: identity.fingerprint(),
+        },
+    );
     let code = match signalling.next_event().await {
         Some(ClientEvent::Opened { code, reflexive }) => {
             tracing::debug!(%code, %reflexive, "room opened");
@@ -335,7 +339,9 @@ pub(crate) async fn read_control(
     }
     let len = u16::from_be_bytes(len) as usize;
     if len > MAX_CONTROL_LEN {
-        return Err(PipelineError::Protocol(format!("control message of {len} bytes")));
+        return Err(PipelineError::Protocol(format!(
+            "control message of {len} bytes"
+        )));
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body)
@@ -359,7 +365,11 @@ async fn serve_viewer(
             .map_err(|e| PipelineError::Connection(e.to_string()))?;
     match read_control(&mut ctrl_recv).await? {
         Some(Control::ViewerHello { name }) => tracing::debug!(id, %name, "hello"),
-        other => return Err(PipelineError::Protocol(format!("expected hello, got {other:?}"))),
+        other => {
+            return Err(PipelineError::Protocol(format!(
+                "expected hello, got {other:?}"
+            )))
+        }
     }
     let mut hello = shared.hello.clone();
     hello.next_seq = shared.next_seq.load(Ordering::Relaxed);
@@ -512,7 +522,10 @@ async fn send_frame(
 impl SendSession {
     /// The command a viewer runs.
     pub fn view_command(&self) -> String {
-        format!("inclubit view --rendezvous {} {}", self.rendezvous, self.code)
+        format!(
+            "inclubit view --rendezvous {} {}",
+            self.rendezvous, self.code
+        )
     }
 
     pub fn stats(&self) -> StatsLine {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use inclubit_rendezvous::client::{ClientEvent, Role};
 use inclubit_rendezvous::code::RoomCode;
-use inclubit_rendezvous::wire::media::{Control, FrameHeader, StreamHello, ViewerStats, MAX_FRAME_LEN};
+use inclubit_rendezvous::wire::media::{
+    Control, FrameHeader, StreamHello, ViewerStats, MAX_FRAME_LEN,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -226,10 +228,14 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     let PeerEndpoint {
         endpoint, signal, ..
     } = ep;
-    let mut signalling = Signalling::spawn(signal, cfg.rendezvous, Role::Viewer {
-        code: cfg.code,
-        hosts,
-    });
+    let mut signalling = Signalling::spawn(
+        signal,
+        cfg.rendezvous,
+        Role::Viewer {
+            code: cfg.code,
+            hosts,
+        },
+    );
     let (candidates, fingerprint) = match signalling.next_event().await {
         Some(ClientEvent::Joined {
             sender,
@@ -252,7 +258,12 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         .await
         .map_err(|e| PipelineError::Connection(e.to_string()))?;
     ctrl_send
-        .write_all(&Control::ViewerHello { name: cfg.name.clone() }.frame())
+        .write_all(
+            &Control::ViewerHello {
+                name: cfg.name.clone(),
+            }
+            .frame(),
+        )
         .await
         .map_err(|e| PipelineError::Connection(e.to_string()))?;
     let hello = match tokio::time::timeout(Duration::from_secs(5), read_control(&mut ctrl_recv))
@@ -260,7 +271,11 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         .map_err(|_| PipelineError::Protocol("no hello from the sender".into()))??
     {
         Some(Control::Hello(h)) => h,
-        other => return Err(PipelineError::Protocol(format!("expected hello, got {other:?}"))),
+        other => {
+            return Err(PipelineError::Protocol(format!(
+                "expected hello, got {other:?}"
+            )))
+        }
     };
     tracing::info!(%remote, w = hello.width, h = hello.height, "connected to sender");
     if let Ok(mut h) = slot.hello.lock() {
@@ -311,7 +326,8 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                                 m.frames = n;
                                 m.shown.record(Instant::now(), 0);
                                 if matches!(display, Display::None) {
-                                    m.latency_us.record(decoded_us.saturating_sub(item.capture_us));
+                                    m.latency_us
+                                        .record(decoded_us.saturating_sub(item.capture_us));
                                 }
                             }
                             if let Some(tx) = &events {
@@ -516,8 +532,18 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         }
         while let Some(o) = reorder.poll_output() {
             match o {
-                Output::Deliver { seq, keyframe, frame: (data, capture_us, received_us) } => {
-                    let _ = to_decoder.send(ToDecode { seq, keyframe, data, capture_us, received_us });
+                Output::Deliver {
+                    seq,
+                    keyframe,
+                    frame: (data, capture_us, received_us),
+                } => {
+                    let _ = to_decoder.send(ToDecode {
+                        seq,
+                        keyframe,
+                        data,
+                        capture_us,
+                        received_us,
+                    });
                 }
                 Output::RequestKeyframe => {
                     let _ = ctrl_out_tx.send(Control::KeyframeRequest);

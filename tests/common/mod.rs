@@ -67,3 +67,89 @@ pub fn decoded_count(ev: &[ViewEvent]) -> usize {
         .filter(|e| matches!(e, ViewEvent::Decoded { .. }))
         .count()
 }
+
+/// Userspace impairment: drops every datagram (one direction) until a deadline.
+#[derive(Debug, Default)]
+pub struct Blackout {
+    until: std::sync::Mutex<Option<std::time::Instant>>,
+    pub incoming: bool,
+}
+
+impl Blackout {
+    pub fn incoming() -> Self {
+        Self {
+            incoming: true,
+            ..Default::default()
+        }
+    }
+    pub fn start(&self, d: Duration) {
+        *self.until.lock().unwrap() = Some(std::time::Instant::now() + d);
+    }
+    fn active(&self) -> bool {
+        self.until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
+}
+
+impl inclubit::net::Impairment for Blackout {
+    fn drop_outgoing(&self, _to: SocketAddr, _len: usize) -> bool {
+        !self.incoming && self.active()
+    }
+    fn drop_incoming(&self, _from: SocketAddr, _len: usize) -> bool {
+        self.incoming && self.active()
+    }
+}
+
+pub fn headless_viewer(
+    code: inclubit::rendezvous::code::RoomCode,
+    rv: SocketAddr,
+    frames: u64,
+) -> (
+    inclubit::pipeline::view::ViewConfig,
+    mpsc::UnboundedReceiver<ViewEvent>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut cfg = inclubit::pipeline::view::ViewConfig::new(code, rv);
+    cfg.bind = LOOPBACK.parse().unwrap();
+    cfg.display = inclubit::pipeline::view::Display::Headless {
+        width: 16,
+        height: 16,
+    };
+    cfg.max_frames = Some(frames);
+    cfg.events = Some(tx);
+    (cfg, rx)
+}
+
+/// Checks the rule the viewer must keep: every decoded frame is a keyframe or directly follows
+/// the previous decoded frame, and its barcode is its own sequence number. Returns the decoded
+/// sequence numbers with their keyframe flags.
+pub fn assert_never_corrupt(events: &[ViewEvent]) -> Vec<(u64, bool)> {
+    let mut out: Vec<(u64, bool)> = Vec::new();
+    for e in events {
+        if let ViewEvent::Decoded {
+            seq,
+            keyframe,
+            picture,
+            ..
+        } = e
+        {
+            if let Some((prev, _)) = out.last() {
+                assert!(
+                    *keyframe || *seq == prev + 1,
+                    "frame {seq} decoded after {prev} without a keyframe"
+                );
+            } else {
+                assert!(keyframe, "first decoded frame {seq} is not a keyframe");
+            }
+            assert_eq!(
+                inclubit::capture::testcard::read_barcode(picture),
+                Some(*seq as u32 & 0xFF_FFFF),
+                "picture of frame {seq} is not frame {seq}"
+            );
+            out.push((*seq, *keyframe));
+        }
+    }
+    out
+}

@@ -3,7 +3,10 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "inclubit rendezvous: rooms and signalling for inclubit peers")]
+#[command(
+    version,
+    about = "inclubit rendezvous: rooms and signalling for inclubit peers"
+)]
 struct Cli {
     #[command(flatten)]
     server: inclubit_rendezvous::server::ServerArgs,
@@ -13,8 +16,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -66,12 +66,27 @@ pub enum CloseReason {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Opened { code: RoomCode, from: SocketAddr },
-    Joined { code: RoomCode, member: MemberId, from: SocketAddr },
-    ViewerLeft { code: RoomCode, member: MemberId },
-    Closed { code: RoomCode, reason: CloseReason },
+    Opened {
+        code: RoomCode,
+        from: SocketAddr,
+    },
+    Joined {
+        code: RoomCode,
+        member: MemberId,
+        from: SocketAddr,
+    },
+    ViewerLeft {
+        code: RoomCode,
+        member: MemberId,
+    },
+    Closed {
+        code: RoomCode,
+        reason: CloseReason,
+    },
     /// Requests from this address were refused; emitted once per burst.
-    RateLimited { ip: IpAddr },
+    RateLimited {
+        ip: IpAddr,
+    },
 }
 
 #[derive(Debug)]
@@ -166,10 +181,13 @@ impl Rooms {
                 ClientMsg::Open { txn, .. } | ClientMsg::Join { txn, .. } => txn,
                 _ => 0,
             };
-            self.send(from, ServerMsg::Error {
-                txn,
-                kind: ErrorKind::RateLimited,
-            });
+            self.send(
+                from,
+                ServerMsg::Error {
+                    txn,
+                    kind: ErrorKind::RateLimited,
+                },
+            );
             return;
         }
         match msg {
@@ -204,7 +222,7 @@ impl Rooms {
         });
         let ok = all.take(now, cfg.rate_per_ip, cfg.burst_per_ip)
             && (!is_join || joins.take(now, cfg.joins_per_ip, cfg.join_burst_per_ip));
-        if !ok && !(all.limited || joins.limited) {
+        if !(ok || all.limited || joins.limited) {
             all.limited = true;
             joins.limited = true;
             self.events.push_back(Event::RateLimited { ip });
@@ -224,10 +242,13 @@ impl Rooms {
             Some(code) if self.rooms.contains_key(code) => *code,
             _ => {
                 if self.rooms.len() >= self.cfg.max_rooms {
-                    self.send(from, ServerMsg::Error {
-                        txn,
-                        kind: ErrorKind::ServerFull,
-                    });
+                    self.send(
+                        from,
+                        ServerMsg::Error {
+                            txn,
+                            kind: ErrorKind::ServerFull,
+                        },
+                    );
                     return;
                 }
                 let code = loop {
@@ -237,18 +258,21 @@ impl Rooms {
                     }
                 };
                 let token = self.rng.gen();
-                self.rooms.insert(code, Room {
-                    created: now,
-                    sender: Member {
-                        addr: from,
-                        hosts,
-                        token,
-                        last_seen: now,
+                self.rooms.insert(
+                    code,
+                    Room {
+                        created: now,
+                        sender: Member {
+                            addr: from,
+                            hosts,
+                            token,
+                            last_seen: now,
+                        },
+                        fingerprint,
+                        viewers: BTreeMap::new(),
+                        next_viewer: 1,
                     },
-                    fingerprint,
-                    viewers: BTreeMap::new(),
-                    next_viewer: 1,
-                });
+                );
                 self.opens.insert((from, txn), code);
                 self.events.push_back(Event::Opened { code, from });
                 code
@@ -274,10 +298,13 @@ impl Rooms {
         hosts: Vec<SocketAddr>,
     ) {
         let Some(room) = self.rooms.get_mut(&code) else {
-            self.send(from, ServerMsg::Error {
-                txn,
-                kind: ErrorKind::RoomNotFound,
-            });
+            self.send(
+                from,
+                ServerMsg::Error {
+                    txn,
+                    kind: ErrorKind::RoomNotFound,
+                },
+            );
             return;
         };
         let member = match self.joins.get(&(from, txn)) {
@@ -295,12 +322,15 @@ impl Rooms {
                 }
                 let id = room.next_viewer;
                 room.next_viewer += 1;
-                room.viewers.insert(id, Member {
-                    addr: from,
-                    hosts,
-                    token: self.rng.gen(),
-                    last_seen: now,
-                });
+                room.viewers.insert(
+                    id,
+                    Member {
+                        addr: from,
+                        hosts,
+                        token: self.rng.gen(),
+                        last_seen: now,
+                    },
+                );
                 self.joins.insert((from, txn), (code, id));
                 self.events.push_back(Event::Joined {
                     code,
@@ -336,10 +366,13 @@ impl Rooms {
         token: u64,
     ) {
         let Some(room) = self.rooms.get_mut(&code) else {
-            self.send(from, ServerMsg::Error {
-                txn: 0,
-                kind: ErrorKind::RoomNotFound,
-            });
+            self.send(
+                from,
+                ServerMsg::Error {
+                    txn: 0,
+                    kind: ErrorKind::RoomNotFound,
+                },
+            );
             return;
         };
         let m = if member == SENDER_ID {
@@ -354,10 +387,13 @@ impl Rooms {
                 m.last_seen = now;
             }
             _ => {
-                self.send(from, ServerMsg::Error {
-                    txn: 0,
-                    kind: ErrorKind::NotMember,
-                });
+                self.send(
+                    from,
+                    ServerMsg::Error {
+                        txn: 0,
+                        kind: ErrorKind::NotMember,
+                    },
+                );
                 return;
             }
         }
@@ -384,10 +420,13 @@ impl Rooms {
             let msg = viewers_msg(code, room);
             self.out.push_back(Transmit { to, msg });
         } else {
-            self.send(from, ServerMsg::Error {
-                txn: 0,
-                kind: ErrorKind::NotMember,
-            });
+            self.send(
+                from,
+                ServerMsg::Error {
+                    txn: 0,
+                    kind: ErrorKind::NotMember,
+                },
+            );
         }
     }
 
@@ -513,11 +552,14 @@ mod tests {
             std::iter::from_fn(|| self.rooms.poll_event()).collect()
         }
         fn open(&mut self, from: &str) -> (RoomCode, u64) {
-            let out = self.send(from, ClientMsg::Open {
-                txn: 1,
-                hosts: vec![addr("192.0.2.10:5000")],
-                fingerprint: FP,
-            });
+            let out = self.send(
+                from,
+                ClientMsg::Open {
+                    txn: 1,
+                    hosts: vec![addr("192.0.2.10:5000")],
+                    fingerprint: FP,
+                },
+            );
             match &out[..] {
                 [Transmit {
                     msg: ServerMsg::Opened { code, token, .. },
@@ -527,11 +569,14 @@ mod tests {
             }
         }
         fn join(&mut self, from: &str, txn: u64, code: RoomCode) -> Vec<Transmit> {
-            self.send(from, ClientMsg::Join {
-                txn,
-                code,
-                hosts: vec![],
-            })
+            self.send(
+                from,
+                ClientMsg::Join {
+                    txn,
+                    code,
+                    hosts: vec![],
+                },
+            )
         }
     }
 
@@ -543,13 +588,16 @@ mod tests {
         assert_eq!(out.len(), 2, "{out:?}");
         // The sender hears about the viewer, with its reflexive address.
         assert_eq!(out[0].to, addr("198.51.100.1:4000"));
-        assert_eq!(out[0].msg, ServerMsg::Viewers {
-            code,
-            viewers: vec![ViewerInfo {
-                id: 1,
-                candidates: vec![addr("198.51.100.2:4001")]
-            }]
-        });
+        assert_eq!(
+            out[0].msg,
+            ServerMsg::Viewers {
+                code,
+                viewers: vec![ViewerInfo {
+                    id: 1,
+                    candidates: vec![addr("198.51.100.2:4001")]
+                }]
+            }
+        );
         // The viewer gets host + reflexive candidates of the sender and its fingerprint.
         match &out[1].msg {
             ServerMsg::Joined {
@@ -563,10 +611,10 @@ mod tests {
                 assert_eq!(*txn, 9);
                 assert_eq!(*member, 1);
                 assert_eq!(*reflexive, addr("198.51.100.2:4001"));
-                assert_eq!(sender, &vec![
-                    addr("192.0.2.10:5000"),
-                    addr("198.51.100.1:4000")
-                ]);
+                assert_eq!(
+                    sender,
+                    &vec![addr("192.0.2.10:5000"), addr("198.51.100.1:4000")]
+                );
                 assert_eq!(*fingerprint, FP);
             }
             m => panic!("{m:?}"),
@@ -591,13 +639,16 @@ mod tests {
         let (code, _) = lab.open("198.51.100.1:4000");
         let wrong = RoomCode::from_bits(code.bits() ^ 1);
         let out = lab.join("198.51.100.2:1", 3, wrong);
-        assert_eq!(out, vec![Transmit {
-            to: addr("198.51.100.2:1"),
-            msg: ServerMsg::Error {
-                txn: 3,
-                kind: ErrorKind::RoomNotFound
-            }
-        }]);
+        assert_eq!(
+            out,
+            vec![Transmit {
+                to: addr("198.51.100.2:1"),
+                msg: ServerMsg::Error {
+                    txn: 3,
+                    kind: ErrorKind::RoomNotFound
+                }
+            }]
+        );
     }
 
     #[test]
@@ -606,11 +657,14 @@ mod tests {
         let (code, token) = lab.open("198.51.100.1:4000");
         lab.join("198.51.100.2:1", 1, code);
         lab.join("198.51.100.3:1", 1, code);
-        let out = lab.send("198.51.100.1:4000", ClientMsg::Keepalive {
-            code,
-            member: SENDER_ID,
-            token,
-        });
+        let out = lab.send(
+            "198.51.100.1:4000",
+            ClientMsg::Keepalive {
+                code,
+                member: SENDER_ID,
+                token,
+            },
+        );
         match &out[0].msg {
             ServerMsg::Viewers { viewers, .. } => {
                 assert_eq!(viewers.iter().map(|v| v.id).collect::<Vec<_>>(), [1, 2])
@@ -627,25 +681,34 @@ mod tests {
         // Keepalives keep it open well past the idle time.
         for _ in 0..10 {
             lab.advance(Duration::from_secs(5));
-            lab.send("198.51.100.1:4000", ClientMsg::Keepalive {
-                code,
-                member: 0,
-                token,
-            });
+            lab.send(
+                "198.51.100.1:4000",
+                ClientMsg::Keepalive {
+                    code,
+                    member: 0,
+                    token,
+                },
+            );
         }
         assert_eq!(lab.rooms.room_count(), 1);
         lab.advance(Duration::from_secs(16));
         assert_eq!(lab.rooms.room_count(), 0);
-        assert_eq!(lab.events(), vec![Event::Closed {
-            code,
-            reason: CloseReason::SenderGone
-        }]);
+        assert_eq!(
+            lab.events(),
+            vec![Event::Closed {
+                code,
+                reason: CloseReason::SenderGone
+            }]
+        );
         // A late viewer is told plainly.
         let out = lab.join("198.51.100.2:1", 1, code);
-        assert!(matches!(out[0].msg, ServerMsg::Error {
-            kind: ErrorKind::RoomNotFound,
-            ..
-        }));
+        assert!(matches!(
+            out[0].msg,
+            ServerMsg::Error {
+                kind: ErrorKind::RoomNotFound,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -657,11 +720,14 @@ mod tests {
         let (code, token) = lab.open("198.51.100.1:4000");
         for _ in 0..13 {
             lab.advance(Duration::from_secs(5));
-            lab.send("198.51.100.1:4000", ClientMsg::Keepalive {
-                code,
-                member: 0,
-                token,
-            });
+            lab.send(
+                "198.51.100.1:4000",
+                ClientMsg::Keepalive {
+                    code,
+                    member: 0,
+                    token,
+                },
+            );
         }
         assert_eq!(lab.rooms.room_count(), 0);
         assert!(lab.events().contains(&Event::Closed {
@@ -680,29 +746,41 @@ mod tests {
         };
         lab.join("198.51.100.3:1", 1, code);
         // A forged leave (wrong token) is refused.
-        let out = lab.send("198.51.100.9:1", ClientMsg::Leave {
-            code,
-            member,
-            token: token ^ 1,
-        });
-        assert!(matches!(out[0].msg, ServerMsg::Error {
-            kind: ErrorKind::NotMember,
-            ..
-        }));
-        lab.send("198.51.100.2:1", ClientMsg::Leave {
-            code,
-            member,
-            token,
-        });
+        let out = lab.send(
+            "198.51.100.9:1",
+            ClientMsg::Leave {
+                code,
+                member,
+                token: token ^ 1,
+            },
+        );
+        assert!(matches!(
+            out[0].msg,
+            ServerMsg::Error {
+                kind: ErrorKind::NotMember,
+                ..
+            }
+        ));
+        lab.send(
+            "198.51.100.2:1",
+            ClientMsg::Leave {
+                code,
+                member,
+                token,
+            },
+        );
         assert_eq!(lab.rooms.viewer_count(code), Some(1));
         // Viewer 2 goes quiet while the sender keeps the room.
         for _ in 0..4 {
             lab.advance(Duration::from_secs(5));
-            lab.send("198.51.100.1:4000", ClientMsg::Keepalive {
-                code,
-                member: 0,
-                token: stoken,
-            });
+            lab.send(
+                "198.51.100.1:4000",
+                ClientMsg::Keepalive {
+                    code,
+                    member: 0,
+                    token: stoken,
+                },
+            );
         }
         assert_eq!(lab.rooms.viewer_count(code), Some(0));
     }
@@ -711,11 +789,14 @@ mod tests {
     fn sender_leave_closes_room() {
         let mut lab = Lab::new();
         let (code, token) = lab.open("198.51.100.1:4000");
-        lab.send("198.51.100.1:4000", ClientMsg::Leave {
-            code,
-            member: 0,
-            token,
-        });
+        lab.send(
+            "198.51.100.1:4000",
+            ClientMsg::Leave {
+                code,
+                member: 0,
+                token,
+            },
+        );
         assert_eq!(lab.rooms.room_count(), 0);
     }
 
@@ -723,11 +804,14 @@ mod tests {
     fn roaming_member_keeps_membership_with_new_address() {
         let mut lab = Lab::new();
         let (code, token) = lab.open("198.51.100.1:4000");
-        lab.send("198.51.100.7:999", ClientMsg::Keepalive {
-            code,
-            member: 0,
-            token,
-        });
+        lab.send(
+            "198.51.100.7:999",
+            ClientMsg::Keepalive {
+                code,
+                member: 0,
+                token,
+            },
+        );
         let out = lab.join("198.51.100.2:1", 1, code);
         assert_eq!(out[0].to, addr("198.51.100.7:999"));
     }
@@ -742,10 +826,13 @@ mod tests {
         lab.join("198.51.100.2:1", 1, code);
         lab.join("198.51.100.3:1", 1, code);
         let out = lab.join("198.51.100.4:1", 1, code);
-        assert!(matches!(out[0].msg, ServerMsg::Error {
-            kind: ErrorKind::RoomFull,
-            ..
-        }));
+        assert!(matches!(
+            out[0].msg,
+            ServerMsg::Error {
+                kind: ErrorKind::RoomFull,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -755,10 +842,13 @@ mod tests {
         let mut limited = 0;
         for i in 0..100 {
             let out = lab.join("203.0.113.5:1", i, RoomCode::from_bits(i as u32));
-            if matches!(out[0].msg, ServerMsg::Error {
-                kind: ErrorKind::RateLimited,
-                ..
-            }) {
+            if matches!(
+                out[0].msg,
+                ServerMsg::Error {
+                    kind: ErrorKind::RateLimited,
+                    ..
+                }
+            ) {
                 limited += 1;
             }
         }

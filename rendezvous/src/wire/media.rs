@@ -295,19 +295,21 @@ mod tests {
             any::<u16>(),
             0..=MAX_FRAME_LEN as u32,
         )
-            .prop_map(|(seq, capture_us, keyframe, has_config, projection, width, height, len)| {
-                FrameHeader {
-                    seq,
-                    capture_us,
-                    keyframe,
-                    has_config,
-                    codec: Codec::H264,
-                    projection,
-                    width,
-                    height,
-                    payload_len: len,
-                }
-            })
+            .prop_map(
+                |(seq, capture_us, keyframe, has_config, projection, width, height, len)| {
+                    FrameHeader {
+                        seq,
+                        capture_us,
+                        keyframe,
+                        has_config,
+                        codec: Codec::H264,
+                        projection,
+                        width,
+                        height,
+                        payload_len: len,
+                    }
+                },
+            )
     }
 
     fn control() -> impl Strategy<Value = Control> {
@@ -322,18 +324,20 @@ mod tests {
                 any::<[i16; 3]>(),
                 any::<u64>()
             )
-                .prop_map(|(width, height, fps_milli, projection, bitrate, o, next_seq)| {
-                    Control::Hello(StreamHello {
-                        codec: Codec::H264,
-                        width,
-                        height,
-                        fps_milli,
-                        projection,
-                        bitrate,
-                        orientation_cdeg: o,
-                        next_seq,
-                    })
-                }),
+                .prop_map(
+                    |(width, height, fps_milli, projection, bitrate, o, next_seq)| {
+                        Control::Hello(StreamHello {
+                            codec: Codec::H264,
+                            width,
+                            height,
+                            fps_milli,
+                            projection,
+                            bitrate,
+                            orientation_cdeg: o,
+                            next_seq,
+                        })
+                    }
+                ),
             Just(Control::KeyframeRequest),
             any::<u64>().prop_map(|seq| Control::Skipped { seq }),
             any::<u64>().prop_map(|viewer_us| Control::Ping { viewer_us }),

@@ -96,7 +96,9 @@ impl ErrorKind {
 impl std::fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::RoomNotFound => "no room with that code (check the code, or the sender has stopped)",
+            Self::RoomNotFound => {
+                "no room with that code (check the code, or the sender has stopped)"
+            }
             Self::RoomFull => "the room is full",
             Self::RateLimited => "too many requests; try again in a few seconds",
             Self::NotMember => "not a member of this room",
@@ -357,7 +359,9 @@ impl ServerMsg {
                     .collect::<Result<_, WireError>>()?;
                 Self::Viewers { code, viewers }
             }
-            T_ALIVE => Self::Alive { code: code(&mut r)? },
+            T_ALIVE => Self::Alive {
+                code: code(&mut r)?,
+            },
             T_ERROR => Self::Error {
                 txn: r.u64()?,
                 kind: ErrorKind::from_u8(r.u8()?)?,
@@ -398,8 +402,11 @@ mod tests {
                     fingerprint,
                 }
             }),
-            (any::<u64>(), room(), addrs())
-                .prop_map(|(txn, code, hosts)| ClientMsg::Join { txn, code, hosts }),
+            (any::<u64>(), room(), addrs()).prop_map(|(txn, code, hosts)| ClientMsg::Join {
+                txn,
+                code,
+                hosts
+            }),
             (room(), any::<u32>(), any::<u64>()).prop_map(|(code, member, token)| {
                 ClientMsg::Keepalive {
                     code,
@@ -441,17 +448,19 @@ mod tests {
                 addrs(),
                 any::<[u8; 32]>()
             )
-                .prop_map(|(txn, code, member, token, reflexive, sender, fingerprint)| {
-                    ServerMsg::Joined {
-                        txn,
-                        code,
-                        member,
-                        token,
-                        reflexive,
-                        sender,
-                        fingerprint,
+                .prop_map(
+                    |(txn, code, member, token, reflexive, sender, fingerprint)| {
+                        ServerMsg::Joined {
+                            txn,
+                            code,
+                            member,
+                            token,
+                            reflexive,
+                            sender,
+                            fingerprint,
+                        }
                     }
-                }),
+                ),
             (room(), viewers).prop_map(|(code, viewers)| ServerMsg::Viewers { code, viewers }),
             room().prop_map(|code| ServerMsg::Alive { code }),
             (any::<u64>(), 1u8..=5).prop_map(|(txn, k)| ServerMsg::Error {

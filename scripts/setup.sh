@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what inclubit needs on Debian/Ubuntu (root or sudo), then:
+#   scripts/setup.sh demo   build and run `inclubit demo`
+#   scripts/setup.sh test   fmt + clippy + the whole test suite
+#   scripts/setup.sh        install only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+PACKAGES=(
+  build-essential pkg-config clang libclang-dev
+  # FFmpeg (linked dynamically; x264 comes with Debian's libavcodec)
+  libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavdevice-dev
+  libavfilter-dev libswresample-dev
+  # Vulkan loader + Mesa lavapipe: software rendering on machines with no GPU
+  libvulkan1 mesa-vulkan-drivers
+  # Window support (X11/Wayland via winit) and a virtual display for tests
+  libxkbcommon-x11-0 libx11-xcb1 libxcursor1 libxrandr2 libxi6 libwayland-client0
+  xvfb xauth
+  curl ca-certificates
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${CI:-}" = "true" ] || [ ${#missing[@]} -gt 0 ]; then
+  echo "==> apt: installing ${missing[*]:-(checking all)}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "==> installing Rust (rustup)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+
+# Build outside the clone so reruns are incremental.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inclubit-target}"
+# lavapipe probes for a Wayland socket and complains without a runtime dir.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+  export XDG_RUNTIME_DIR="$(mktemp -d /tmp/inclubit-xdg.XXXXXX)"
+fi
+
+case "${1:-}" in
+  demo)
+    shift
+    cargo build --release --bin inclubit
+    exec "$CARGO_TARGET_DIR/release/inclubit" demo "$@"
+    ;;
+  test)
+    echo "==> cargo fmt --check"
+    cargo fmt --all -- --check
+    echo "==> cargo clippy -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings
+    echo "==> tests"
+    cargo test --workspace --all-targets
+    ;;
+  "") ;;
+  *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
+esac
