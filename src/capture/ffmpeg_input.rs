@@ -182,10 +182,11 @@ impl FfmpegSource {
             match self.decoder.receive_frame(&mut frame) {
                 Ok(()) => return Ok(frame),
                 Err(ffmpeg::Error::Eof) if self.file => {
-                    // Loop: back to the start.
-                    self.input
-                        .seek(0, ..)
-                        .map_err(|e| file_err(&self.path, e))?;
+                    // Loop: back to the start. Raw streams cannot seek: open them again.
+                    if self.input.seek(0, ..).is_err() {
+                        self.input = ffmpeg::format::input(&self.path)
+                            .map_err(|e| file_err(&self.path, e))?;
+                    }
                     self.decoder.flush();
                     self.draining = false;
                     continue;

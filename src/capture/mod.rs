@@ -203,6 +203,54 @@ mod tests {
     }
 
     #[test]
+    fn file_source_decodes_scales_and_loops() {
+        use crate::encode::{Encoder, EncoderConfig};
+        use testcard::{read_barcode, TestCard};
+        let dir = std::env::temp_dir().join(format!("inclubit-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("card.h264");
+        let card = TestCard::new(640, 320);
+        let mut enc = Encoder::new(EncoderConfig {
+            width: 640,
+            height: 320,
+            fps: 30,
+            bitrate: 2_000_000,
+            threads: 1,
+        })
+        .unwrap();
+        let mut bytes = Vec::new();
+        for n in 0..10 {
+            let f = enc.encode(&card.frame(n, 0), n, 0, false).unwrap().unwrap();
+            bytes.extend_from_slice(&f.data);
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let cfg = CaptureConfig {
+            size: Some((640, 320)),
+            fps: 30.0,
+            mjpeg: false,
+        };
+        let mut src = open(&SourceSpec::File(path.clone()), &cfg).unwrap();
+        assert_eq!(src.size(), (640, 320));
+        // Ten frames, then the file starts again.
+        let seen: Vec<_> = (0..15)
+            .map(|_| read_barcode(&src.next_frame().unwrap().picture))
+            .collect();
+        let want: Vec<_> = (0..15).map(|i| Some(i % 10)).collect();
+        assert_eq!(seen, want);
+        // Scaled output keeps the picture.
+        let mut small = open(
+            &SourceSpec::File(path),
+            &CaptureConfig {
+                size: Some((320, 160)),
+                ..cfg
+            },
+        )
+        .unwrap();
+        let p = small.next_frame().unwrap().picture;
+        assert_eq!((p.width, p.height), (320, 160));
+    }
+
+    #[test]
     fn a_file_that_is_not_video_is_a_clear_error() {
         let dir = std::env::temp_dir().join(format!("inclubit-cap-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -40,8 +40,8 @@ pub struct SendConfig {
     pub max_frames: Option<u64>,
     pub encoder_threads: u32,
     pub impairment: Option<Arc<dyn Impairment>>,
-    /// Per encoded frame: (seq, capture µs, encoded µs), for benchmarks.
-    pub frame_log: Option<mpsc::UnboundedSender<(u64, u64, u64)>>,
+    /// A record per encoded frame, for benchmarks.
+    pub frame_log: Option<mpsc::UnboundedSender<FrameLog>>,
 }
 
 impl Default for SendConfig {
@@ -61,6 +61,17 @@ impl Default for SendConfig {
             frame_log: None,
         }
     }
+}
+
+/// When a frame was captured and encoded (wall-clock µs) and how long the encoder took.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameLog {
+    pub seq: u64,
+    pub capture_us: u64,
+    pub encoded_us: u64,
+    pub encode_us: u64,
+    pub bytes: usize,
+    pub keyframe: bool,
 }
 
 /// State shared by the encoder thread and the viewer tasks.
@@ -254,7 +265,7 @@ fn encode_loop(
     shared: &Shared,
     frames: &broadcast::Sender<Arc<EncodedFrame>>,
     max: Option<u64>,
-    log: Option<mpsc::UnboundedSender<(u64, u64, u64)>>,
+    log: Option<mpsc::UnboundedSender<FrameLog>>,
 ) -> Result<(), PipelineError> {
     // Keyframes on demand, but not more often than this: many lossy viewers must not turn the
     // stream into all-IDR.
@@ -270,7 +281,14 @@ fn encode_loop(
                 last_idr = Some(Instant::now());
             }
             if let Some(log) = &log {
-                let _ = log.send((seq, frame.capture_us, clock::now_us()));
+                let _ = log.send(FrameLog {
+                    seq,
+                    capture_us: frame.capture_us,
+                    encoded_us: clock::now_us(),
+                    encode_us: frame.encode_us as u64,
+                    bytes: frame.data.len(),
+                    keyframe: frame.keyframe,
+                });
             }
             if let Ok(mut e) = shared.encoded.lock() {
                 e.0.record(Instant::now(), frame.data.len() as u64);

@@ -112,6 +112,9 @@ pub struct ViewConfig {
     pub reorder: ReorderConfig,
     pub impairment: Option<Arc<dyn Impairment>>,
     pub connect_timeout: Duration,
+    /// A frame this old (since capture) when its turn to decode comes is skipped, up to the
+    /// next keyframe, so a slow CPU costs frames rather than ever-growing latency.
+    pub late_after: Duration,
     pub name: String,
 }
 
@@ -131,6 +134,7 @@ impl ViewConfig {
             reorder: ReorderConfig::default(),
             impairment: None,
             connect_timeout: Duration::from_secs(5),
+            late_after: Duration::from_millis(300),
             name: "inclubit-view".into(),
         }
     }
@@ -150,6 +154,13 @@ pub enum ViewEvent {
         capture_us: u64,
         received_us: u64,
         decoded_us: u64,
+        /// Time inside the decoder.
+        decode_us: u64,
+    },
+    /// A picture reached the screen (or the offscreen target): GPU work finished.
+    Shown {
+        seq: u64,
+        rendered_us: u64,
     },
     Rendered {
         seq: u64,
@@ -295,6 +306,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     });
 
     let offset_us = Arc::new(AtomicI64::new(0));
+    let late_drops = Arc::new(AtomicU64::new(0));
     let decoded_count = Arc::new(AtomicU64::new(0));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
     let (decode_err_tx, mut decode_err_rx) = mpsc::unbounded_channel::<()>();
@@ -312,13 +324,39 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         let max = cfg.max_frames;
         let count = decoded_count.clone();
         let display = cfg.display.clone();
+        let late_after = cfg.late_after;
+        let late = late_drops.clone();
         std::thread::Builder::new()
             .name("decode".into())
             .spawn(move || -> Result<(), PipelineError> {
                 let mut dec = Decoder::new()?;
+                let mut skipping = false;
                 while let Ok(item) = decoder_rx.recv() {
+                    // Live beats complete: when decoding falls behind (a slow CPU), skip to
+                    // the next keyframe instead of letting latency grow.
+                    let age =
+                        Duration::from_micros(clock::now_us().saturating_sub(item.capture_us));
+                    if !item.keyframe && (skipping || age > late_after) {
+                        if !skipping {
+                            tracing::debug!(
+                                seq = item.seq,
+                                ?age,
+                                "decoder behind; skipping to a keyframe"
+                            );
+                            let _ = decode_err_tx.send(());
+                        }
+                        skipping = true;
+                        late.fetch_add(1, Ordering::Relaxed);
+                        if let Some(tx) = &events {
+                            let _ = tx.send(ViewEvent::Dropped { seq: item.seq });
+                        }
+                        continue;
+                    }
+                    skipping = false;
+                    let started = Instant::now();
                     match dec.decode(&item.data) {
                         Ok(Some(pic)) => {
+                            let decode_us = started.elapsed().as_micros() as u64;
                             let decoded_us = clock::now_us();
                             let pic = Arc::new(pic);
                             let n = count.fetch_add(1, Ordering::Relaxed) + 1;
@@ -338,6 +376,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                                     capture_us: item.capture_us,
                                     received_us: item.received_us,
                                     decoded_us,
+                                    decode_us,
                                 });
                             }
                             let latest = Latest {
@@ -512,10 +551,10 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                 let stats = match slot.metrics.lock() {
                     Ok(mut m) => {
                         m.rtt = conn.rtt();
-                        m.dropped = dropped;
+                        m.dropped = dropped + late_drops.load(Ordering::Relaxed);
                         ViewerStats {
                             frames_shown: m.frames,
-                            frames_dropped: dropped,
+                            frames_dropped: m.dropped,
                             latency_p50_us: m.latency_us.get(50.0) as u32,
                             latency_p99_us: m.latency_us.get(99.0) as u32,
                         }
@@ -568,6 +607,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     writer.abort();
     signalling.leave().await;
     let frames = decoded_count.load(Ordering::Relaxed);
+    let dropped = dropped + late_drops.load(Ordering::Relaxed);
     let dec = tokio::task::spawn_blocking(move || decoder_thread.join())
         .await
         .map_err(|e| PipelineError::Other(e.to_string()))?;
@@ -652,6 +692,12 @@ fn render_headless(
             }
         }
         let rendered = clock::now_us();
+        if let Some(tx) = &events {
+            let _ = tx.send(ViewEvent::Shown {
+                seq,
+                rendered_us: rendered,
+            });
+        }
         if let Ok(mut m) = slot.metrics.lock() {
             m.latency_us.record(rendered.saturating_sub(capture_us));
         }
