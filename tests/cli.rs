@@ -329,3 +329,54 @@ fn ctrl_c_on_the_sender_ends_both_cleanly() {
     assert_eq!(status, 0, "{err}");
     assert!(err.contains("the sender ended the stream"), "{err}");
 }
+
+#[test]
+fn demo_headless_stops_cleanly_on_ctrl_c() {
+    let p = Proc::start(&["demo", "--headless", "--size", "640x320"]);
+    p.line("demo: test card 640x320", Duration::from_secs(10));
+    p.line("view ", Duration::from_secs(15));
+    p.interrupt();
+    let (status, err) = p.wait(Duration::from_secs(5));
+    assert_eq!(status, 0, "{err}");
+}
+
+#[test]
+fn demo_opens_a_window_when_there_is_a_display() {
+    // Xvfb is our display here (installed by scripts/setup.sh).
+    let out = Command::new("xvfb-run")
+        .args([
+            "-a",
+            "-s",
+            "-screen 0 1280x720x24",
+            BIN,
+            "-v",
+            "demo",
+            "--frames",
+            "45",
+            "--size",
+            "640x320",
+        ])
+        .env("RUST_LOG", "inclubit=info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("xvfb-run (apt package xvfb)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("window renderer"), "no window was used: {err}");
+}
+
+#[test]
+fn a_device_that_is_not_a_camera_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("inclubit-cam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("video0");
+    std::fs::write(&fake, b"not a camera").unwrap();
+    let src = format!("camera:{}", fake.display());
+    let (code, err) = run(&["send", "--source", &src], Duration::from_secs(5));
+    assert_eq!(code, 5, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("error: cannot open camera {}", fake.display())),
+        "{err}"
+    );
+}

@@ -26,7 +26,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            request_timeout: Duration::from_secs(4),
+            request_timeout: Duration::from_secs(3),
             first_retry: Duration::from_millis(200),
             keepalive: Duration::from_secs(2),
             lost_after: Duration::from_secs(7),
