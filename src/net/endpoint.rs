@@ -191,3 +191,39 @@ impl PeerEndpoint {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn dial(server: &PeerEndpoint, fp: Fingerprint) -> Result<quinn::Connection, String> {
+        let client = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), None, None).unwrap();
+        let conn = client
+            .endpoint
+            .connect_with(client_config(fp).unwrap(), server.local_addr, SERVER_NAME)
+            .map_err(|e| e.to_string())?;
+        conn.await.map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn only_the_announced_certificate_is_accepted() {
+        let id = Identity::generate().unwrap();
+        let server = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), Some(&id), None).unwrap();
+        let ep = server.endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(i) = ep.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(c) = i.await {
+                        c.closed().await;
+                    }
+                });
+            }
+        });
+        let ok = dial(&server, id.fingerprint()).await;
+        assert!(ok.is_ok(), "{ok:?}");
+        // A rendezvous (or anyone on the path) swapping the key is detected.
+        let other = Identity::generate().unwrap();
+        let err = dial(&server, other.fingerprint()).await.unwrap_err();
+        assert!(err.contains("does not match"), "{err}");
+    }
+}

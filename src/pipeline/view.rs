@@ -47,6 +47,7 @@ pub enum Display {
 pub struct FrameSlot {
     inner: Arc<(Mutex<Option<Latest>>, Condvar)>,
     pub closed: Arc<AtomicBool>,
+    closing: Arc<tokio::sync::Notify>,
     pub metrics: Arc<Mutex<Metrics>>,
     pub hello: Arc<Mutex<Option<StreamHello>>>,
 }
@@ -95,6 +96,15 @@ impl FrameSlot {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.inner.1.notify_all();
+        // A stored permit: the viewer loop sees it even if it is not waiting yet.
+        self.closing.notify_one();
+    }
+
+    /// Resolves once [`FrameSlot::close`] has been called.
+    pub async fn closed(&self) {
+        while !self.closed.load(Ordering::Relaxed) {
+            self.closing.notified().await;
+        }
     }
 }
 
@@ -324,6 +334,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         let max = cfg.max_frames;
         let count = decoded_count.clone();
         let display = cfg.display.clone();
+        let done_tx = done_tx.clone();
         let late_after = cfg.late_after;
         let late = late_drops.clone();
         std::thread::Builder::new()
@@ -390,6 +401,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                                 Display::None => {}
                             }
                             if max.is_some_and(|m| n >= m) {
+                                let _ = done_tx.send(());
                                 break;
                             }
                         }
@@ -510,24 +522,6 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     let mut reorder = Reorder::<(Bytes, u64, u64)>::new(cfg.reorder.clone());
     let mut ping = tokio::time::interval(Duration::from_millis(500));
     let mut dropped = 0u64;
-    let watch_done = {
-        let count = decoded_count.clone();
-        let max = cfg.max_frames;
-        let done_tx = done_tx.clone();
-        let slot = slot.clone();
-        tokio::spawn(async move {
-            // The decoder thread stops at max_frames; it signals by closing nothing, so poll.
-            loop {
-                if max.is_some_and(|m| count.load(Ordering::Relaxed) >= m)
-                    || slot.closed.load(Ordering::Relaxed)
-                {
-                    let _ = done_tx.send(());
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
     let mut sender_ended = false;
     loop {
         let timeout = reorder.poll_timeout();
@@ -564,6 +558,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                 let _ = ctrl_out_tx.send(Control::Stats(stats));
             }
             _ = done_rx.recv() => break,
+            _ = slot.closed() => break,
             _ = conn.closed() => {
                 sender_ended = true;
                 break;
@@ -601,7 +596,6 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     let reason = conn.close_reason();
     conn.close(0u32.into(), b"viewer done");
     drop(to_decoder);
-    watch_done.abort();
     acceptor.abort();
     ctrl_reader.abort();
     writer.abort();
