@@ -72,6 +72,7 @@ fn send_config(a: &SendArgs, rendezvous: Option<SocketAddr>) -> SendConfig {
         embedded_port: a.rendezvous_port,
         latency_budget: a.latency_budget(),
         max_frames: a.frames,
+        paths: a.net.path_policy(),
         ..Default::default()
     }
 }
@@ -107,6 +108,7 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
 fn view_config(a: &ViewArgs, rendezvous: SocketAddr, display: Display) -> ViewConfig {
     let mut cfg = ViewConfig::new(a.code, rendezvous);
     cfg.bind = a.net.bind;
+    cfg.paths = a.net.path_policy();
     cfg.display = display;
     cfg.max_frames = a.frames;
     cfg

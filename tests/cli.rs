@@ -380,3 +380,29 @@ fn a_device_that_is_not_a_camera_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn force_relay_shows_relay_path_in_stats() {
+    let (_send, code, rv) = sender(None);
+    let mut v = Proc::start(&[
+        "view",
+        "--rendezvous",
+        &rv,
+        "--bind",
+        "127.0.0.1:0",
+        "--headless",
+        "--frames",
+        "45",
+        "--render-size",
+        "64x64",
+        "--json",
+        "--force-relay",
+        &code,
+    ]);
+    let l = v.line("{", Duration::from_secs(15));
+    let stats: serde_json::Value = serde_json::from_str(&l).unwrap();
+    assert_eq!(stats["path"], "relay", "{l}");
+    v.lines = mpsc::channel().1;
+    let (status, err) = v.wait(Duration::from_secs(20));
+    assert_eq!(status, 0, "{err}");
+}

@@ -114,3 +114,46 @@ async fn two_viewers_get_every_frame_right() {
     assert!(stats.frames >= 150);
     send.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_only_viewer_gets_the_stream_through_the_rendezvous() {
+    let rv = rendezvous().await;
+    let send = sender(rv, 640, 320).await;
+    let (mut cfg, mut rx) = headless_viewer(send.code, rv, 60);
+    cfg.paths = inclubit::net::PathPolicy::RelayOnly;
+    let run = tokio::spawn(view::run(cfg, FrameSlot::default()));
+    let summary = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("viewer finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.frames, 60);
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    let remote = events.iter().find_map(|e| match e {
+        ViewEvent::Connected { remote, .. } => Some(*remote),
+        _ => None,
+    });
+    assert!(
+        inclubit::net::is_relay_address(&remote.unwrap()),
+        "{remote:?}"
+    );
+    assert_eq!(assert_never_corrupt(&events).len(), 60);
+    send.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sender_forcing_direct_refuses_relayed_viewers() {
+    let rv = rendezvous().await;
+    let mut scfg = testcard_config(rv, 320, 160);
+    scfg.paths = inclubit::net::PathPolicy::DirectOnly;
+    let send = inclubit::pipeline::send::start(scfg).await.unwrap();
+    let (mut cfg, _rx) = headless_viewer(send.code, rv, 10);
+    cfg.paths = inclubit::net::PathPolicy::RelayOnly;
+    cfg.connect_timeout = Duration::from_secs(2);
+    let err = view::run(cfg, FrameSlot::default()).await.unwrap_err();
+    assert_eq!(err.exit_code(), inclubit::pipeline::exit::NETWORK, "{err}");
+    send.stop().await.unwrap();
+}

@@ -58,6 +58,8 @@ pub enum ClientEvent {
         reflexive: SocketAddr,
         sender: Vec<SocketAddr>,
         fingerprint: Fingerprint,
+        /// The relay session to the sender.
+        relay: u64,
     },
     /// The sender's current viewers.
     Viewers(Vec<ViewerInfo>),
@@ -218,10 +220,12 @@ impl SignalClient {
                     reflexive,
                     sender,
                     fingerprint,
+                    relay,
                 },
             ) if txn == self.txn => {
                 self.become_member(now, code, member, token);
                 self.events.push_back(ClientEvent::Joined {
+                    relay,
                     code,
                     member,
                     reflexive,

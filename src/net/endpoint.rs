@@ -162,6 +162,7 @@ pub struct PeerEndpoint {
     pub endpoint: quinn::Endpoint,
     pub signal: SignalPort,
     pub local_addr: SocketAddr,
+    pub socket: Arc<MediaSocket>,
 }
 
 impl PeerEndpoint {
@@ -180,7 +181,7 @@ impl PeerEndpoint {
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             ep_cfg,
             server,
-            socket,
+            socket.clone(),
             Arc::new(quinn::TokioRuntime),
         )?;
         let local_addr = signal.local_addr()?;
@@ -188,6 +189,7 @@ impl PeerEndpoint {
             endpoint,
             signal,
             local_addr,
+            socket,
         })
     }
 }

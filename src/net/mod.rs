@@ -7,7 +7,7 @@ pub mod signal;
 pub mod socket;
 
 pub use endpoint::{Identity, PeerEndpoint};
-pub use socket::{Impairment, MediaSocket, SignalPort};
+pub use socket::{is_relay_address, Impairment, MediaSocket, SignalPort};
 
 use std::net::SocketAddr;
 
@@ -20,6 +20,43 @@ pub struct NetArgs {
     /// Local address for the media socket (0.0.0.0:0 picks any port on every interface).
     #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
     pub bind: SocketAddr,
+    /// Carry media through the rendezvous relay only.
+    #[arg(long, conflicts_with = "force_direct")]
+    pub force_relay: bool,
+    /// Never use the relay: fail if the sender cannot be reached directly.
+    #[arg(long)]
+    pub force_direct: bool,
+}
+
+impl NetArgs {
+    pub fn path_policy(&self) -> PathPolicy {
+        if self.force_relay {
+            PathPolicy::RelayOnly
+        } else if self.force_direct {
+            PathPolicy::DirectOnly
+        } else {
+            PathPolicy::Any
+        }
+    }
+}
+
+/// Which paths a viewer may use to reach the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathPolicy {
+    /// Direct candidates first, the relay in parallel a moment later.
+    #[default]
+    Any,
+    DirectOnly,
+    RelayOnly,
+}
+
+/// "relay" for a virtual relay address, "direct" otherwise.
+pub fn path_name(remote: &SocketAddr) -> &'static str {
+    if is_relay_address(remote) {
+        "relay"
+    } else {
+        "direct"
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +74,10 @@ pub enum NetError {
     Refused(inclubit_rendezvous::wire::signal::ErrorKind),
     #[error("could not reach the sender at any of {0:?}")]
     NoPath(Vec<SocketAddr>),
+    #[error(
+        "could not reach the sender directly at any of {0:?} (--force-direct forbids the relay)"
+    )]
+    NoDirectPath(Vec<SocketAddr>),
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error(transparent)]

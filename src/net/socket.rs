@@ -1,14 +1,22 @@
 //! The media socket: quinn's UDP socket with signalling datagrams split off by their first byte
-//! ([`inclubit_rendezvous::wire::signal::is_signal`]), and an optional impairment hook for tests.
+//! ([`inclubit_rendezvous::wire::signal::is_signal`]), relay paths, and an optional impairment
+//! hook for tests.
+//!
+//! Relay paths: quinn talks to a peer at a *virtual* address (in 240.0.0.0/4, which is never
+//! routed); this socket carries those packets through the rendezvous relay, wrapped in relay
+//! frames, and presents the relay's packets as coming from the virtual address. QUIC stays end to
+//! end; the relay sees ciphertext only.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 
-use inclubit_rendezvous::wire::signal::is_signal;
+use inclubit_rendezvous::wire::signal::{is_signal, parse_relay, relay_header, RELAY_OVERHEAD};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
@@ -25,6 +33,21 @@ pub struct MediaSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     signal_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     impairment: Option<Arc<dyn Impairment>>,
+    relays: Mutex<RelayTable>,
+}
+
+/// Relay sessions by virtual address and by session id.
+#[derive(Default)]
+struct RelayTable {
+    /// The rendezvous that relays for us.
+    server: Option<SocketAddr>,
+    by_virtual: HashMap<SocketAddr, u64>,
+    by_session: HashMap<u64, SocketAddr>,
+}
+
+/// True for the virtual addresses this socket hands out for relay paths.
+pub fn is_relay_address(a: &SocketAddr) -> bool {
+    matches!(a, SocketAddr::V4(v4) if v4.ip().octets()[0] >= 240 && !v4.ip().is_broadcast())
 }
 
 impl fmt::Debug for MediaSocket {
@@ -63,8 +86,69 @@ impl MediaSocket {
             inner,
             signal_tx,
             impairment,
+            relays: Mutex::new(RelayTable::default()),
         });
         Ok((socket.clone(), SignalPort { socket, rx }))
+    }
+
+    /// Sets the rendezvous whose relay this socket uses.
+    pub fn set_relay_server(&self, server: SocketAddr) {
+        if let Ok(mut t) = self.relays.lock() {
+            t.server = Some(server);
+        }
+    }
+
+    /// The virtual address of relay `session` (made on first use).
+    pub fn relay_peer(&self, session: u64) -> SocketAddr {
+        let Ok(mut t) = self.relays.lock() else {
+            return SocketAddr::from(([240, 0, 0, 1], 1));
+        };
+        if let Some(v) = t.by_session.get(&session) {
+            return *v;
+        }
+        let n = t.by_session.len() as u32 + 1;
+        let v = SocketAddr::from((Ipv4Addr::from(0xF000_0000 | (n & 0x0FFF_FFFF)), 1));
+        t.by_session.insert(session, v);
+        t.by_virtual.insert(v, session);
+        v
+    }
+
+    fn relay_route(&self, to: &SocketAddr) -> Option<(SocketAddr, u64)> {
+        let t = self.relays.lock().ok()?;
+        Some((t.server?, *t.by_virtual.get(to)?))
+    }
+
+    /// Wraps each packet of a (possibly GSO) transmit in a relay frame for the rendezvous.
+    fn send_relayed(&self, t: &Transmit, server: SocketAddr, session: u64) -> io::Result<()> {
+        let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        let header = relay_header(true, session);
+        for packet in t.contents.chunks(seg) {
+            let mut framed = Vec::with_capacity(RELAY_OVERHEAD + packet.len());
+            framed.extend_from_slice(&header);
+            framed.extend_from_slice(packet);
+            self.inner.try_send(&Transmit {
+                destination: server,
+                ecn: t.ecn,
+                contents: &framed,
+                segment_size: None,
+                src_ip: t.src_ip,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The virtual address for relay data from `from`, if it is our relay's.
+    fn relay_source(&self, from: SocketAddr, session: u64) -> Option<SocketAddr> {
+        let t = self.relays.lock().ok()?;
+        if t.server != Some(from) {
+            return None;
+        }
+        if let Some(v) = t.by_session.get(&session) {
+            return Some(*v);
+        }
+        // A viewer reaching us through the relay before the rendezvous told us about it.
+        drop(t);
+        Some(self.relay_peer(session))
     }
 
     fn divert(&self, from: SocketAddr, bytes: &[u8]) {
@@ -84,6 +168,13 @@ impl AsyncUdpSocket for MediaSocket {
                 return Ok(());
             }
         }
+        if is_relay_address(&transmit.destination) {
+            return match self.relay_route(&transmit.destination) {
+                Some((server, session)) => self.send_relayed(transmit, server, session),
+                // No such relay path (any more): the packet is lost, as on a dead link.
+                None => Ok(()),
+            };
+        }
         self.inner.try_send(transmit)
     }
 
@@ -100,8 +191,11 @@ impl AsyncUdpSocket for MediaSocket {
                 let m = meta[i];
                 let stride = m.stride.max(1);
                 let buf = &mut bufs[i][..m.len];
-                // A GRO batch holds segments of `stride` bytes from one source; keep the QUIC
-                // ones in place, in order, and hand the rest to signalling.
+                // A GRO batch holds segments of `stride` bytes from one source. Keep the QUIC
+                // ones in place, in order; unwrap relay data (all segments of a relayed batch
+                // shrink alike, so the stride stays uniform); hand the rest to signalling.
+                let mut source = m.addr;
+                let mut out_stride = stride;
                 let mut write = 0;
                 let mut read = 0;
                 while read < m.len {
@@ -111,7 +205,14 @@ impl AsyncUdpSocket for MediaSocket {
                         .impairment
                         .as_ref()
                         .is_some_and(|imp| imp.drop_incoming(m.addr, seg_len));
+                    let relayed = parse_relay(false, &buf[read..end])
+                        .and_then(|(session, _)| self.relay_source(m.addr, session));
                     if dropped {
+                    } else if let Some(virt) = relayed {
+                        source = virt;
+                        out_stride = stride - RELAY_OVERHEAD;
+                        buf.copy_within(read + RELAY_OVERHEAD..end, write);
+                        write += seg_len - RELAY_OVERHEAD;
                     } else if is_signal(&buf[read..end]) {
                         self.divert(m.addr, &buf[read..end]);
                     } else {
@@ -127,7 +228,12 @@ impl AsyncUdpSocket for MediaSocket {
                     let (head, tail) = bufs.split_at_mut(i);
                     head[kept][..write].copy_from_slice(&tail[0][..write]);
                 }
-                meta[kept] = RecvMeta { len: write, ..m };
+                meta[kept] = RecvMeta {
+                    addr: source,
+                    len: write,
+                    stride: out_stride.min(write),
+                    ..m
+                };
                 kept += 1;
             }
             if kept > 0 {
@@ -156,6 +262,10 @@ impl AsyncUdpSocket for MediaSocket {
 impl SignalPort {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.inner.local_addr()
+    }
+
+    pub fn socket(&self) -> &Arc<MediaSocket> {
+        &self.socket
     }
 
     /// Sends one signalling datagram from the media socket.

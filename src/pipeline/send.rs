@@ -40,6 +40,8 @@ pub struct SendConfig {
     pub max_frames: Option<u64>,
     pub encoder_threads: u32,
     pub impairment: Option<Arc<dyn Impairment>>,
+    /// Which paths viewers may reach us on (enforced when they connect).
+    pub paths: crate::net::PathPolicy,
     /// A record per encoded frame, for benchmarks.
     pub frame_log: Option<mpsc::UnboundedSender<FrameLog>>,
 }
@@ -58,6 +60,7 @@ impl Default for SendConfig {
             max_frames: None,
             encoder_threads: 0,
             impairment: None,
+            paths: crate::net::PathPolicy::Any,
             frame_log: None,
         }
     }
@@ -155,7 +158,10 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         endpoint,
         signal,
         local_addr,
+        socket,
     } = ep;
+    // Viewers that cannot reach us directly come through the rendezvous relay.
+    socket.set_relay_server(signal_to);
     let mut signalling = Signalling::spawn(
         signal,
         signal_to,
@@ -223,6 +229,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         endpoint.clone(),
         shared.clone(),
         frames_tx,
+        cfg.paths,
     ))];
     tasks.extend(server_task);
     Ok(SendSession {
@@ -307,9 +314,21 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     frames: broadcast::Sender<Arc<EncodedFrame>>,
+    paths: crate::net::PathPolicy,
 ) {
     let mut next_id = 0;
     while let Some(incoming) = endpoint.accept().await {
+        let relayed = crate::net::is_relay_address(&incoming.remote_address());
+        let allowed = match paths {
+            crate::net::PathPolicy::Any => true,
+            crate::net::PathPolicy::RelayOnly => relayed,
+            crate::net::PathPolicy::DirectOnly => !relayed,
+        };
+        if !allowed {
+            tracing::info!(remote = %incoming.remote_address(), ?paths, "refusing a viewer on a forbidden path");
+            incoming.refuse();
+            continue;
+        }
         next_id += 1;
         let id = next_id;
         let shared = shared.clone();
@@ -559,7 +578,6 @@ impl SendSession {
             fps,
             bitrate_mbps: bps / 1e6,
             frames,
-            path: "direct".into(),
             ..Default::default()
         };
         if let Ok(v) = self.shared.viewers.lock() {
@@ -574,6 +592,13 @@ impl SendSession {
                 line.dropped += s.stats.frames_dropped.max(s.skipped);
             }
             line.rtt_ms = rtt;
+            let mut paths: Vec<&str> = v
+                .iter()
+                .map(|s| crate::net::path_name(&s.conn.remote_address()))
+                .collect();
+            paths.sort_unstable();
+            paths.dedup();
+            line.path = paths.join("+");
             line.latency_p50_ms = p50.get(100.0) as f64 / 1000.0;
             line.latency_p99_ms = p99.get(100.0) as f64 / 1000.0;
             if v.is_empty() {

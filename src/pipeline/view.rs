@@ -125,6 +125,7 @@ pub struct ViewConfig {
     /// A frame this old (since capture) when its turn to decode comes is skipped, up to the
     /// next keyframe, so a slow CPU costs frames rather than ever-growing latency.
     pub late_after: Duration,
+    pub paths: crate::net::PathPolicy,
     pub name: String,
 }
 
@@ -145,6 +146,7 @@ impl ViewConfig {
             impairment: None,
             connect_timeout: Duration::from_secs(5),
             late_after: Duration::from_millis(300),
+            paths: crate::net::PathPolicy::Any,
             name: "inclubit-view".into(),
         }
     }
@@ -247,8 +249,12 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     let ep = PeerEndpoint::bind(cfg.bind, None, cfg.impairment.clone())?;
     let hosts = host_candidates(ep.local_addr);
     let PeerEndpoint {
-        endpoint, signal, ..
+        endpoint,
+        signal,
+        socket,
+        ..
     } = ep;
+    socket.set_relay_server(cfg.rendezvous);
     let mut signalling = Signalling::spawn(
         signal,
         cfg.rendezvous,
@@ -257,23 +263,48 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             hosts,
         },
     );
-    let (candidates, fingerprint) = match signalling.next_event().await {
+    let (candidates, fingerprint, relay) = match signalling.next_event().await {
         Some(ClientEvent::Joined {
             sender,
             fingerprint,
+            relay,
             ..
-        }) => (sender, fingerprint),
+        }) => (sender, fingerprint, relay),
         Some(ClientEvent::Refused(kind)) => return Err(NetError::Refused(kind).into()),
         _ => return Err(NetError::Unreachable(cfg.rendezvous).into()),
     };
-    let conn = connect_any(
+    // Direct candidates get a head start; the relay is dialled in parallel shortly after, so a
+    // blocked direct path costs that moment, not a timeout.
+    let relay_addr = socket.relay_peer(relay);
+    let relay_delay = Duration::from_millis(150);
+    let dials: Vec<(SocketAddr, Duration)> = match cfg.paths {
+        crate::net::PathPolicy::RelayOnly => vec![(relay_addr, Duration::ZERO)],
+        crate::net::PathPolicy::DirectOnly => {
+            candidates.iter().map(|a| (*a, Duration::ZERO)).collect()
+        }
+        crate::net::PathPolicy::Any => candidates
+            .iter()
+            .map(|a| (*a, Duration::ZERO))
+            .chain(std::iter::once((relay_addr, relay_delay)))
+            .collect(),
+    };
+    let conn = match connect_any(
         &endpoint,
         client_config(fingerprint)?,
-        &candidates,
+        &dials,
         cfg.connect_timeout,
     )
-    .await?;
+    .await
+    {
+        Err(PipelineError::Net(NetError::NoPath(c)))
+            if cfg.paths == crate::net::PathPolicy::DirectOnly =>
+        {
+            return Err(NetError::NoDirectPath(c).into())
+        }
+        r => r?,
+    };
     let remote = conn.remote_address();
+    let path = crate::net::path_name(&remote);
     let (mut ctrl_send, mut ctrl_recv) = conn
         .open_bi()
         .await
@@ -298,12 +329,12 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             )))
         }
     };
-    tracing::info!(%remote, w = hello.width, h = hello.height, "connected to sender");
+    tracing::info!(%remote, path, w = hello.width, h = hello.height, "connected to sender");
     if let Ok(mut h) = slot.hello.lock() {
         *h = Some(hello.clone());
     }
     if let Ok(mut m) = slot.metrics.lock() {
-        m.path = "direct".into();
+        m.path = path.into();
     }
     let emit = |e: ViewEvent| {
         if let Some(tx) = &cfg.events {
@@ -698,20 +729,24 @@ fn render_headless(
     }
 }
 
-/// Dials every candidate at once; the first handshake to finish wins.
+/// Dials every candidate (each after its delay); the first handshake to finish wins.
 async fn connect_any(
     endpoint: &quinn::Endpoint,
     cfg: quinn::ClientConfig,
-    candidates: &[SocketAddr],
+    dials: &[(SocketAddr, Duration)],
     timeout: Duration,
 ) -> Result<quinn::Connection, PipelineError> {
-    let mut uniq = candidates.to_vec();
-    uniq.dedup();
+    let mut uniq: Vec<SocketAddr> = Vec::new();
     let mut set = JoinSet::new();
-    for addr in uniq.iter().copied() {
+    for (addr, delay) in dials.iter().copied() {
+        if uniq.contains(&addr) {
+            continue;
+        }
+        uniq.push(addr);
         let ep = endpoint.clone();
         let cfg = cfg.clone();
         set.spawn(async move {
+            tokio::time::sleep(delay).await;
             match ep.connect_with(cfg, addr, SERVER_NAME) {
                 Ok(c) => c.await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::wire::signal::{ClientMsg, MAX_SIGNAL_LEN};
+use crate::wire::signal::{parse_relay, relay_to_downlink, ClientMsg, MAX_SIGNAL_LEN};
 use rooms::{Event, Rooms, RoomsConfig};
 
 /// Command-line options of the server; shared by `inclubit-rendezvous` and `inclubit rendezvous`.
@@ -96,7 +96,14 @@ impl Server {
             };
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.on_datagram(from, &buf[..n]),
+                    Ok((n, from)) => {
+                        if let Some(to) = self.on_datagram(from, &mut buf[..n]) {
+                            // Relay data goes out as it came in, one byte changed.
+                            if let Err(e) = self.socket.send_to(&buf[..n], to).await {
+                                tracing::debug!(%to, "relay send error: {e}");
+                            }
+                        }
+                    }
                     Err(e) => tracing::debug!("recv error: {e}"),
                 },
                 _ = sleep => self.rooms.handle_timeout(std::time::Instant::now()),
@@ -105,10 +112,19 @@ impl Server {
         }
     }
 
-    fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+    /// Handles one datagram; returns where to forward it when it is relay data.
+    fn on_datagram(&mut self, from: SocketAddr, bytes: &mut [u8]) -> Option<SocketAddr> {
+        if let Some((session, payload)) = parse_relay(true, bytes) {
+            let len = payload.len();
+            let to = self
+                .rooms
+                .route_relay(std::time::Instant::now(), from, session, len)?;
+            relay_to_downlink(bytes);
+            return Some(to);
+        }
         if bytes.len() > MAX_SIGNAL_LEN {
             self.malformed += 1;
-            return;
+            return None;
         }
         match ClientMsg::decode(bytes) {
             Ok(msg) => self.rooms.handle(std::time::Instant::now(), from, msg),
@@ -119,6 +135,7 @@ impl Server {
                 }
             }
         }
+        None
     }
 
     async fn flush(&mut self) {
@@ -131,6 +148,12 @@ impl Server {
                 Event::ViewerLeft { code, member } => tracing::info!(%code, member, "viewer left"),
                 Event::Closed { code, reason } => tracing::info!(%code, ?reason, "room closed"),
                 Event::RateLimited { ip } => tracing::warn!(%ip, "rate limit: refusing requests"),
+                Event::RelayLimited { session, limit } => {
+                    tracing::warn!(session = %format!("{session:016x}"), limit, "relay limit reached: dropping data")
+                }
+                Event::RelayRefused { session, from } => {
+                    tracing::warn!(session = %format!("{session:016x}"), %from, "relay data from a non-member refused")
+                }
             }
         }
         while let Some(t) = self.rooms.poll_transmit() {

@@ -30,6 +30,12 @@ pub struct RoomsConfig {
     /// Open and join attempts per second per source IP: makes guessing codes slow.
     pub joins_per_ip: f64,
     pub join_burst_per_ip: f64,
+    /// Relay limits: bytes and packets per second per session, bytes per second per source IP.
+    pub relay_bytes_per_session: f64,
+    pub relay_packets_per_session: f64,
+    pub relay_bytes_per_ip: f64,
+    /// Most relay sessions (viewer memberships) one IP may hold.
+    pub relay_sessions_per_ip: usize,
 }
 
 impl Default for RoomsConfig {
@@ -43,6 +49,10 @@ impl Default for RoomsConfig {
             burst_per_ip: 100.0,
             joins_per_ip: 5.0,
             join_burst_per_ip: 20.0,
+            relay_bytes_per_session: 50e6 / 8.0,
+            relay_packets_per_session: 20_000.0,
+            relay_bytes_per_ip: 100e6 / 8.0,
+            relay_sessions_per_ip: 32,
         }
     }
 }
@@ -87,6 +97,25 @@ pub enum Event {
     RateLimited {
         ip: IpAddr,
     },
+    /// Relay data over a limit was dropped; emitted at most once a second per session.
+    RelayLimited {
+        session: u64,
+        limit: &'static str,
+    },
+    /// Relay data from an address that is not a member of the session was dropped.
+    RelayRefused {
+        session: u64,
+        from: SocketAddr,
+    },
+}
+
+/// Counters of the relay.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub refused: u64,
+    pub limited: u64,
 }
 
 #[derive(Debug)]
@@ -95,6 +124,17 @@ struct Member {
     hosts: Vec<SocketAddr>,
     token: u64,
     last_seen: Instant,
+    /// Viewers only: the relay session to the sender.
+    relay: u64,
+}
+
+#[derive(Debug)]
+struct RelaySession {
+    code: RoomCode,
+    viewer: MemberId,
+    bytes: Bucket,
+    packets: Bucket,
+    last_report: Option<Instant>,
 }
 
 impl Member {
@@ -125,12 +165,24 @@ struct Bucket {
 }
 
 impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            at: now,
+            limited: false,
+        }
+    }
+
     fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.take_n(now, 1.0, rate, burst)
+    }
+
+    fn take_n(&mut self, now: Instant, n: f64, rate: f64, burst: f64) -> bool {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + dt * rate).min(burst);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             self.limited = false;
             true
         } else {
@@ -146,6 +198,9 @@ pub struct Rooms {
     opens: HashMap<(SocketAddr, u64), RoomCode>,
     joins: HashMap<(SocketAddr, u64), (RoomCode, MemberId)>,
     buckets: HashMap<IpAddr, (Bucket, Bucket)>,
+    relays: HashMap<u64, RelaySession>,
+    relay_ip: HashMap<IpAddr, Bucket>,
+    relay_stats: RelayStats,
     rng: StdRng,
     out: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -160,6 +215,9 @@ impl Rooms {
             opens: HashMap::new(),
             joins: HashMap::new(),
             buckets: HashMap::new(),
+            relays: HashMap::new(),
+            relay_ip: HashMap::new(),
+            relay_stats: RelayStats::default(),
             rng: StdRng::seed_from_u64(seed),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -174,7 +232,82 @@ impl Rooms {
         self.rooms.get(&code).map(|r| r.viewers.len())
     }
 
+    pub fn relay_stats(&self) -> RelayStats {
+        self.relay_stats
+    }
+
+    /// Decides where relay data for `session` from `from` goes: the other member's address, or
+    /// `None` (not a member, or over a limit). The caller forwards the datagram itself, so the
+    /// hot path copies nothing.
+    pub fn route_relay(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        session: u64,
+        len: usize,
+    ) -> Option<SocketAddr> {
+        let Some(rs) = self.relays.get_mut(&session) else {
+            self.relay_stats.refused += 1;
+            return None;
+        };
+        let room = self.rooms.get(&rs.code)?;
+        let viewer = room.viewers.get(&rs.viewer)?;
+        let report = rs
+            .last_report
+            .is_none_or(|t| now >= t + Duration::from_secs(1));
+        let to = if from == room.sender.addr {
+            viewer.addr
+        } else if from == viewer.addr {
+            room.sender.addr
+        } else {
+            self.relay_stats.refused += 1;
+            if report {
+                rs.last_report = Some(now);
+                self.events.push_back(Event::RelayRefused { session, from });
+            }
+            return None;
+        };
+        let cfg = &self.cfg;
+        let ip = self
+            .relay_ip
+            .entry(from.ip())
+            .or_insert_with(|| Bucket::full(cfg.relay_bytes_per_ip, now));
+        let (pps, bps) = (cfg.relay_packets_per_session, cfg.relay_bytes_per_session);
+        let limit = if !rs.packets.take_n(now, 1.0, pps, pps) {
+            Some("packets per second per session")
+        } else if !rs.bytes.take_n(now, len as f64, bps, bps) {
+            Some("bandwidth per session")
+        } else if !ip.take_n(
+            now,
+            len as f64,
+            cfg.relay_bytes_per_ip,
+            cfg.relay_bytes_per_ip,
+        ) {
+            Some("bandwidth per IP")
+        } else {
+            None
+        };
+        if let Some(limit) = limit {
+            self.relay_stats.limited += 1;
+            if report {
+                rs.last_report = Some(now);
+                self.events
+                    .push_back(Event::RelayLimited { session, limit });
+            }
+            return None;
+        }
+        self.relay_stats.packets += 1;
+        self.relay_stats.bytes += len as u64;
+        Some(to)
+    }
+
     pub fn handle(&mut self, now: Instant, from: SocketAddr, msg: ClientMsg) {
+        if let ClientMsg::Relay { session, payload } = msg {
+            if let Some(to) = self.route_relay(now, from, session, payload.len()) {
+                self.send(to, ServerMsg::Relay { session, payload });
+            }
+            return;
+        }
         let is_join = matches!(msg, ClientMsg::Open { .. } | ClientMsg::Join { .. });
         if !self.admit(now, from.ip(), is_join) {
             let txn = match msg {
@@ -207,6 +340,7 @@ impl Rooms {
                 member,
                 token,
             } => self.leave(from, code, member, token),
+            ClientMsg::Relay { .. } => {}
         }
     }
 
@@ -267,6 +401,7 @@ impl Rooms {
                             hosts,
                             token,
                             last_seen: now,
+                            relay: 0,
                         },
                         fingerprint,
                         viewers: BTreeMap::new(),
@@ -297,6 +432,13 @@ impl Rooms {
         code: RoomCode,
         hosts: Vec<SocketAddr>,
     ) {
+        let ip = from.ip();
+        let held = self
+            .rooms
+            .values()
+            .flat_map(|r| r.viewers.values())
+            .filter(|m| m.addr.ip() == ip)
+            .count();
         let Some(room) = self.rooms.get_mut(&code) else {
             self.send(
                 from,
@@ -320,6 +462,23 @@ impl Rooms {
                     });
                     return;
                 }
+                if held >= self.cfg.relay_sessions_per_ip {
+                    self.events.push_back(Event::RateLimited { ip });
+                    self.out.push_back(Transmit {
+                        to: from,
+                        msg: ServerMsg::Error {
+                            txn,
+                            kind: ErrorKind::RateLimited,
+                        },
+                    });
+                    return;
+                }
+                let relay = loop {
+                    let r: u64 = self.rng.gen();
+                    if r != 0 && !self.relays.contains_key(&r) {
+                        break r;
+                    }
+                };
                 let id = room.next_viewer;
                 room.next_viewer += 1;
                 room.viewers.insert(
@@ -329,6 +488,17 @@ impl Rooms {
                         hosts,
                         token: self.rng.gen(),
                         last_seen: now,
+                        relay,
+                    },
+                );
+                self.relays.insert(
+                    relay,
+                    RelaySession {
+                        code,
+                        viewer: id,
+                        bytes: Bucket::full(self.cfg.relay_bytes_per_session, now),
+                        packets: Bucket::full(self.cfg.relay_packets_per_session, now),
+                        last_report: None,
                     },
                 );
                 self.joins.insert((from, txn), (code, id));
@@ -353,6 +523,7 @@ impl Rooms {
             reflexive: from,
             sender: room.sender.candidates(),
             fingerprint: room.fingerprint,
+            relay: room.viewers[&member].relay,
         };
         self.send(from, msg);
     }
@@ -414,7 +585,9 @@ impl Rooms {
                 self.close(code, CloseReason::Left);
             }
         } else if room.viewers.get(&member).is_some_and(|m| m.token == token) {
-            room.viewers.remove(&member);
+            if let Some(m) = room.viewers.remove(&member) {
+                self.relays.remove(&m.relay);
+            }
             self.events.push_back(Event::ViewerLeft { code, member });
             let to = room.sender.addr;
             let msg = viewers_msg(code, room);
@@ -431,7 +604,10 @@ impl Rooms {
     }
 
     fn close(&mut self, code: RoomCode, reason: CloseReason) {
-        if self.rooms.remove(&code).is_some() {
+        if let Some(room) = self.rooms.remove(&code) {
+            for v in room.viewers.values() {
+                self.relays.remove(&v.relay);
+            }
             self.opens.retain(|_, c| *c != code);
             self.joins.retain(|_, (c, _)| *c != code);
             self.events.push_back(Event::Closed { code, reason });
@@ -454,7 +630,9 @@ impl Rooms {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in gone {
-                    room.viewers.remove(&id);
+                    if let Some(m) = room.viewers.remove(&id) {
+                        self.relays.remove(&m.relay);
+                    }
                     self.events.push_back(Event::ViewerLeft {
                         code: *code,
                         member: id,
@@ -469,6 +647,8 @@ impl Rooms {
         let horizon = Duration::from_secs(10);
         self.buckets
             .retain(|_, (a, j)| now.saturating_duration_since(a.at.max(j.at)) < horizon);
+        self.relay_ip
+            .retain(|_, b| now.saturating_duration_since(b.at) < horizon);
     }
 
     /// The next instant [`Rooms::handle_timeout`] has work to do.
@@ -508,6 +688,7 @@ fn viewers_msg(code: RoomCode, room: &Room) -> ServerMsg {
             .map(|(id, m)| ViewerInfo {
                 id: *id,
                 candidates: m.candidates(),
+                relay: m.relay,
             })
             .collect(),
     }
@@ -594,7 +775,11 @@ mod tests {
                 code,
                 viewers: vec![ViewerInfo {
                     id: 1,
-                    candidates: vec![addr("198.51.100.2:4001")]
+                    candidates: vec![addr("198.51.100.2:4001")],
+                    relay: match &out[1].msg {
+                        ServerMsg::Joined { relay, .. } => *relay,
+                        _ => 0,
+                    },
                 }]
             }
         );
@@ -870,6 +1055,137 @@ mod tests {
         assert!(matches!(
             lab.join("203.0.113.5:1", 1000, code)[1].msg,
             ServerMsg::Joined { .. }
+        ));
+    }
+
+    fn joined_relay(out: &[Transmit]) -> u64 {
+        out.iter()
+            .find_map(|t| match t.msg {
+                ServerMsg::Joined { relay, .. } => Some(relay),
+                _ => None,
+            })
+            .expect("joined")
+    }
+
+    fn relay(lab: &mut Lab, from: &str, session: u64, n: usize) -> Vec<Transmit> {
+        lab.send(
+            from,
+            ClientMsg::Relay {
+                session,
+                payload: vec![0x40; n],
+            },
+        )
+    }
+
+    #[test]
+    fn relay_forwards_only_between_the_two_members() {
+        let mut lab = Lab::new();
+        let (code, _) = lab.open("198.51.100.1:4000");
+        let session = joined_relay(&lab.join("198.51.100.2:4001", 1, code));
+        let out = relay(&mut lab, "198.51.100.2:4001", session, 1200);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].to, addr("198.51.100.1:4000"));
+        assert!(
+            matches!(&out[0].msg, ServerMsg::Relay { session: s, payload } if *s == session && payload.len() == 1200)
+        );
+        let out = relay(&mut lab, "198.51.100.1:4000", session, 100);
+        assert_eq!(out[0].to, addr("198.51.100.2:4001"));
+        // A third party that learned the session id can neither inject nor receive.
+        assert!(relay(&mut lab, "203.0.113.66:4001", session, 100).is_empty());
+        assert!(lab
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::RelayRefused { .. })));
+        // Unknown sessions go nowhere.
+        assert!(relay(&mut lab, "198.51.100.2:4001", session ^ 1, 100).is_empty());
+        assert_eq!(lab.rooms.relay_stats().refused, 2);
+        assert_eq!(lab.rooms.relay_stats().packets, 2);
+    }
+
+    #[test]
+    fn relay_follows_a_roaming_member_and_ends_with_the_membership() {
+        let mut lab = Lab::new();
+        let (code, stoken) = lab.open("198.51.100.1:4000");
+        let out = lab.join("198.51.100.2:4001", 1, code);
+        let session = joined_relay(&out);
+        let ServerMsg::Joined { member, token, .. } = out[1].msg.clone() else {
+            panic!()
+        };
+        // The viewer roams: only an authenticated keepalive moves its relay address.
+        lab.send(
+            "198.51.100.9:5555",
+            ClientMsg::Keepalive {
+                code,
+                member,
+                token,
+            },
+        );
+        let out = relay(&mut lab, "198.51.100.1:4000", session, 100);
+        assert_eq!(out[0].to, addr("198.51.100.9:5555"));
+        lab.send(
+            "198.51.100.9:5555",
+            ClientMsg::Leave {
+                code,
+                member,
+                token,
+            },
+        );
+        assert!(relay(&mut lab, "198.51.100.1:4000", session, 100).is_empty());
+        let _ = stoken;
+    }
+
+    #[test]
+    fn relay_limits_bite_and_are_reported_once() {
+        let mut lab = Lab::with(RoomsConfig {
+            relay_bytes_per_session: 12_000.0,
+            ..Default::default()
+        });
+        let (code, _) = lab.open("198.51.100.1:4000");
+        let session = joined_relay(&lab.join("198.51.100.2:4001", 1, code));
+        lab.events();
+        let sent: usize = (0..50)
+            .map(|_| relay(&mut lab, "198.51.100.2:4001", session, 1200).len())
+            .sum();
+        assert_eq!(
+            sent, 10,
+            "a 12 kB/s session passes 10 packets of 1200 B in a burst"
+        );
+        let limited: Vec<_> = lab
+            .events()
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::RelayLimited {
+                        limit: "bandwidth per session",
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(limited.len(), 1);
+        assert_eq!(lab.rooms.relay_stats().limited, 40);
+        // A second later the bucket has refilled.
+        lab.advance(Duration::from_secs(1));
+        assert_eq!(relay(&mut lab, "198.51.100.2:4001", session, 1200).len(), 1);
+    }
+
+    #[test]
+    fn relay_sessions_per_ip_are_capped() {
+        let mut lab = Lab::with(RoomsConfig {
+            relay_sessions_per_ip: 2,
+            ..Default::default()
+        });
+        let (code, _) = lab.open("198.51.100.1:4000");
+        lab.join("203.0.113.7:1", 1, code);
+        lab.join("203.0.113.7:2", 2, code);
+        let out = lab.join("203.0.113.7:3", 3, code);
+        assert!(matches!(
+            out[0].msg,
+            ServerMsg::Error {
+                kind: ErrorKind::RateLimited,
+                ..
+            }
         ));
     }
 }

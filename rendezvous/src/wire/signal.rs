@@ -14,8 +14,14 @@ use crate::code::RoomCode;
 
 pub const SIGNAL_MAGIC: u8 = 0x21;
 pub const SIGNAL_VERSION: u8 = 1;
-/// Upper bound of any signalling datagram; fits the QUIC minimum MTU.
+/// Upper bound of a signalling datagram other than relay data; fits the QUIC minimum MTU.
 pub const MAX_SIGNAL_LEN: usize = 1200;
+/// Largest QUIC packet carried by the relay (quinn's MTU discovery stops at 1452).
+pub const MAX_RELAY_PAYLOAD: usize = 1452;
+/// Relay framing: magic, version, type, session.
+pub const RELAY_OVERHEAD: usize = 3 + 8;
+/// Upper bound of any datagram on the rendezvous port.
+pub const MAX_DATAGRAM_LEN: usize = MAX_RELAY_PAYLOAD + RELAY_OVERHEAD;
 /// Most candidate addresses a peer may announce.
 pub const MAX_CANDIDATES: usize = 8;
 /// Most viewers listed in one [`ServerMsg::Viewers`].
@@ -59,12 +65,17 @@ pub enum ClientMsg {
         member: MemberId,
         token: u64,
     },
+    /// A QUIC packet for the other member of relay `session`. The server forwards it only
+    /// between the two addresses it knows for the session, never to an address a client names.
+    Relay { session: u64, payload: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewerInfo {
     pub id: MemberId,
     pub candidates: Vec<SocketAddr>,
+    /// The relay session between the sender and this viewer.
+    pub relay: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +138,8 @@ pub enum ServerMsg {
         /// Sender's candidates: its host addresses, then the reflexive one the server observed.
         sender: Vec<SocketAddr>,
         fingerprint: Fingerprint,
+        /// The relay session between this viewer and the sender.
+        relay: u64,
     },
     /// Answer to a keepalive, and pushed to the sender when a viewer joins.
     Viewers {
@@ -140,17 +153,52 @@ pub enum ServerMsg {
         txn: u64,
         kind: ErrorKind,
     },
+    /// A QUIC packet from the other member of relay `session`.
+    Relay { session: u64, payload: Vec<u8> },
 }
 
 const T_OPEN: u8 = 1;
 const T_JOIN: u8 = 2;
 const T_KEEPALIVE: u8 = 3;
 const T_LEAVE: u8 = 4;
+const T_RELAY_UP: u8 = 5;
 const T_OPENED: u8 = 65;
 const T_JOINED: u8 = 66;
 const T_VIEWERS: u8 = 67;
 const T_ALIVE: u8 = 68;
 const T_ERROR: u8 = 69;
+const T_RELAY_DOWN: u8 = 70;
+
+/// Relay data is the hot path: framed and parsed without building a message.
+pub fn relay_header(up: bool, session: u64) -> [u8; RELAY_OVERHEAD] {
+    let mut h = [0u8; RELAY_OVERHEAD];
+    h[0] = SIGNAL_MAGIC;
+    h[1] = SIGNAL_VERSION;
+    h[2] = if up { T_RELAY_UP } else { T_RELAY_DOWN };
+    h[3..].copy_from_slice(&session.to_be_bytes());
+    h
+}
+
+/// Turns relay data received from a member into the datagram forwarded to the other member.
+pub fn relay_to_downlink(datagram: &mut [u8]) {
+    if datagram.len() > 2 {
+        datagram[2] = T_RELAY_DOWN;
+    }
+}
+
+/// `Some((session, payload))` when `datagram` is relay data in the given direction.
+pub fn parse_relay(up: bool, datagram: &[u8]) -> Option<(u64, &[u8])> {
+    let ty = if up { T_RELAY_UP } else { T_RELAY_DOWN };
+    if datagram.len() <= RELAY_OVERHEAD
+        || datagram.len() > MAX_DATAGRAM_LEN
+        || datagram[..3] != [SIGNAL_MAGIC, SIGNAL_VERSION, ty]
+    {
+        return None;
+    }
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&datagram[3..RELAY_OVERHEAD]);
+    Some((u64::from_be_bytes(s), &datagram[RELAY_OVERHEAD..]))
+}
 
 fn header(w: &mut Writer, ty: u8) {
     w.u8(SIGNAL_MAGIC);
@@ -159,7 +207,7 @@ fn header(w: &mut Writer, ty: u8) {
 }
 
 fn read_header(buf: &[u8]) -> Result<(u8, Reader<'_>), WireError> {
-    if buf.len() > MAX_SIGNAL_LEN {
+    if buf.len() > MAX_DATAGRAM_LEN {
         return Err(WireError::TooLong(buf.len()));
     }
     let mut r = Reader::new(buf);
@@ -171,7 +219,17 @@ fn read_header(buf: &[u8]) -> Result<(u8, Reader<'_>), WireError> {
         return Err(WireError::Version(v));
     }
     let ty = r.u8()?;
+    if buf.len() > MAX_SIGNAL_LEN && ty != T_RELAY_UP && ty != T_RELAY_DOWN {
+        return Err(WireError::TooLong(buf.len()));
+    }
     Ok((ty, r))
+}
+
+fn relay_payload(r: &mut Reader, rest: usize) -> Result<Vec<u8>, WireError> {
+    if rest == 0 || rest > MAX_RELAY_PAYLOAD {
+        return Err(WireError::Invalid("relay payload length"));
+    }
+    Ok(r.bytes(rest)?.to_vec())
 }
 
 fn code(r: &mut Reader) -> Result<RoomCode, WireError> {
@@ -222,6 +280,10 @@ impl ClientMsg {
                 w.u32(*member);
                 w.u64(*token);
             }
+            Self::Relay { session, payload } => {
+                w.bytes(&relay_header(true, *session));
+                w.bytes(payload);
+            }
         }
         w.buf
     }
@@ -248,6 +310,10 @@ impl ClientMsg {
                 code: code(&mut r)?,
                 member: r.u32()?,
                 token: r.u64()?,
+            },
+            T_RELAY_UP => Self::Relay {
+                session: r.u64()?,
+                payload: relay_payload(&mut r, buf.len().saturating_sub(RELAY_OVERHEAD))?,
             },
             t => return Err(WireError::UnknownType(t)),
         };
@@ -282,6 +348,7 @@ impl ServerMsg {
                 reflexive,
                 sender,
                 fingerprint,
+                relay,
             } => {
                 header(&mut w, T_JOINED);
                 w.u64(*txn);
@@ -291,6 +358,7 @@ impl ServerMsg {
                 w.addr(reflexive);
                 w.addrs(sender, MAX_CANDIDATES + 1);
                 w.bytes(fingerprint);
+                w.u64(*relay);
             }
             Self::Viewers { code, viewers } => {
                 header(&mut w, T_VIEWERS);
@@ -303,6 +371,7 @@ impl ServerMsg {
                     let mut one = Writer::default();
                     one.u32(v.id);
                     one.addrs(&v.candidates, MAX_CANDIDATES + 1);
+                    one.u64(v.relay);
                     if w.buf.len() + one.buf.len() > MAX_SIGNAL_LEN {
                         break;
                     }
@@ -319,6 +388,10 @@ impl ServerMsg {
                 header(&mut w, T_ERROR);
                 w.u64(*txn);
                 w.u8(*kind as u8);
+            }
+            Self::Relay { session, payload } => {
+                w.bytes(&relay_header(false, *session));
+                w.bytes(payload);
             }
         }
         w.buf
@@ -342,6 +415,7 @@ impl ServerMsg {
                 reflexive: r.addr()?,
                 sender: r.addrs(MAX_CANDIDATES + 1)?,
                 fingerprint: r.array()?,
+                relay: r.u64()?,
             },
             T_VIEWERS => {
                 let code = code(&mut r)?;
@@ -354,6 +428,7 @@ impl ServerMsg {
                         Ok(ViewerInfo {
                             id: r.u32()?,
                             candidates: r.addrs(MAX_CANDIDATES + 1)?,
+                            relay: r.u64()?,
                         })
                     })
                     .collect::<Result<_, WireError>>()?;
@@ -365,6 +440,10 @@ impl ServerMsg {
             T_ERROR => Self::Error {
                 txn: r.u64()?,
                 kind: ErrorKind::from_u8(r.u8()?)?,
+            },
+            T_RELAY_DOWN => Self::Relay {
+                session: r.u64()?,
+                payload: relay_payload(&mut r, buf.len().saturating_sub(RELAY_OVERHEAD))?,
             },
             t => return Err(WireError::UnknownType(t)),
         };
@@ -421,12 +500,21 @@ mod tests {
                     token,
                 }
             }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 1..=MAX_RELAY_PAYLOAD)
+            )
+                .prop_map(|(session, payload)| ClientMsg::Relay { session, payload }),
         ]
     }
 
     fn server_msg() -> impl Strategy<Value = ServerMsg> {
         let viewers = proptest::collection::vec(
-            (any::<u32>(), addrs()).prop_map(|(id, candidates)| ViewerInfo { id, candidates }),
+            (any::<u32>(), addrs(), any::<u64>()).prop_map(|(id, candidates, relay)| ViewerInfo {
+                id,
+                candidates,
+                relay,
+            }),
             0..=MAX_LISTED_VIEWERS,
         );
         prop_oneof![
@@ -458,9 +546,15 @@ mod tests {
                             reflexive,
                             sender,
                             fingerprint,
+                            relay: txn ^ token,
                         }
                     }
                 ),
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 1..=MAX_RELAY_PAYLOAD)
+            )
+                .prop_map(|(session, payload)| ServerMsg::Relay { session, payload }),
             (room(), viewers).prop_map(|(code, viewers)| ServerMsg::Viewers { code, viewers }),
             room().prop_map(|code| ServerMsg::Alive { code }),
             (any::<u64>(), 1u8..=5).prop_map(|(txn, k)| ServerMsg::Error {
@@ -474,7 +568,13 @@ mod tests {
         #[test]
         fn client_roundtrip(m in client_msg()) {
             let bytes = m.encode();
-            prop_assert!(bytes.len() <= MAX_SIGNAL_LEN);
+            prop_assert!(bytes.len() <= MAX_DATAGRAM_LEN);
+            if let ClientMsg::Relay { session, payload } = &m {
+                prop_assert_eq!(parse_relay(true, &bytes), Some((*session, &payload[..])));
+                prop_assert_eq!(parse_relay(false, &bytes), None);
+            } else {
+                prop_assert!(bytes.len() <= MAX_SIGNAL_LEN);
+            }
             prop_assert!(is_signal(&bytes));
             prop_assert_eq!(ClientMsg::decode(&bytes).unwrap(), m);
         }
@@ -482,7 +582,7 @@ mod tests {
         #[test]
         fn server_roundtrip(m in server_msg()) {
             let bytes = m.encode();
-            prop_assert!(bytes.len() <= MAX_SIGNAL_LEN);
+            prop_assert!(bytes.len() <= MAX_DATAGRAM_LEN);
             let back = ServerMsg::decode(&bytes).unwrap();
             match (&back, &m) {
                 // A long viewer list is cut to what fits one datagram.
@@ -496,13 +596,17 @@ mod tests {
         }
 
         #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
             let _ = ClientMsg::decode(&bytes);
             let _ = ServerMsg::decode(&bytes);
+            let _ = parse_relay(true, &bytes);
+            let _ = parse_relay(false, &bytes);
         }
 
         #[test]
         fn truncation_is_an_error(m in client_msg(), cut in 0usize..64) {
+            // Relay payloads have no length field: a shorter datagram is a shorter packet.
+            prop_assume!(!matches!(m, ClientMsg::Relay { .. }));
             let bytes = m.encode();
             let cut = cut.min(bytes.len() - 1);
             prop_assert!(ClientMsg::decode(&bytes[..cut]).is_err());
