@@ -94,10 +94,13 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
     announce(&s);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    // One listener for the whole loop: a signal arriving between iterations is not lost.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let r = loop {
         tokio::select! {
             r = s.finished() => break r,
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = &mut ctrl_c => break Ok(()),
             _ = tick.tick() => println!("{}", s.stats().render(json)),
         }
     };
@@ -122,6 +125,8 @@ async fn view_loop(cfg: ViewConfig, slot: FrameSlot, json: bool) -> Result<(), P
     tokio::pin!(run);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             r = &mut run => {
@@ -132,7 +137,7 @@ async fn view_loop(cfg: ViewConfig, slot: FrameSlot, json: bool) -> Result<(), P
                 }
                 return Ok(());
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 closer.close();
                 return Ok(());
             }

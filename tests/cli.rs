@@ -12,6 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_inclubit");
 struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
+    args: String,
 }
 
 impl Proc {
@@ -32,7 +33,11 @@ impl Proc {
                 }
             }
         });
-        Proc { child, lines }
+        Proc {
+            child,
+            lines,
+            args: args.join(" "),
+        }
     }
 
     /// The first stdout line starting with `prefix`, within `timeout`.
@@ -54,7 +59,7 @@ impl Proc {
             .child
             .wait_timeout(timeout)
             .unwrap()
-            .unwrap_or_else(|| panic!("process did not exit within {timeout:?}"));
+            .unwrap_or_else(|| panic!("`inclubit {}` did not exit within {timeout:?}", self.args));
         let mut err = String::new();
         if let Some(mut e) = self.child.stderr.take() {
             use std::io::Read;

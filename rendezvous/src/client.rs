@@ -60,6 +60,8 @@ pub enum ClientEvent {
         fingerprint: Fingerprint,
         /// The relay session to the sender.
         relay: u64,
+        /// Authenticates punch datagrams with the sender.
+        secret: u64,
     },
     /// The sender's current viewers.
     Viewers(Vec<ViewerInfo>),
@@ -221,11 +223,13 @@ impl SignalClient {
                     sender,
                     fingerprint,
                     relay,
+                    secret,
                 },
             ) if txn == self.txn => {
                 self.become_member(now, code, member, token);
                 self.events.push_back(ClientEvent::Joined {
                     relay,
+                    secret,
                     code,
                     member,
                     reflexive,

@@ -2,6 +2,8 @@
 
 pub mod candidates;
 pub mod endpoint;
+pub mod paths;
+pub mod punch;
 pub mod reorder;
 pub mod signal;
 pub mod socket;

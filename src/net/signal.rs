@@ -3,20 +3,30 @@
 use std::net::SocketAddr;
 
 use inclubit_rendezvous::client::{ClientConfig, ClientEvent, Role, SignalClient};
+use inclubit_rendezvous::wire::signal::PeerMsg;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::socket::SignalPort;
 
+/// Punch datagrams from peers, for the path manager.
+pub type PeerSink = mpsc::UnboundedSender<(SocketAddr, PeerMsg)>;
+
 pub struct Signalling {
-    events: mpsc::UnboundedReceiver<ClientEvent>,
     leave: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl Signalling {
-    pub fn spawn(port: SignalPort, server: SocketAddr, role: Role) -> Self {
+    /// Starts the client; its events arrive on the returned receiver (closed when it finishes).
+    /// Datagrams from anyone but the rendezvous that decode as punches go to `peers`.
+    pub fn spawn(
+        port: SignalPort,
+        server: SocketAddr,
+        role: Role,
+        peers: Option<PeerSink>,
+    ) -> (Self, mpsc::UnboundedReceiver<ClientEvent>) {
         let (tx, events) = mpsc::unbounded_channel();
         let (leave, leave_rx) = oneshot::channel();
         let client = SignalClient::new(
@@ -26,17 +36,14 @@ impl Signalling {
             rand::random(),
             ClientConfig::default(),
         );
-        let task = tokio::spawn(drive(port, client, tx, leave_rx));
-        Self {
+        let task = tokio::spawn(drive(port, client, tx, leave_rx, peers));
+        (
+            Self {
+                leave: Some(leave),
+                task,
+            },
             events,
-            leave: Some(leave),
-            task,
-        }
-    }
-
-    /// The next event; `None` when the client has finished.
-    pub async fn next_event(&mut self) -> Option<ClientEvent> {
-        self.events.recv().await
+        )
     }
 
     /// Says goodbye to the rendezvous (one datagram, best effort) and stops.
@@ -61,6 +68,7 @@ async fn drive(
     mut client: SignalClient,
     events: mpsc::UnboundedSender<ClientEvent>,
     mut leave: oneshot::Receiver<()>,
+    peers: Option<PeerSink>,
 ) {
     let server = client.server();
     loop {
@@ -78,7 +86,14 @@ async fn drive(
         let timeout = client.poll_timeout().map(Instant::from_std);
         tokio::select! {
             d = port.recv() => match d {
-                Some((from, bytes)) => client.handle_datagram(std::time::Instant::now(), from, &bytes),
+                Some((from, bytes)) if from == server => {
+                    client.handle_datagram(std::time::Instant::now(), from, &bytes)
+                }
+                Some((from, bytes)) => {
+                    if let (Some(p), Ok(m)) = (&peers, PeerMsg::decode(&bytes)) {
+                        let _ = p.send((from, m));
+                    }
+                }
                 None => return,
             },
             _ = async {

@@ -36,13 +36,36 @@ pub struct MediaSocket {
     relays: Mutex<RelayTable>,
 }
 
-/// Relay sessions by virtual address and by session id.
-#[derive(Default)]
+/// Peers by virtual address: the relay session, the direct path once punched, and the real
+/// addresses the peer proved itself from.
 struct RelayTable {
     /// The rendezvous that relays for us.
     server: Option<SocketAddr>,
+    relay_allowed: bool,
     by_virtual: HashMap<SocketAddr, u64>,
     by_session: HashMap<u64, SocketAddr>,
+    direct: HashMap<SocketAddr, SocketAddr>,
+    seen: HashMap<SocketAddr, SocketAddr>,
+}
+
+impl Default for RelayTable {
+    fn default() -> Self {
+        Self {
+            server: None,
+            relay_allowed: true,
+            by_virtual: HashMap::new(),
+            by_session: HashMap::new(),
+            direct: HashMap::new(),
+            seen: HashMap::new(),
+        }
+    }
+}
+
+/// How packets to a virtual peer address travel now.
+enum Route {
+    Direct(SocketAddr),
+    Relay(SocketAddr, u64),
+    Nowhere,
 }
 
 /// True for the virtual addresses this socket hands out for relay paths.
@@ -113,9 +136,90 @@ impl MediaSocket {
         v
     }
 
-    fn relay_route(&self, to: &SocketAddr) -> Option<(SocketAddr, u64)> {
-        let t = self.relays.lock().ok()?;
-        Some((t.server?, *t.by_virtual.get(to)?))
+    fn route(&self, to: &SocketAddr) -> Route {
+        let Ok(t) = self.relays.lock() else {
+            return Route::Nowhere;
+        };
+        if let Some(d) = t.direct.get(to) {
+            return Route::Direct(*d);
+        }
+        match (t.server, t.by_virtual.get(to)) {
+            (Some(server), Some(session)) if t.relay_allowed => Route::Relay(server, *session),
+            _ => Route::Nowhere,
+        }
+    }
+
+    /// Sends packets for `virt` straight to `addr` (a punched path), or back via the relay.
+    pub fn set_direct(&self, virt: SocketAddr, addr: Option<SocketAddr>) {
+        if let Ok(mut t) = self.relays.lock() {
+            match addr {
+                Some(a) => {
+                    t.direct.insert(virt, a);
+                    t.seen.insert(a, virt);
+                }
+                None => {
+                    t.direct.remove(&virt);
+                }
+            }
+        }
+    }
+
+    /// Packets from `addr` (where the peer proved itself) are the peer at `virt`.
+    pub fn accept_from(&self, addr: SocketAddr, virt: SocketAddr) {
+        if let Ok(mut t) = self.relays.lock() {
+            t.seen.insert(addr, virt);
+        }
+    }
+
+    /// Forgets a peer's direct addresses (it left).
+    pub fn forget(&self, virt: SocketAddr) {
+        if let Ok(mut t) = self.relays.lock() {
+            t.direct.remove(&virt);
+            t.seen.retain(|_, v| *v != virt);
+        }
+    }
+
+    /// `--force-direct`: never carry media through the relay.
+    pub fn set_relay_allowed(&self, allowed: bool) {
+        if let Ok(mut t) = self.relays.lock() {
+            t.relay_allowed = allowed;
+        }
+    }
+
+    /// "direct", "relay" or "-" (no path yet) for a connection's remote address.
+    pub fn path_name(&self, remote: &SocketAddr) -> &'static str {
+        if !is_relay_address(remote) {
+            return "direct";
+        }
+        match self.route(remote) {
+            Route::Direct(_) => "direct",
+            Route::Relay(..) => "relay",
+            Route::Nowhere => "-",
+        }
+    }
+
+    fn seen_as(&self, from: &SocketAddr) -> Option<SocketAddr> {
+        self.relays.lock().ok()?.seen.get(from).copied()
+    }
+
+    /// Sends one datagram of our own (signalling, punching) from the media socket.
+    pub async fn send_datagram(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        let mut poller = self.inner.clone().create_io_poller();
+        loop {
+            let t = Transmit {
+                destination: to,
+                ecn: None,
+                contents: bytes,
+                segment_size: None,
+                src_ip: None,
+            };
+            match self.inner.try_send(&t) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx)).await?
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Wraps each packet of a (possibly GSO) transmit in a relay frame for the rendezvous.
@@ -140,7 +244,7 @@ impl MediaSocket {
     /// The virtual address for relay data from `from`, if it is our relay's.
     fn relay_source(&self, from: SocketAddr, session: u64) -> Option<SocketAddr> {
         let t = self.relays.lock().ok()?;
-        if t.server != Some(from) {
+        if t.server != Some(from) || !t.relay_allowed {
             return None;
         }
         if let Some(v) = t.by_session.get(&session) {
@@ -169,10 +273,14 @@ impl AsyncUdpSocket for MediaSocket {
             }
         }
         if is_relay_address(&transmit.destination) {
-            return match self.relay_route(&transmit.destination) {
-                Some((server, session)) => self.send_relayed(transmit, server, session),
-                // No such relay path (any more): the packet is lost, as on a dead link.
-                None => Ok(()),
+            return match self.route(&transmit.destination) {
+                Route::Direct(addr) => self.inner.try_send(&Transmit {
+                    destination: addr,
+                    ..*transmit
+                }),
+                Route::Relay(server, session) => self.send_relayed(transmit, server, session),
+                // No path (yet, or any more): the packet is lost, as on a dead link.
+                Route::Nowhere => Ok(()),
             };
         }
         self.inner.try_send(transmit)
@@ -194,7 +302,7 @@ impl AsyncUdpSocket for MediaSocket {
                 // A GRO batch holds segments of `stride` bytes from one source. Keep the QUIC
                 // ones in place, in order; unwrap relay data (all segments of a relayed batch
                 // shrink alike, so the stride stays uniform); hand the rest to signalling.
-                let mut source = m.addr;
+                let mut source = self.seen_as(&m.addr).unwrap_or(m.addr);
                 let mut out_stride = stride;
                 let mut write = 0;
                 let mut read = 0;
@@ -270,22 +378,7 @@ impl SignalPort {
 
     /// Sends one signalling datagram from the media socket.
     pub async fn send(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
-        let mut poller = self.socket.inner.clone().create_io_poller();
-        loop {
-            let t = Transmit {
-                destination: to,
-                ecn: None,
-                contents: bytes,
-                segment_size: None,
-                src_ip: None,
-            };
-            match self.socket.inner.try_send(&t) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx)).await?
-                }
-                r => return r,
-            }
-        }
+        self.socket.send_datagram(to, bytes).await
     }
 
     /// The next signalling datagram, or `None` once quinn's endpoint is gone.

@@ -20,8 +20,10 @@ use crate::capture::{self, CaptureConfig, SourceSpec};
 use crate::clock;
 use crate::encode::{EncodedFrame, Encoder, EncoderConfig};
 use crate::net::candidates::host_candidates;
+use crate::net::paths::PathManager;
+use crate::net::punch::PunchConfig;
 use crate::net::signal::Signalling;
-use crate::net::{Identity, Impairment, NetError, PeerEndpoint};
+use crate::net::{Identity, Impairment, NetError, PathPolicy, PeerEndpoint};
 
 #[derive(Clone)]
 pub struct SendConfig {
@@ -40,8 +42,9 @@ pub struct SendConfig {
     pub max_frames: Option<u64>,
     pub encoder_threads: u32,
     pub impairment: Option<Arc<dyn Impairment>>,
-    /// Which paths viewers may reach us on (enforced when they connect).
-    pub paths: crate::net::PathPolicy,
+    /// Which paths viewers may reach us on.
+    pub paths: PathPolicy,
+    pub punch: PunchConfig,
     /// A record per encoded frame, for benchmarks.
     pub frame_log: Option<mpsc::UnboundedSender<FrameLog>>,
 }
@@ -60,7 +63,8 @@ impl Default for SendConfig {
             max_frames: None,
             encoder_threads: 0,
             impairment: None,
-            paths: crate::net::PathPolicy::Any,
+            paths: PathPolicy::Any,
+            punch: PunchConfig::default(),
             frame_log: None,
         }
     }
@@ -112,6 +116,7 @@ pub struct SendSession {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     signalling: Option<Signalling>,
+    socket: Arc<crate::net::MediaSocket>,
     encoder: Option<std::thread::JoinHandle<Result<(), PipelineError>>>,
     tasks: Vec<JoinHandle<()>>,
     done: watch::Receiver<bool>,
@@ -160,17 +165,21 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         local_addr,
         socket,
     } = ep;
+    let media_socket = socket.clone();
     // Viewers that cannot reach us directly come through the rendezvous relay.
     socket.set_relay_server(signal_to);
-    let mut signalling = Signalling::spawn(
+    socket.set_relay_allowed(cfg.paths != PathPolicy::DirectOnly);
+    let (paths, peer_sink) = PathManager::start(socket.clone(), cfg.punch.clone(), None);
+    let (signalling, mut events) = Signalling::spawn(
         signal,
         signal_to,
         Role::Sender {
             hosts: hosts.clone(),
             fingerprint: identity.fingerprint(),
         },
+        Some(peer_sink),
     );
-    let code = match signalling.next_event().await {
+    let code = match events.recv().await {
         Some(ClientEvent::Opened { code, reflexive }) => {
             tracing::debug!(%code, %reflexive, "room opened");
             code
@@ -225,12 +234,37 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
             .map_err(|e| PipelineError::Other(e.to_string()))?
     };
 
-    let mut tasks = vec![tokio::spawn(accept_loop(
-        endpoint.clone(),
-        shared.clone(),
-        frames_tx,
-        cfg.paths,
-    ))];
+    // Punch towards every viewer the rendezvous tells us about; stop for those who left.
+    let punch = cfg.paths != PathPolicy::RelayOnly;
+    let peers_task = tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                ClientEvent::Viewers(list) => {
+                    if punch {
+                        for v in &list {
+                            paths.add_peer(v.relay, v.secret, &v.candidates);
+                        }
+                    }
+                    paths.retain(&list.iter().map(|v| v.relay).collect::<Vec<_>>());
+                }
+                ClientEvent::Lost => tracing::warn!("rendezvous not answering; streams go on"),
+                ClientEvent::Restored => tracing::info!("rendezvous answering again"),
+                ClientEvent::RoomGone => {
+                    tracing::warn!("the rendezvous forgot this room; new viewers cannot join")
+                }
+                _ => {}
+            }
+        }
+    });
+    let mut tasks = vec![
+        peers_task,
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            shared.clone(),
+            frames_tx,
+            cfg.paths,
+        )),
+    ];
     tasks.extend(server_task);
     Ok(SendSession {
         code,
@@ -240,6 +274,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         shared,
         endpoint,
         signalling: Some(signalling),
+        socket: media_socket,
         encoder: Some(enc_thread),
         tasks,
         done,
@@ -314,15 +349,15 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     frames: broadcast::Sender<Arc<EncodedFrame>>,
-    paths: crate::net::PathPolicy,
+    paths: PathPolicy,
 ) {
     let mut next_id = 0;
     while let Some(incoming) = endpoint.accept().await {
         let relayed = crate::net::is_relay_address(&incoming.remote_address());
         let allowed = match paths {
-            crate::net::PathPolicy::Any => true,
-            crate::net::PathPolicy::RelayOnly => relayed,
-            crate::net::PathPolicy::DirectOnly => !relayed,
+            PathPolicy::Any => true,
+            PathPolicy::RelayOnly => relayed,
+            PathPolicy::DirectOnly => !relayed,
         };
         if !allowed {
             tracing::info!(remote = %incoming.remote_address(), ?paths, "refusing a viewer on a forbidden path");
@@ -594,7 +629,7 @@ impl SendSession {
             line.rtt_ms = rtt;
             let mut paths: Vec<&str> = v
                 .iter()
-                .map(|s| crate::net::path_name(&s.conn.remote_address()))
+                .map(|s| self.socket.path_name(&s.conn.remote_address()))
                 .collect();
             paths.sort_unstable();
             paths.dedup();
@@ -625,7 +660,10 @@ impl SendSession {
     /// Stops capture, says goodbye to viewers and the rendezvous.
     pub async fn stop(mut self) -> Result<(), PipelineError> {
         self.shared.stop.store(true, Ordering::Relaxed);
+        // Close viewers first, while their paths (punched or relayed) still exist, so the
+        // goodbye reaches them; only then leave the room and tear the paths down.
         self.endpoint.close(0u32.into(), b"sender stopped");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         if let Some(s) = self.signalling.take() {
             s.leave().await;
         }
@@ -633,7 +671,6 @@ impl SendSession {
         for t in &self.tasks {
             t.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         r
     }
 }

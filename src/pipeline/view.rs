@@ -25,9 +25,11 @@ use crate::clock;
 use crate::decode::Decoder;
 use crate::net::candidates::host_candidates;
 use crate::net::endpoint::{client_config, SERVER_NAME};
+use crate::net::paths::{PathManager, PathObserver};
+use crate::net::punch::{PunchConfig, PunchEvent};
 use crate::net::reorder::{Output, Reorder, ReorderConfig};
 use crate::net::signal::Signalling;
-use crate::net::{Impairment, NetError, PeerEndpoint};
+use crate::net::{Impairment, NetError, PathPolicy, PeerEndpoint};
 use crate::picture::I420;
 use crate::render::{Offscreen, ViewParams};
 
@@ -125,7 +127,8 @@ pub struct ViewConfig {
     /// A frame this old (since capture) when its turn to decode comes is skipped, up to the
     /// next keyframe, so a slow CPU costs frames rather than ever-growing latency.
     pub late_after: Duration,
-    pub paths: crate::net::PathPolicy,
+    pub paths: PathPolicy,
+    pub punch: PunchConfig,
     pub name: String,
 }
 
@@ -146,7 +149,8 @@ impl ViewConfig {
             impairment: None,
             connect_timeout: Duration::from_secs(5),
             late_after: Duration::from_millis(300),
-            paths: crate::net::PathPolicy::Any,
+            paths: PathPolicy::Any,
+            punch: PunchConfig::default(),
             name: "inclubit-view".into(),
         }
     }
@@ -186,6 +190,10 @@ pub enum ViewEvent {
         seq: u64,
     },
     KeyframeRequested,
+    /// The path to the sender changed ("direct" or "relay").
+    Path {
+        path: &'static str,
+    },
 }
 
 /// Live counters of a viewer.
@@ -255,56 +263,67 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         ..
     } = ep;
     socket.set_relay_server(cfg.rendezvous);
-    let mut signalling = Signalling::spawn(
+    socket.set_relay_allowed(cfg.paths != PathPolicy::DirectOnly);
+    let observer: PathObserver = {
+        let events = cfg.events.clone();
+        let socket = socket.clone();
+        let metrics = slot.metrics.clone();
+        Arc::new(move |virt, e| {
+            let path = socket.path_name(&virt);
+            if let Ok(mut m) = metrics.lock() {
+                m.path = path.into();
+            }
+            if let (Some(tx), PunchEvent::Direct { .. } | PunchEvent::Lost { .. }) = (&events, e) {
+                let _ = tx.send(ViewEvent::Path { path });
+            }
+        })
+    };
+    let (paths, peer_sink) = PathManager::start(socket.clone(), cfg.punch.clone(), Some(observer));
+    let (signalling, mut signal_events) = Signalling::spawn(
         signal,
         cfg.rendezvous,
         Role::Viewer {
             code: cfg.code,
             hosts,
         },
+        Some(peer_sink),
     );
-    let (candidates, fingerprint, relay) = match signalling.next_event().await {
+    let (candidates, fingerprint, relay, secret) = match signal_events.recv().await {
         Some(ClientEvent::Joined {
             sender,
             fingerprint,
             relay,
+            secret,
             ..
-        }) => (sender, fingerprint, relay),
+        }) => (sender, fingerprint, relay, secret),
         Some(ClientEvent::Refused(kind)) => return Err(NetError::Refused(kind).into()),
         _ => return Err(NetError::Unreachable(cfg.rendezvous).into()),
     };
-    // Direct candidates get a head start; the relay is dialled in parallel shortly after, so a
-    // blocked direct path costs that moment, not a timeout.
-    let relay_addr = socket.relay_peer(relay);
-    let relay_delay = Duration::from_millis(150);
-    let dials: Vec<(SocketAddr, Duration)> = match cfg.paths {
-        crate::net::PathPolicy::RelayOnly => vec![(relay_addr, Duration::ZERO)],
-        crate::net::PathPolicy::DirectOnly => {
-            candidates.iter().map(|a| (*a, Duration::ZERO)).collect()
-        }
-        crate::net::PathPolicy::Any => candidates
-            .iter()
-            .map(|a| (*a, Duration::ZERO))
-            .chain(std::iter::once((relay_addr, relay_delay)))
-            .collect(),
+    // One address for the sender whatever the path: the socket carries it through the relay
+    // until punching finds a direct path, then straight (see net::paths).
+    let sender_addr = match cfg.paths {
+        PathPolicy::RelayOnly => socket.relay_peer(relay),
+        _ => paths.add_peer(relay, secret, &candidates),
     };
     let conn = match connect_any(
         &endpoint,
         client_config(fingerprint)?,
-        &dials,
+        &[(sender_addr, Duration::ZERO)],
         cfg.connect_timeout,
     )
     .await
     {
-        Err(PipelineError::Net(NetError::NoPath(c)))
-            if cfg.paths == crate::net::PathPolicy::DirectOnly =>
-        {
-            return Err(NetError::NoDirectPath(c).into())
+        Err(PipelineError::Net(NetError::NoPath(_))) => {
+            return Err(match cfg.paths {
+                PathPolicy::DirectOnly => NetError::NoDirectPath(candidates),
+                _ => NetError::NoPath(candidates),
+            }
+            .into())
         }
         r => r?,
     };
     let remote = conn.remote_address();
-    let path = crate::net::path_name(&remote);
+    let path = socket.path_name(&remote);
     let (mut ctrl_send, mut ctrl_recv) = conn
         .open_bi()
         .await
@@ -553,7 +572,8 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     let mut reorder = Reorder::<(Bytes, u64, u64)>::new(cfg.reorder.clone());
     let mut ping = tokio::time::interval(Duration::from_millis(500));
     let mut dropped = 0u64;
-    let mut sender_ended = false;
+    // Stopped here (frames reached, window closed) rather than by the sender going away.
+    let mut local_stop = false;
     loop {
         let timeout = reorder.poll_timeout();
         tokio::select! {
@@ -576,6 +596,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                 let stats = match slot.metrics.lock() {
                     Ok(mut m) => {
                         m.rtt = conn.rtt();
+                        m.path = socket.path_name(&remote).into();
                         m.dropped = dropped + late_drops.load(Ordering::Relaxed);
                         ViewerStats {
                             frames_shown: m.frames,
@@ -588,12 +609,15 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                 };
                 let _ = ctrl_out_tx.send(Control::Stats(stats));
             }
-            _ = done_rx.recv() => break,
-            _ = slot.closed() => break,
-            _ = conn.closed() => {
-                sender_ended = true;
+            _ = done_rx.recv() => {
+                local_stop = true;
                 break;
             }
+            _ = slot.closed() => {
+                local_stop = true;
+                break;
+            }
+            _ = conn.closed() => break
         }
         while let Some(o) = reorder.poll_output() {
             match o {
@@ -625,6 +649,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         }
     }
     let reason = conn.close_reason();
+    let sender_ended = !local_stop && reason.is_some();
     conn.close(0u32.into(), b"viewer done");
     drop(to_decoder);
     acceptor.abort();

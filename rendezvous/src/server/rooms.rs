@@ -124,8 +124,9 @@ struct Member {
     hosts: Vec<SocketAddr>,
     token: u64,
     last_seen: Instant,
-    /// Viewers only: the relay session to the sender.
+    /// Viewers only: the relay session to the sender, and the punch secret shared with it.
     relay: u64,
+    secret: u64,
 }
 
 #[derive(Debug)]
@@ -402,6 +403,7 @@ impl Rooms {
                             token,
                             last_seen: now,
                             relay: 0,
+                            secret: 0,
                         },
                         fingerprint,
                         viewers: BTreeMap::new(),
@@ -489,6 +491,7 @@ impl Rooms {
                         token: self.rng.gen(),
                         last_seen: now,
                         relay,
+                        secret: self.rng.gen(),
                     },
                 );
                 self.relays.insert(
@@ -524,6 +527,7 @@ impl Rooms {
             sender: room.sender.candidates(),
             fingerprint: room.fingerprint,
             relay: room.viewers[&member].relay,
+            secret: room.viewers[&member].secret,
         };
         self.send(from, msg);
     }
@@ -689,6 +693,7 @@ fn viewers_msg(code: RoomCode, room: &Room) -> ServerMsg {
                 id: *id,
                 candidates: m.candidates(),
                 relay: m.relay,
+                secret: m.secret,
             })
             .collect(),
     }
@@ -778,6 +783,10 @@ mod tests {
                     candidates: vec![addr("198.51.100.2:4001")],
                     relay: match &out[1].msg {
                         ServerMsg::Joined { relay, .. } => *relay,
+                        _ => 0,
+                    },
+                    secret: match &out[1].msg {
+                        ServerMsg::Joined { secret, .. } => *secret,
                         _ => 0,
                     },
                 }]

@@ -76,6 +76,8 @@ pub struct ViewerInfo {
     pub candidates: Vec<SocketAddr>,
     /// The relay session between the sender and this viewer.
     pub relay: u64,
+    /// Shared by this viewer and the sender only: authenticates their punch datagrams.
+    pub secret: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +142,8 @@ pub enum ServerMsg {
         fingerprint: Fingerprint,
         /// The relay session between this viewer and the sender.
         relay: u64,
+        /// Authenticates punch datagrams between this viewer and the sender.
+        secret: u64,
     },
     /// Answer to a keepalive, and pushed to the sender when a viewer joins.
     Viewers {
@@ -349,6 +353,7 @@ impl ServerMsg {
                 sender,
                 fingerprint,
                 relay,
+                secret,
             } => {
                 header(&mut w, T_JOINED);
                 w.u64(*txn);
@@ -359,6 +364,7 @@ impl ServerMsg {
                 w.addrs(sender, MAX_CANDIDATES + 1);
                 w.bytes(fingerprint);
                 w.u64(*relay);
+                w.u64(*secret);
             }
             Self::Viewers { code, viewers } => {
                 header(&mut w, T_VIEWERS);
@@ -372,6 +378,7 @@ impl ServerMsg {
                     one.u32(v.id);
                     one.addrs(&v.candidates, MAX_CANDIDATES + 1);
                     one.u64(v.relay);
+                    one.u64(v.secret);
                     if w.buf.len() + one.buf.len() > MAX_SIGNAL_LEN {
                         break;
                     }
@@ -416,6 +423,7 @@ impl ServerMsg {
                 sender: r.addrs(MAX_CANDIDATES + 1)?,
                 fingerprint: r.array()?,
                 relay: r.u64()?,
+                secret: r.u64()?,
             },
             T_VIEWERS => {
                 let code = code(&mut r)?;
@@ -429,6 +437,7 @@ impl ServerMsg {
                             id: r.u32()?,
                             candidates: r.addrs(MAX_CANDIDATES + 1)?,
                             relay: r.u64()?,
+                            secret: r.u64()?,
                         })
                     })
                     .collect::<Result<_, WireError>>()?;
@@ -449,6 +458,68 @@ impl ServerMsg {
         };
         r.finish()?;
         Ok(msg)
+    }
+}
+
+/// Hole punching datagrams between the two peers, on their media sockets. `secret` comes from
+/// the rendezvous to the two members of a relay session only, so nobody else can fake a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMsg {
+    Ping { session: u64, secret: u64, txn: u64 },
+    Pong { session: u64, secret: u64, txn: u64 },
+}
+
+const T_PING: u8 = 96;
+const T_PONG: u8 = 97;
+
+impl PeerMsg {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        let (ty, session, secret, txn) = match *self {
+            Self::Ping {
+                session,
+                secret,
+                txn,
+            } => (T_PING, session, secret, txn),
+            Self::Pong {
+                session,
+                secret,
+                txn,
+            } => (T_PONG, session, secret, txn),
+        };
+        header(&mut w, ty);
+        w.u64(session);
+        w.u64(secret);
+        w.u64(txn);
+        w.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        let (ty, mut r) = read_header(buf)?;
+        let (session, secret, txn) = match ty {
+            T_PING | T_PONG => (r.u64()?, r.u64()?, r.u64()?),
+            t => return Err(WireError::UnknownType(t)),
+        };
+        r.finish()?;
+        Ok(if ty == T_PING {
+            Self::Ping {
+                session,
+                secret,
+                txn,
+            }
+        } else {
+            Self::Pong {
+                session,
+                secret,
+                txn,
+            }
+        })
+    }
+
+    pub fn session(&self) -> u64 {
+        match self {
+            Self::Ping { session, .. } | Self::Pong { session, .. } => *session,
+        }
     }
 }
 
@@ -511,6 +582,7 @@ mod tests {
     fn server_msg() -> impl Strategy<Value = ServerMsg> {
         let viewers = proptest::collection::vec(
             (any::<u32>(), addrs(), any::<u64>()).prop_map(|(id, candidates, relay)| ViewerInfo {
+                secret: relay.rotate_left(7),
                 id,
                 candidates,
                 relay,
@@ -547,6 +619,7 @@ mod tests {
                             sender,
                             fingerprint,
                             relay: txn ^ token,
+                            secret: txn.wrapping_add(token),
                         }
                     }
                 ),
@@ -610,6 +683,18 @@ mod tests {
             let bytes = m.encode();
             let cut = cut.min(bytes.len() - 1);
             prop_assert!(ClientMsg::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn peer_roundtrip(session in any::<u64>(), secret in any::<u64>(), txn in any::<u64>(), ping in any::<bool>()) {
+            let m = if ping { PeerMsg::Ping { session, secret, txn } } else { PeerMsg::Pong { session, secret, txn } };
+            let b = m.encode();
+            prop_assert!(is_signal(&b));
+            prop_assert_eq!(PeerMsg::decode(&b).unwrap(), m);
+            prop_assert!(ClientMsg::decode(&b).is_err());
+            prop_assert!(ServerMsg::decode(&b).is_err());
         }
     }
 
