@@ -204,6 +204,11 @@ impl MediaSocket {
 
     /// Sends one datagram of our own (signalling, punching) from the media socket.
     pub async fn send_datagram(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        if let Some(imp) = &self.impairment {
+            if imp.drop_outgoing(to, bytes.len()) {
+                return Ok(());
+            }
+        }
         let mut poller = self.inner.clone().create_io_poller();
         loop {
             let t = Transmit {
@@ -267,23 +272,29 @@ impl AsyncUdpSocket for MediaSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let route = if is_relay_address(&transmit.destination) {
+            self.route(&transmit.destination)
+        } else {
+            Route::Direct(transmit.destination)
+        };
+        // Impairment acts on the wire: the real next hop, not the virtual address.
+        let next_hop = match route {
+            Route::Direct(a) | Route::Relay(a, _) => a,
+            // No path (yet, or any more): the packet is lost, as on a dead link.
+            Route::Nowhere => return Ok(()),
+        };
         if let Some(imp) = &self.impairment {
-            if imp.drop_outgoing(transmit.destination, transmit.contents.len()) {
+            if imp.drop_outgoing(next_hop, transmit.contents.len()) {
                 return Ok(());
             }
         }
-        if is_relay_address(&transmit.destination) {
-            return match self.route(&transmit.destination) {
-                Route::Direct(addr) => self.inner.try_send(&Transmit {
-                    destination: addr,
-                    ..*transmit
-                }),
-                Route::Relay(server, session) => self.send_relayed(transmit, server, session),
-                // No path (yet, or any more): the packet is lost, as on a dead link.
-                Route::Nowhere => Ok(()),
-            };
+        match route {
+            Route::Relay(server, session) => self.send_relayed(transmit, server, session),
+            _ => self.inner.try_send(&Transmit {
+                destination: next_hop,
+                ..*transmit
+            }),
         }
-        self.inner.try_send(transmit)
     }
 
     fn poll_recv(

@@ -153,3 +153,45 @@ pub fn assert_never_corrupt(events: &[ViewEvent]) -> Vec<(u64, bool)> {
     }
     out
 }
+
+/// Blocks every datagram between this peer and anyone but the rendezvous while switched on: a
+/// firewall that stops hole punching (and direct QUIC) but leaves the relay open.
+#[derive(Debug)]
+pub struct PeerFirewall {
+    pub rendezvous: SocketAddr,
+    pub blocked: std::sync::atomic::AtomicBool,
+}
+
+impl PeerFirewall {
+    pub fn new(rendezvous: SocketAddr) -> Self {
+        Self {
+            rendezvous,
+            blocked: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+    pub fn open(&self) {
+        self.blocked
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn blocks(&self, other: SocketAddr) -> bool {
+        other != self.rendezvous && self.blocked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl inclubit::net::Impairment for PeerFirewall {
+    fn drop_outgoing(&self, to: SocketAddr, _len: usize) -> bool {
+        self.blocks(to)
+    }
+    fn drop_incoming(&self, from: SocketAddr, _len: usize) -> bool {
+        self.blocks(from)
+    }
+}
+
+/// Punching tuned for tests: give up after a second, retry half a second later.
+pub fn quick_punch() -> inclubit::net::punch::PunchConfig {
+    inclubit::net::punch::PunchConfig {
+        timeout: Duration::from_secs(1),
+        retry_after: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
