@@ -19,6 +19,8 @@ PACKAGES=(
   # Window support (X11/Wayland via winit) and a virtual display for tests
   libxkbcommon-x11-0 libx11-xcb1 libxcursor1 libxrandr2 libxi6 libwayland-client0
   xvfb xauth
+  # The NAT lab (tests/nat.rs): namespaces and NAT
+  iproute2 iptables
   curl ca-certificates
 )
 

@@ -154,6 +154,10 @@ pub struct ViewArgs {
     /// Offscreen render size for --headless.
     #[arg(long, default_value = "1280x720", value_parser = parse_size)]
     pub render_size: (u32, u32),
+    /// Check each frame's test-card barcode (sender on --source testcard): proves the whole
+    /// path end to end; counts show in the stats line.
+    #[arg(long)]
+    pub verify: bool,
     #[command(flatten)]
     pub net: NetArgs,
 }

@@ -112,6 +112,7 @@ fn view_config(a: &ViewArgs, rendezvous: SocketAddr, display: Display) -> ViewCo
     let mut cfg = ViewConfig::new(a.code, rendezvous);
     cfg.bind = a.net.bind;
     cfg.paths = a.net.path_policy();
+    cfg.verify_testcard = a.verify;
     cfg.display = display;
     cfg.max_frames = a.frames;
     cfg
@@ -132,6 +133,10 @@ async fn view_loop(cfg: ViewConfig, slot: FrameSlot, json: bool) -> Result<(), P
             r = &mut run => {
                 closer.close();
                 let summary = r?;
+                if let Ok(mut m) = metrics.lock() {
+                    // A last line with the final counts.
+                    println!("{}", m.line().render(json));
+                }
                 if summary.sender_ended {
                     eprintln!("the sender ended the stream");
                 }

@@ -100,6 +100,11 @@ pub struct StatsLine {
     pub frames: u64,
     pub viewers: Option<usize>,
     pub path: String,
+    /// With `view --verify`: frames whose test-card barcode matched / did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<u64>,
 }
 
 impl StatsLine {
@@ -111,8 +116,12 @@ impl StatsLine {
             .viewers
             .map(|v| format!("  viewers {v}"))
             .unwrap_or_default();
+        let verify = match (self.verified, self.corrupt) {
+            (Some(ok), Some(bad)) => format!("  testcard ok {ok} bad {bad}"),
+            _ => String::new(),
+        };
         format!(
-            "{:<4} fps {:5.1}  bitrate {:6.2} Mbit/s  rtt {:6.1} ms  latency p50 {:5.1} ms p99 {:5.1} ms  dropped {}  frames {}{}  path {}",
+            "{:<4} fps {:5.1}  bitrate {:6.2} Mbit/s  rtt {:6.1} ms  latency p50 {:5.1} ms p99 {:5.1} ms  dropped {}  frames {}{}  path {}{}",
             self.role,
             self.fps,
             self.bitrate_mbps,
@@ -123,6 +132,7 @@ impl StatsLine {
             self.frames,
             viewers,
             self.path,
+            verify,
         )
     }
 }

@@ -129,6 +129,8 @@ pub struct ViewConfig {
     pub late_after: Duration,
     pub paths: PathPolicy,
     pub punch: PunchConfig,
+    /// Check every decoded frame's test-card barcode against its sequence number.
+    pub verify_testcard: bool,
     pub name: String,
 }
 
@@ -151,6 +153,7 @@ impl ViewConfig {
             late_after: Duration::from_millis(300),
             paths: PathPolicy::Any,
             punch: PunchConfig::default(),
+            verify_testcard: false,
             name: "inclubit-view".into(),
         }
     }
@@ -206,6 +209,8 @@ pub struct Metrics {
     pub dropped: u64,
     pub rtt: Duration,
     pub path: String,
+    /// `Some((ok, bad))` when checking test-card barcodes.
+    pub verify: Option<(u64, u64)>,
 }
 
 impl Metrics {
@@ -224,6 +229,8 @@ impl Metrics {
             frames: self.frames,
             viewers: None,
             path: self.path.clone(),
+            verified: self.verify.map(|v| v.0),
+            corrupt: self.verify.map(|v| v.1),
         }
     }
 }
@@ -386,6 +393,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         let display = cfg.display.clone();
         let done_tx = done_tx.clone();
         let late_after = cfg.late_after;
+        let verify = cfg.verify_testcard;
         let late = late_drops.clone();
         std::thread::Builder::new()
             .name("decode".into())
@@ -421,8 +429,17 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                             let decoded_us = clock::now_us();
                             let pic = Arc::new(pic);
                             let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                            let check = verify.then(|| {
+                                crate::capture::testcard::read_barcode(&pic)
+                                    == Some(item.seq as u32 & 0xFF_FFFF)
+                            });
                             if let Ok(mut m) = slot.metrics.lock() {
                                 m.frames = n;
+                                if let Some(ok) = check {
+                                    let (good, bad) = m.verify.unwrap_or((0, 0));
+                                    m.verify =
+                                        Some(if ok { (good + 1, bad) } else { (good, bad + 1) });
+                                }
                                 m.shown.record(Instant::now(), 0);
                                 if matches!(display, Display::None) {
                                     m.latency_us
