@@ -11,6 +11,14 @@ use crate::pipeline::view::{self, Display, FrameSlot, ViewConfig};
 use crate::pipeline::{exit, PipelineError};
 use crate::render::desktop;
 
+/// `println!` that ignores a closed stdout: `inclubit send | head` must not stop a stream.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -43,7 +51,7 @@ pub fn run(cli: Cli) -> i32 {
 
 async fn rendezvous_cmd(a: inclubit_rendezvous::server::ServerArgs) -> Result<(), PipelineError> {
     let server = inclubit_rendezvous::server::Server::bind(a.config()).await?;
-    println!("listening on {}", server.local_addr());
+    say!("listening on {}", server.local_addr());
     tokio::select! {
         _ = server.run() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
@@ -78,14 +86,14 @@ fn send_config(a: &SendArgs, rendezvous: Option<SocketAddr>) -> SendConfig {
 }
 
 fn announce(s: &SendSession) {
-    println!("code        {}", s.code);
+    say!("code        {}", s.code);
     let how = if s.embedded_rendezvous {
         " (embedded)"
     } else {
         ""
     };
-    println!("rendezvous  {}{how}", s.rendezvous);
-    println!("viewer      {}", s.view_command());
+    say!("rendezvous  {}{how}", s.rendezvous);
+    say!("viewer      {}", s.view_command());
 }
 
 async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
@@ -101,7 +109,7 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
         tokio::select! {
             r = s.finished() => break r,
             _ = &mut ctrl_c => break Ok(()),
-            _ = tick.tick() => println!("{}", s.stats().render(json)),
+            _ = tick.tick() => say!("{}", s.stats().render(json)),
         }
     };
     let stopped = s.stop().await;
@@ -135,7 +143,7 @@ async fn view_loop(cfg: ViewConfig, slot: FrameSlot, json: bool) -> Result<(), P
                 let summary = r?;
                 if let Ok(mut m) = metrics.lock() {
                     // A last line with the final counts.
-                    println!("{}", m.line().render(json));
+                    say!("{}", m.line().render(json));
                 }
                 if summary.sender_ended {
                     eprintln!("the sender ended the stream");
@@ -150,7 +158,7 @@ async fn view_loop(cfg: ViewConfig, slot: FrameSlot, json: bool) -> Result<(), P
                 if let Ok(mut m) = metrics.lock() {
                     // Nothing to report before the stream starts.
                     if !m.path.is_empty() {
-                        println!("{}", m.line().render(json));
+                        say!("{}", m.line().render(json));
                     }
                 }
             }
@@ -222,16 +230,19 @@ fn demo_cmd(rt: &tokio::runtime::Runtime, a: DemoArgs, json: bool) -> Result<(),
         ..Default::default()
     };
     let sender = rt.block_on(send::start(cfg))?;
-    println!(
+    say!(
         "demo: test card {}x{} -> rendezvous {} -> viewer (code {})",
-        a.size.0, a.size.1, sender.rendezvous, sender.code
+        a.size.0,
+        a.size.1,
+        sender.rendezvous,
+        sender.code
     );
     let mut vcfg = ViewConfig::new(sender.code, sender.rendezvous);
     vcfg.bind = loopback;
     vcfg.max_frames = a.frames;
     let r = if a.headless || !desktop::display_available() {
         if !a.headless {
-            println!("no display found: running headless with a stats line");
+            say!("no display found: running headless with a stats line");
         }
         vcfg.display = Display::Headless {
             width: 1280,

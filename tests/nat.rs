@@ -24,6 +24,10 @@ struct Lab {
     prefix: String,
     namespaces: Vec<String>,
     procs: Vec<Child>,
+    /// The internet bridge port of each side ("a", "b").
+    uplinks: Vec<(String, String)>,
+    /// stderr of each process, shown when a test fails.
+    logs: Vec<std::path::PathBuf>,
 }
 
 fn sh(args: &[&str]) {
@@ -52,6 +56,8 @@ impl Lab {
             prefix,
             namespaces: Vec::new(),
             procs: Vec::new(),
+            uplinks: Vec::new(),
+            logs: Vec::new(),
         };
         let inet = lab.ns("inet");
         lab.in_ns(&inet, &["ip", "link", "add", "br0", "type", "bridge"]);
@@ -100,10 +106,12 @@ impl Lab {
         let host = self.ns(short);
         if nat == Nat::Public {
             self.wire_to_internet(&host, "eth0", &format!("198.18.0.{}/24", 20 + n), n + 10);
+            self.uplinks.push((short.into(), format!("p{}", n + 10)));
             return;
         }
         let router = self.ns(&format!("r{short}"));
         self.wire_to_internet(&router, "wan", &format!("198.18.0.{}/24", n + 1), n + 20);
+        self.uplinks.push((short.into(), format!("p{}", n + 20)));
         sh(&[
             "ip", "link", "add", "lan", "netns", &router, "type", "veth", "peer", "name", "eth0",
             "netns", &host,
@@ -165,14 +173,18 @@ impl Lab {
     /// Runs `inclubit ARGS` in namespace `short`; stdout lines come back on the channel.
     fn run(&mut self, short: &str, args: &[&str]) -> mpsc::Receiver<String> {
         let ns = self.name(short);
+        let log = std::env::temp_dir().join(format!("{}-{}.log", ns, self.procs.len()));
+        let err = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns, BIN])
             .args(args)
+            .env("RUST_LOG", "inclubit=debug,inclubit_rendezvous=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(err)
             .spawn()
             .expect("spawn inclubit in the lab");
+        self.logs.push(log);
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -187,11 +199,37 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Takes side `short`'s internet link down (`up == false`) or back up.
+    fn link(&self, short: &str, up: bool) {
+        let port = &self.uplinks.iter().find(|(s, _)| s == short).unwrap().1;
+        let state = if up { "up" } else { "down" };
+        self.in_ns(&self.name("inet"), &["ip", "link", "set", port, state]);
+    }
+
+    /// Kills the `i`-th process started with [`Lab::run`].
+    fn kill(&mut self, i: usize) {
+        let _ = self.procs[i].kill();
+        let _ = self.procs[i].wait();
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for p in &mut self.procs {
             let _ = p.kill();
             let _ = p.wait();
+        }
+        for log in &self.logs {
+            if std::thread::panicking() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- {} (last lines)", log.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+            let _ = std::fs::remove_file(log);
         }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
@@ -294,4 +332,98 @@ fn symmetric_to_cone_uses_the_relay() {
 #[test]
 fn symmetric_to_symmetric_uses_the_relay() {
     check(Nat::Symmetric, Nat::Symmetric, "relay");
+}
+
+/// A direct stream in the lab: rendezvous (process 0), sender (1), viewer (2) with JSON stats.
+fn direct_stream(lab: &mut Lab, frames: &str) -> mpsc::Receiver<String> {
+    let rv = format!("{RV}:7000");
+    let r = lab.run("rv", &["rendezvous", "--listen", &rv]);
+    line(&r, "listening on", Duration::from_secs(10));
+    let s = lab.run(
+        "a",
+        &[
+            "send",
+            "--source",
+            "testcard",
+            "--size",
+            "640x320",
+            "--rendezvous",
+            &rv,
+        ],
+    );
+    let code = line(&s, "code ", Duration::from_secs(10));
+    let code = code.split_whitespace().nth(1).unwrap().to_string();
+    lab.run(
+        "b",
+        &[
+            "view",
+            "--rendezvous",
+            &rv,
+            "--headless",
+            "--render-size",
+            "32x32",
+            "--frames",
+            frames,
+            "--verify",
+            "--json",
+            &code,
+        ],
+    )
+}
+
+fn stats(l: &str) -> serde_json::Value {
+    serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))
+}
+
+#[test]
+fn a_killed_rendezvous_does_not_stop_a_direct_stream() {
+    let mut lab = Lab::new(Nat::Cone, Nat::Cone);
+    let v = direct_stream(&mut lab, "240");
+    let first = stats(&line(&v, "{", Duration::from_secs(15)));
+    assert_eq!(first["path"], "direct", "{first}");
+    lab.kill(0);
+    let mut last = first;
+    let end = Instant::now() + Duration::from_secs(20);
+    while let Ok(l) = v.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        last = stats(&l);
+    }
+    assert_eq!(last["frames"], 240, "{last}");
+    assert_eq!(last["verified"], 240, "{last}");
+    assert_eq!(last["path"], "direct", "{last}");
+}
+
+#[test]
+fn a_two_second_link_cut_recovers() {
+    let mut lab = Lab::new(Nat::Cone, Nat::Cone);
+    let v = direct_stream(&mut lab, "100000");
+    let before = stats(&line(&v, "{", Duration::from_secs(15)));
+    assert_eq!(before["path"], "direct", "{before}");
+    lab.link("b", false);
+    std::thread::sleep(Duration::from_secs(2)); // the cut itself, not a wait for an event
+    let frames_at_cut = {
+        // Drain what was printed during the cut.
+        let mut f = before["frames"].as_u64().unwrap();
+        while let Ok(l) = v.try_recv() {
+            f = stats(&l)["frames"].as_u64().unwrap();
+        }
+        f
+    };
+    lab.link("b", true);
+    let back = Instant::now();
+    // Recovered once a stats line shows the stream moving again at a full second's worth.
+    let recovered = loop {
+        let l = v
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the viewer keeps printing");
+        let s = stats(&l);
+        if s["frames"].as_u64().unwrap() >= frames_at_cut + 30 && s["fps"].as_f64().unwrap() >= 20.0
+        {
+            break back.elapsed();
+        }
+        assert!(back.elapsed() < Duration::from_secs(10), "no recovery: {s}");
+    };
+    eprintln!("recovered {recovered:?} after the link returned");
+    let after = stats(&line(&v, "{", Duration::from_secs(5)));
+    assert_eq!(after["corrupt"], 0, "{after}");
+    assert_eq!(after["path"], "direct", "{after}");
 }
