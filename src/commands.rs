@@ -81,6 +81,7 @@ fn send_config(a: &SendArgs, rendezvous: Option<SocketAddr>) -> SendConfig {
         latency_budget: a.latency_budget(),
         max_frames: a.frames,
         paths: a.net.path_policy(),
+        punch: a.net.punch(),
         ..Default::default()
     }
 }
@@ -121,6 +122,7 @@ fn view_config(a: &ViewArgs, rendezvous: SocketAddr, display: Display) -> ViewCo
     cfg.bind = a.net.bind;
     cfg.paths = a.net.path_policy();
     cfg.verify_testcard = a.verify;
+    cfg.punch = a.net.punch();
     cfg.display = display;
     cfg.max_frames = a.frames;
     cfg

@@ -28,9 +28,20 @@ pub struct NetArgs {
     /// Never use the relay: fail if the sender cannot be reached directly.
     #[arg(long)]
     pub force_direct: bool,
+    /// Seconds of hole punching before settling on the relay (punching resumes later, and
+    /// the stream moves to a direct path as soon as one opens).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub punch_timeout: f64,
 }
 
 impl NetArgs {
+    pub fn punch(&self) -> punch::PunchConfig {
+        punch::PunchConfig {
+            timeout: std::time::Duration::from_secs_f64(self.punch_timeout.clamp(0.1, 3600.0)),
+            ..Default::default()
+        }
+    }
+
     pub fn path_policy(&self) -> PathPolicy {
         if self.force_relay {
             PathPolicy::RelayOnly
