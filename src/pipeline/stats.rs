@@ -105,6 +105,14 @@ pub struct StatsLine {
     pub verified: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub corrupt: Option<u64>,
+    /// Viewer: milliseconds from start to the QUIC connection, to the first decoded frame,
+    /// and to the first direct path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_frame_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_ms: Option<f64>,
 }
 
 impl StatsLine {

@@ -211,6 +211,10 @@ pub struct Metrics {
     pub path: String,
     /// `Some((ok, bad))` when checking test-card barcodes.
     pub verify: Option<(u64, u64)>,
+    pub started: Option<Instant>,
+    pub connected: Option<Duration>,
+    pub first_frame: Option<Duration>,
+    pub direct: Option<Duration>,
 }
 
 impl Metrics {
@@ -231,6 +235,9 @@ impl Metrics {
             path: self.path.clone(),
             verified: self.verify.map(|v| v.0),
             corrupt: self.verify.map(|v| v.1),
+            connect_ms: self.connected.map(|d| d.as_secs_f64() * 1000.0),
+            first_frame_ms: self.first_frame.map(|d| d.as_secs_f64() * 1000.0),
+            direct_ms: self.direct.map(|d| d.as_secs_f64() * 1000.0),
         }
     }
 }
@@ -261,6 +268,9 @@ struct ToDecode {
 /// Joins the room and shows the stream until the sender stops, `max_frames` is reached or the
 /// future is dropped. `metrics` (when given) is updated live for a stats line.
 pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, PipelineError> {
+    if let Ok(mut m) = slot.metrics.lock() {
+        m.started = Some(Instant::now());
+    }
     let ep = PeerEndpoint::bind(cfg.bind, None, cfg.impairment.clone())?;
     let hosts = host_candidates(ep.local_addr);
     let PeerEndpoint {
@@ -279,6 +289,9 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             let path = socket.path_name(&virt);
             if let Ok(mut m) = metrics.lock() {
                 m.path = path.into();
+                if matches!(e, PunchEvent::Direct { .. }) && m.direct.is_none() {
+                    m.direct = m.started.map(|s| s.elapsed());
+                }
             }
             if let (Some(tx), PunchEvent::Direct { .. } | PunchEvent::Lost { .. }) = (&events, e) {
                 let _ = tx.send(ViewEvent::Path { path });
@@ -361,6 +374,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     }
     if let Ok(mut m) = slot.metrics.lock() {
         m.path = path.into();
+        m.connected = m.started.map(|s| s.elapsed());
     }
     let emit = |e: ViewEvent| {
         if let Some(tx) = &cfg.events {
@@ -435,6 +449,9 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                             });
                             if let Ok(mut m) = slot.metrics.lock() {
                                 m.frames = n;
+                                if n == 1 {
+                                    m.first_frame = m.started.map(|s| s.elapsed());
+                                }
                                 if let Some(ok) = check {
                                     let (good, bad) = m.verify.unwrap_or((0, 0));
                                     m.verify =

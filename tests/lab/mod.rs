@@ -1,0 +1,250 @@
+//! The NAT lab, shared by tests/nat.rs and benches/connect.rs: network namespaces, veth links
+//! and iptables NAT (cone: MASQUERADE, which keeps ports; symmetric: MASQUERADE --random-fully),
+//! with the rendezvous on a "public" segment and home-router firewalls. Nothing in the lab is
+//! linked to the host's network, so no datagram leaves it. Every namespace and process goes
+//! away on drop, also when a test fails. Needs root and `iptables` (scripts/setup.sh).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_inclubit");
+pub const RV: &str = "198.18.0.10";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Nat {
+    Public,
+    Cone,
+    Symmetric,
+}
+
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    procs: Vec<Child>,
+    /// The internet bridge port of each side ("a", "b").
+    uplinks: Vec<(String, String)>,
+    /// stderr of each process, shown when a test fails.
+    logs: Vec<std::path::PathBuf>,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "`{}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    pub fn new(sender: Nat, viewer: Nat) -> Lab {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "ib{}x{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut lab = Lab {
+            prefix,
+            namespaces: Vec::new(),
+            procs: Vec::new(),
+            uplinks: Vec::new(),
+            logs: Vec::new(),
+        };
+        let inet = lab.ns("inet");
+        lab.in_ns(&inet, &["ip", "link", "add", "br0", "type", "bridge"]);
+        lab.in_ns(&inet, &["ip", "link", "set", "br0", "up"]);
+        let rv = lab.ns("rv");
+        lab.wire_to_internet(&rv, "eth0", &format!("{RV}/24"), 0);
+        lab.side("a", sender, 1);
+        lab.side("b", viewer, 2);
+        lab
+    }
+
+    fn name(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    fn ns(&mut self, short: &str) -> String {
+        let n = self.name(short);
+        sh(&["ip", "netns", "add", &n]);
+        self.namespaces.push(n.clone());
+        self.in_ns(&n, &["ip", "link", "set", "lo", "up"]);
+        n
+    }
+
+    fn in_ns(&self, ns: &str, args: &[&str]) {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(args);
+        sh(&full);
+    }
+
+    /// A veth from `ns` (named `ifname`, address `cidr`) to the internet bridge.
+    fn wire_to_internet(&self, ns: &str, ifname: &str, cidr: &str, idx: u32) {
+        let inet = self.name("inet");
+        let port = format!("p{idx}");
+        sh(&[
+            "ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", &port,
+            "netns", &inet,
+        ]);
+        self.in_ns(&inet, &["ip", "link", "set", &port, "master", "br0"]);
+        self.in_ns(&inet, &["ip", "link", "set", &port, "up"]);
+        self.in_ns(ns, &["ip", "addr", "add", cidr, "dev", ifname]);
+        self.in_ns(ns, &["ip", "link", "set", ifname, "up"]);
+    }
+
+    /// Host `short` (namespace "a" or "b"), public or behind its own NAT router.
+    fn side(&mut self, short: &str, nat: Nat, n: u32) {
+        let host = self.ns(short);
+        if nat == Nat::Public {
+            self.wire_to_internet(&host, "eth0", &format!("198.18.0.{}/24", 20 + n), n + 10);
+            self.uplinks.push((short.into(), format!("p{}", n + 10)));
+            return;
+        }
+        let router = self.ns(&format!("r{short}"));
+        self.wire_to_internet(&router, "wan", &format!("198.18.0.{}/24", n + 1), n + 20);
+        self.uplinks.push((short.into(), format!("p{}", n + 20)));
+        sh(&[
+            "ip", "link", "add", "lan", "netns", &router, "type", "veth", "peer", "name", "eth0",
+            "netns", &host,
+        ]);
+        let lan = format!("10.10.{n}");
+        self.in_ns(
+            &router,
+            &["ip", "addr", "add", &format!("{lan}.1/24"), "dev", "lan"],
+        );
+        self.in_ns(&router, &["ip", "link", "set", "lan", "up"]);
+        self.in_ns(
+            &host,
+            &["ip", "addr", "add", &format!("{lan}.2/24"), "dev", "eth0"],
+        );
+        self.in_ns(&host, &["ip", "link", "set", "eth0", "up"]);
+        self.in_ns(
+            &host,
+            &["ip", "route", "add", "default", "via", &format!("{lan}.1")],
+        );
+        self.in_ns(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let mut rule = vec![
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "wan",
+            "-j",
+            "MASQUERADE",
+        ];
+        if nat == Nat::Symmetric {
+            rule.push("--random-fully");
+        }
+        self.in_ns(&router, &rule);
+        // Like a home router: unsolicited packets from the internet are dropped, to the router
+        // itself and to the LAN. (Without it Linux confirms a conntrack entry for a peer's
+        // early punch and then re-maps our own first punch to another port.)
+        for chain in ["INPUT", "FORWARD"] {
+            self.in_ns(
+                &router,
+                &[
+                    "iptables",
+                    "-A",
+                    chain,
+                    "-i",
+                    "wan",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "NEW",
+                    "-j",
+                    "DROP",
+                ],
+            );
+        }
+    }
+
+    /// Runs `inclubit ARGS` in namespace `short`; stdout lines come back on the channel.
+    pub fn run(&mut self, short: &str, args: &[&str]) -> mpsc::Receiver<String> {
+        let ns = self.name(short);
+        let log = std::env::temp_dir().join(format!("{}-{}.log", ns, self.procs.len()));
+        let err = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns, BIN])
+            .args(args)
+            .env("RUST_LOG", "inclubit=debug,inclubit_rendezvous=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("spawn inclubit in the lab");
+        self.logs.push(log);
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        self.procs.push(child);
+        rx
+    }
+}
+
+impl Lab {
+    /// Takes side `short`'s internet link down (`up == false`) or back up.
+    pub fn link(&self, short: &str, up: bool) {
+        let port = &self.uplinks.iter().find(|(s, _)| s == short).unwrap().1;
+        let state = if up { "up" } else { "down" };
+        self.in_ns(&self.name("inet"), &["ip", "link", "set", port, state]);
+    }
+
+    /// Kills the `i`-th process started with [`Lab::run`].
+    pub fn kill(&mut self, i: usize) {
+        let _ = self.procs[i].kill();
+        let _ = self.procs[i].wait();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        for log in &self.logs {
+            if std::thread::panicking() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- {} (last lines)", log.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+            let _ = std::fs::remove_file(log);
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+pub fn line(rx: &mpsc::Receiver<String>, prefix: &str, timeout: Duration) -> String {
+    let end = Instant::now() + timeout;
+    loop {
+        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(l) if l.starts_with(prefix) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no line starting with {prefix:?}: {e}"),
+        }
+    }
+}
