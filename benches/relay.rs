@@ -27,7 +27,9 @@ fn recv_msg(s: &UdpSocket) -> ServerMsg {
     }
 }
 
-/// Pushes datagrams from `a` to `target` for `secs`, counting what arrives at `b`.
+/// Pushes datagrams from `a` to `target` for `secs`, counting what arrives at `b`. Like quinn,
+/// the blaster sends GSO batches of up to 10 datagrams and the receiver reads GRO batches, so the
+/// traffic is what real peers produce; the server's own work is what differs.
 fn blast(a: UdpSocket, b: UdpSocket, target: SocketAddr, header: &[u8], secs: f64) -> (f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let got = Arc::new(AtomicU64::new(0));
@@ -36,22 +38,41 @@ fn blast(a: UdpSocket, b: UdpSocket, target: SocketAddr, header: &[u8], secs: f6
     let rx = {
         let (stop, got) = (stop.clone(), got.clone());
         std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            let state = quinn_udp::UdpSocketState::new((&b).into()).unwrap();
+            let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; 65536]).collect();
+            let mut metas = [quinn_udp::RecvMeta::default(); 8];
             while !stop.load(Ordering::Relaxed) {
-                if b.recv(&mut buf).is_ok() {
-                    got.fetch_add(1, Ordering::Relaxed);
+                let mut iovs: Vec<std::io::IoSliceMut> = bufs
+                    .iter_mut()
+                    .map(|b| std::io::IoSliceMut::new(b))
+                    .collect();
+                if let Ok(n) = state.recv((&b).into(), &mut iovs, &mut metas) {
+                    let count: usize = metas[..n]
+                        .iter()
+                        .map(|m| m.len.div_ceil(m.stride.max(1)))
+                        .sum();
+                    got.fetch_add(count as u64, Ordering::Relaxed);
                 }
             }
         })
     };
-    let mut pkt = header.to_vec();
-    pkt.resize(header.len() + PAYLOAD, 0x40);
+    let state = quinn_udp::UdpSocketState::new((&a).into()).unwrap();
+    let segs = state.max_gso_segments().clamp(1, 10);
+    let mut one = header.to_vec();
+    one.resize(header.len() + PAYLOAD, 0x40);
+    let batch: Vec<u8> = one.repeat(segs);
+    let t = quinn_udp::Transmit {
+        destination: target,
+        ecn: None,
+        contents: &batch,
+        segment_size: (segs > 1).then_some(one.len()),
+        src_ip: None,
+    };
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     while Instant::now() < end {
-        // Bursts: the kernel's socket buffers, not the sender, set the limit.
-        for _ in 0..64 {
-            let _ = a.send_to(&pkt, target);
+        for _ in 0..16 {
+            let _ = state.send((&a).into(), &t);
         }
         std::thread::yield_now();
     }

@@ -5,6 +5,9 @@ pub mod rooms;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::io::IoSliceMut;
+
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -55,20 +58,26 @@ pub enum ServerError {
 
 pub struct Server {
     socket: UdpSocket,
+    udp: quinn_udp::UdpSocketState,
     rooms: Rooms,
     malformed: u64,
 }
 
+/// Datagram buffers per receive call; each holds a GRO batch of up to 64 KiB.
+const BATCH: usize = 16;
+const BUF: usize = 64 * 1024;
+
 impl Server {
     pub async fn bind(cfg: ServerConfig) -> Result<Self, ServerError> {
-        let socket = UdpSocket::bind(cfg.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
+        let bind_err = |source| ServerError::Bind {
+            addr: cfg.listen,
+            source,
+        };
+        let socket = UdpSocket::bind(cfg.listen).await.map_err(bind_err)?;
+        let udp = quinn_udp::UdpSocketState::new((&socket).into()).map_err(bind_err)?;
         Ok(Self {
             socket,
+            udp,
             rooms: Rooms::new(cfg.rooms, rand::random()),
             malformed: 0,
         })
@@ -83,9 +92,13 @@ impl Server {
 
     /// Serves until the task is dropped. Bad datagrams are counted and dropped; socket errors
     /// are logged and the loop goes on: nothing a client sends stops the server.
+    ///
+    /// Relay data is the hot path: a GRO batch of same-size datagrams from one member goes back
+    /// out as GSO batches, one header byte changed per datagram, nothing copied.
     pub async fn run(mut self) {
         tracing::info!(addr = %self.local_addr(), "rendezvous listening");
-        let mut buf = vec![0u8; 2048];
+        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUF]).collect();
+        let mut metas = [quinn_udp::RecvMeta::default(); BATCH];
         loop {
             let timeout = self.rooms.poll_timeout().map(Instant::from_std);
             let sleep = async {
@@ -95,36 +108,118 @@ impl Server {
                 }
             };
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => {
-                        if let Some(to) = self.on_datagram(from, &mut buf[..n]) {
-                            // Relay data goes out as it came in, one byte changed.
-                            if let Err(e) = self.socket.send_to(&buf[..n], to).await {
-                                tracing::debug!(%to, "relay send error: {e}");
+                r = self.socket.readable() => {
+                    if let Err(e) = r {
+                        tracing::debug!("socket error: {e}");
+                    }
+                    // Drain what is queued, batch by batch.
+                    loop {
+                        let got = {
+                            let mut iovs: Vec<IoSliceMut> =
+                                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                            let (socket, udp) = (&self.socket, &self.udp);
+                            socket.try_io(Interest::READABLE, || {
+                                udp.recv(socket.into(), &mut iovs, &mut metas)
+                            })
+                        };
+                        match got {
+                            Ok(n) => {
+                                for i in 0..n {
+                                    let m = metas[i];
+                                    self.on_batch(m, &mut bufs[i][..m.len]).await;
+                                }
+                                self.flush().await;
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                tracing::debug!("recv error: {e}");
+                                break;
                             }
                         }
                     }
-                    Err(e) => tracing::debug!("recv error: {e}"),
-                },
+                }
                 _ = sleep => self.rooms.handle_timeout(std::time::Instant::now()),
             }
             self.flush().await;
         }
     }
 
-    /// Handles one datagram; returns where to forward it when it is relay data.
-    fn on_datagram(&mut self, from: SocketAddr, bytes: &mut [u8]) -> Option<SocketAddr> {
-        if let Some((session, payload)) = parse_relay(true, bytes) {
-            let len = payload.len();
-            let to = self
-                .rooms
-                .route_relay(std::time::Instant::now(), from, session, len)?;
-            relay_to_downlink(bytes);
-            return Some(to);
+    /// One received buffer: `meta.len` bytes in segments of `meta.stride` from one source.
+    async fn on_batch(&mut self, meta: quinn_udp::RecvMeta, buf: &mut [u8]) {
+        let stride = meta.stride.max(1);
+        let from = meta.addr;
+        let now = std::time::Instant::now();
+        // Runs of consecutive relay segments going to the same member.
+        let mut run: Option<(SocketAddr, usize, usize)> = None;
+        let mut start = 0;
+        while start < buf.len() {
+            let end = (start + stride).min(buf.len());
+            let seg = &mut buf[start..end];
+            let to = match parse_relay(true, seg) {
+                Some((session, payload)) => {
+                    let len = payload.len();
+                    let to = self.rooms.route_relay(now, from, session, len);
+                    if to.is_some() {
+                        relay_to_downlink(seg);
+                    }
+                    to
+                }
+                None => {
+                    self.on_datagram(from, seg);
+                    None
+                }
+            };
+            match (&mut run, to) {
+                (Some((dst, _, e)), Some(t)) if *dst == t && *e == start => *e = end,
+                (r, t) => {
+                    if let Some((dst, s, e)) = r.take() {
+                        self.forward(dst, &buf[s..e], stride).await;
+                    }
+                    *r = t.map(|t| (t, start, end));
+                }
+            }
+            start = end;
         }
+        if let Some((dst, s, e)) = run {
+            self.forward(dst, &buf[s..e], stride).await;
+        }
+    }
+
+    /// Sends relay datagrams (segments of `stride` bytes) with GSO where the kernel has it.
+    async fn forward(&self, to: SocketAddr, data: &[u8], stride: usize) {
+        let max = self.udp.max_gso_segments().max(1) * stride;
+        for chunk in data.chunks(max) {
+            let t = quinn_udp::Transmit {
+                destination: to,
+                ecn: None,
+                contents: chunk,
+                segment_size: (chunk.len() > stride).then_some(stride),
+                src_ip: None,
+            };
+            loop {
+                let r = self.socket.try_io(Interest::WRITABLE, || {
+                    self.udp.send((&self.socket).into(), &t)
+                });
+                match r {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if self.socket.writable().await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%to, "relay send error: {e}");
+                        break;
+                    }
+                    Ok(()) => break,
+                }
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
         if bytes.len() > MAX_SIGNAL_LEN {
             self.malformed += 1;
-            return None;
+            return;
         }
         match ClientMsg::decode(bytes) {
             Ok(msg) => self.rooms.handle(std::time::Instant::now(), from, msg),
@@ -135,7 +230,6 @@ impl Server {
                 }
             }
         }
-        None
     }
 
     async fn flush(&mut self) {
