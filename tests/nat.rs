@@ -186,3 +186,33 @@ fn a_two_second_link_cut_recovers() {
     assert_eq!(after["corrupt"], 0, "{after}");
     assert_eq!(after["path"], "direct", "{after}");
 }
+
+#[test]
+fn a_roaming_viewer_keeps_watching() {
+    let mut lab = Lab::new(Nat::Cone, Nat::Cone);
+    let v = direct_stream(&mut lab, "100000");
+    let before = stats(&line(&v, "{", Duration::from_secs(15)));
+    assert_eq!(before["path"], "direct", "{before}");
+    lab.roam("b", 2);
+    let moved = Instant::now();
+    let start_frames = before["frames"].as_u64().unwrap();
+    // Two seconds' worth of frames after the move, still direct, nothing corrupt.
+    let after = loop {
+        let l = v
+            .recv_timeout(Duration::from_secs(10))
+            .expect("viewer keeps printing");
+        let s = stats(&l);
+        if s["frames"].as_u64().unwrap() >= start_frames + 120
+            && moved.elapsed() > Duration::from_secs(3)
+        {
+            break s;
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(20),
+            "stalled after roaming: {s}"
+        );
+    };
+    assert_eq!(after["corrupt"], 0, "{after}");
+    assert_eq!(after["path"], "direct", "{after}");
+    assert!(after["fps"].as_f64().unwrap() >= 20.0, "{after}");
+}

@@ -132,7 +132,7 @@ async fn drive(
         tokio::select! {
             i = rx.recv() => match i {
                 Some(Input::Msg(from, msg)) => p.handle_msg(Instant::now(), from, msg),
-                Some(Input::Candidates(c)) => p.add_candidates(&c),
+                Some(Input::Candidates(c)) => p.add_candidates(Instant::now(), &c),
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline) => p.handle_timeout(Instant::now()),

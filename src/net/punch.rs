@@ -34,8 +34,8 @@ impl Default for PunchConfig {
             slow_interval: Duration::from_millis(250),
             timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(3),
-            keepalive: Duration::from_millis(1500),
-            lost_after: Duration::from_millis(4500),
+            keepalive: Duration::from_secs(1),
+            lost_after: Duration::from_secs(3),
         }
     }
 }
@@ -99,15 +99,20 @@ impl Puncher {
             out: VecDeque::new(),
             events: VecDeque::new(),
         };
-        p.add_candidates(&candidates);
+        p.add_candidates(now, &candidates);
         p.handle_timeout(now);
         p
     }
 
-    pub fn add_candidates(&mut self, addrs: &[SocketAddr]) {
+    pub fn add_candidates(&mut self, now: Instant, addrs: &[SocketAddr]) {
         for a in addrs {
             if !self.candidates.contains(a) {
                 self.candidates.push(*a);
+                // Already direct: a new address of the peer (it roamed) gets a ping now, which
+                // also opens our NAT to it.
+                if let State::Direct { .. } = self.state {
+                    self.ping(now, *a);
+                }
             }
         }
     }
@@ -197,12 +202,16 @@ impl Puncher {
                     },
                 ));
                 self.events.push_back(PunchEvent::PeerSeen { addr: from });
+                let roamed = matches!(self.state, State::Direct { addr, .. } if addr != from);
                 if !self.candidates.contains(&from) {
                     // Peer-reflexive: where the peer's NAT really sends from. Ping it now.
                     self.candidates.push(from);
-                    if matches!(self.state, State::Punching { .. }) {
+                    if matches!(self.state, State::Punching { .. }) || roamed {
                         self.ping(now, from);
                     }
+                } else if roamed && !self.sent.values().any(|(_, to)| *to == from) {
+                    // The peer talks from another address now (it roamed): check it both ways.
+                    self.ping(now, from);
                 }
             }
             PeerMsg::Pong {
@@ -218,6 +227,15 @@ impl Puncher {
                 }
                 match &mut self.state {
                     State::Direct { addr, last_pong } if *addr == from => *last_pong = now,
+                    // A later round trip through another address: the peer moved there.
+                    State::Direct { addr, last_pong } if sent_at >= *last_pong => {
+                        *addr = from;
+                        *last_pong = now;
+                        self.events.push_back(PunchEvent::Direct {
+                            addr: from,
+                            rtt: now.saturating_duration_since(sent_at),
+                        });
+                    }
                     State::Direct { .. } => {}
                     _ => {
                         self.state = State::Direct {
@@ -413,6 +431,48 @@ mod tests {
         // Back: found again within a second of punching.
         let (ea, _) = net.run(Duration::from_secs(4), |_, _, _, _| true);
         assert!(direct(&ea).is_some(), "{ea:?}");
+    }
+
+    #[test]
+    fn a_roaming_peer_is_followed_at_once() {
+        let mut net = Net::new(vec![addr(A)], vec![addr(B)]);
+        let (ea, _) = net.run(Duration::from_secs(1), |_, _, _, _| true);
+        assert_eq!(direct(&ea).map(|d| d.1), Some(addr(B)));
+        // B's NAT gives it a new outside address: B's keepalives now come from there.
+        let moved = addr("198.51.100.2:3000");
+        let t0 = net.now;
+        let mut ea = Vec::new();
+        while net.now < t0 + Duration::from_secs(3) {
+            net.b.handle_timeout(net.now);
+            while let Some((to, m)) = net.b.poll_transmit() {
+                if to == addr(A) {
+                    net.a.handle_msg(net.now, moved, m);
+                }
+            }
+            if net.a.poll_timeout() <= net.now {
+                net.a.handle_timeout(net.now);
+            }
+            while let Some((to, m)) = net.a.poll_transmit() {
+                if to == moved {
+                    net.b.handle_msg(net.now, addr(A), m);
+                }
+            }
+            while let Some(e) = net.a.poll_event() {
+                ea.push((net.now, e));
+            }
+            net.now += Duration::from_millis(5);
+        }
+        let (t, to) = ea
+            .iter()
+            .find_map(|(t, e)| match e {
+                PunchEvent::Direct { addr, .. } => Some((*t, *addr)),
+                _ => None,
+            })
+            .expect("followed the peer");
+        assert_eq!(to, moved);
+        // Within one keepalive period, not after the path was declared lost.
+        assert!(t - t0 <= Duration::from_millis(1600), "{:?}", t - t0);
+        assert!(!ea.iter().any(|(_, e)| matches!(e, PunchEvent::Lost { .. })));
     }
 
     #[test]

@@ -208,6 +208,35 @@ impl Lab {
         self.in_ns(&self.name("inet"), &["ip", "link", "set", port, state]);
     }
 
+    /// Moves host `short` to another LAN address: its NAT maps it anew (a roaming device).
+    pub fn roam(&self, short: &str, n: u32) {
+        let host = self.name(short);
+        self.in_ns(
+            &host,
+            &["sysctl", "-qw", "net.ipv4.conf.all.promote_secondaries=1"],
+        );
+        self.in_ns(
+            &host,
+            &["sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"],
+        );
+        let lan = format!("10.10.{n}");
+        self.in_ns(
+            &host,
+            &["ip", "addr", "add", &format!("{lan}.3/24"), "dev", "eth0"],
+        );
+        self.in_ns(
+            &host,
+            &["ip", "addr", "del", &format!("{lan}.2/24"), "dev", "eth0"],
+        );
+        // Deleting the primary address drops the routes that used it.
+        let _ = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &host, "ip", "route", "replace", "default", "via",
+            ])
+            .arg(format!("{lan}.1"))
+            .status();
+    }
+
     /// Kills the `i`-th process started with [`Lab::run`].
     pub fn kill(&mut self, i: usize) {
         let _ = self.procs[i].kill();
