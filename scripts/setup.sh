@@ -19,8 +19,8 @@ PACKAGES=(
   # Window support (X11/Wayland via winit) and a virtual display for tests
   libxkbcommon-x11-0 libx11-xcb1 libxcursor1 libxrandr2 libxi6 libwayland-client0
   xvfb xauth
-  # The NAT lab (tests/nat.rs): namespaces and NAT
-  iproute2 iptables
+  # The NAT lab (tests/nat.rs): namespaces, NAT, and miniupnpd as a router's NAT-PMP/UPnP
+  iproute2 iptables nftables miniupnpd
   curl ca-certificates
 )
 
@@ -32,6 +32,8 @@ if [ "${CI:-}" = "true" ] || [ ${#missing[@]} -gt 0 ]; then
   echo "==> apt: installing ${missing[*]:-(checking all)}"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
+  # miniupnpd is for the lab's routers only: never as a service on this machine.
+  $SUDO systemctl disable --now miniupnpd >/dev/null 2>&1 || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -14,6 +14,7 @@ fn cell(sender: Nat, viewer: Nat) -> serde_json::Value {
     let _r = lab.run("rv", &["rendezvous", "--listen", &rv]);
     // The rendezvous is up once it prints; then the sender.
     line(&_r, "listening on", Duration::from_secs(10));
+    lab.start_upnp();
     let s = lab.run(
         "a",
         &[
@@ -91,6 +92,36 @@ fn symmetric_to_cone_uses_the_relay() {
 #[test]
 fn symmetric_to_symmetric_uses_the_relay() {
     check(Nat::Symmetric, Nat::Symmetric, "relay");
+}
+
+#[test]
+fn cone_to_symmetric_with_upnp_goes_through_the_mapping() {
+    check(Nat::Cone, Nat::SymmetricUpnp, "upnp");
+}
+
+#[test]
+fn symmetric_to_symmetric_with_upnp_goes_through_the_mapping() {
+    check(Nat::Symmetric, Nat::SymmetricUpnp, "upnp");
+}
+
+#[test]
+fn symmetric_with_upnp_sender_to_public_viewer_goes_through_the_mapping() {
+    check(Nat::SymmetricUpnp, Nat::Public, "upnp");
+}
+
+#[test]
+fn symmetric_with_upnp_sender_to_cone_viewer_goes_through_the_mapping() {
+    check(Nat::SymmetricUpnp, Nat::Cone, "upnp");
+}
+
+#[test]
+fn symmetric_with_upnp_sender_to_symmetric_viewer_goes_through_the_mapping() {
+    check(Nat::SymmetricUpnp, Nat::Symmetric, "upnp");
+}
+
+#[test]
+fn upnp_on_both_sides() {
+    check(Nat::SymmetricUpnp, Nat::SymmetricUpnp, "upnp");
 }
 
 /// A direct stream in the lab: rendezvous (process 0), sender (1), viewer (2) with JSON stats.

@@ -3,6 +3,7 @@
 pub mod candidates;
 pub mod endpoint;
 pub mod paths;
+pub mod portmap;
 pub mod punch;
 pub mod reorder;
 pub mod signal;
@@ -32,6 +33,9 @@ pub struct NetArgs {
     /// the stream moves to a direct path as soon as one opens).
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub punch_timeout: f64,
+    /// Do not ask the router to map the media port (NAT-PMP).
+    #[arg(long)]
+    pub no_upnp: bool,
 }
 
 impl NetArgs {

@@ -30,6 +30,8 @@ pub struct PathManager {
     cfg: PunchConfig,
     peers: Mutex<HashMap<u64, mpsc::UnboundedSender<Input>>>,
     observer: Option<PathObserver>,
+    /// Our router port mapping, if any.
+    mapped: Option<SocketAddr>,
 }
 
 impl PathManager {
@@ -38,12 +40,14 @@ impl PathManager {
         socket: Arc<MediaSocket>,
         cfg: PunchConfig,
         observer: Option<PathObserver>,
+        mapped: Option<SocketAddr>,
     ) -> (Arc<Self>, PeerSink) {
         let me = Arc::new(Self {
             socket,
             cfg,
             peers: Mutex::new(HashMap::new()),
             observer,
+            mapped,
         });
         let (tx, mut rx) = mpsc::unbounded_channel::<(SocketAddr, PeerMsg)>();
         let weak = Arc::downgrade(&me);
@@ -71,11 +75,12 @@ impl PathManager {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         peers.insert(session, tx);
-        let puncher = Puncher::new(
+        let puncher = Puncher::with_mapping(
             Instant::now(),
             session,
             secret,
             candidates.to_vec(),
+            self.mapped,
             self.cfg.clone(),
         );
         tokio::spawn(drive(
@@ -111,10 +116,13 @@ async fn drive(
         }
         while let Some(e) = p.poll_event() {
             match &e {
-                PunchEvent::Direct { addr, rtt } => {
-                    tracing::info!(peer = %virt, %addr, ?rtt, "path: direct");
+                PunchEvent::Direct { addr, rtt, upnp } => {
+                    let kind = if *upnp { "upnp" } else { "direct" };
+                    tracing::info!(peer = %virt, %addr, ?rtt, "path: {kind}");
+                    socket.set_upnp(virt, *upnp);
                     socket.set_direct(virt, Some(*addr));
                 }
+                PunchEvent::PeerUsesMapping => socket.set_upnp(virt, true),
                 PunchEvent::PeerSeen { addr } => socket.accept_from(*addr, virt),
                 PunchEvent::Lost { addr } => {
                     tracing::info!(peer = %virt, %addr, "direct path lost: back to the relay");

@@ -42,8 +42,15 @@ impl Default for PunchConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PunchEvent {
-    /// A direct path works both ways.
-    Direct { addr: SocketAddr, rtt: Duration },
+    /// A direct path works both ways. `upnp`: it goes through a router port mapping (ours or
+    /// the peer's).
+    Direct {
+        addr: SocketAddr,
+        rtt: Duration,
+        upnp: bool,
+    },
+    /// The peer reaches us through our router's port mapping.
+    PeerUsesMapping,
     /// The peer proved itself from this address: its packets may be accepted from there.
     PeerSeen { addr: SocketAddr },
     /// The direct path stopped answering.
@@ -69,6 +76,9 @@ enum State {
 pub struct Puncher {
     session: u64,
     secret: u64,
+    /// Our own port-mapped address on the router, if any.
+    mapped: Option<SocketAddr>,
+    peer_uses_mapping: bool,
     cfg: PunchConfig,
     candidates: Vec<SocketAddr>,
     state: State,
@@ -87,9 +97,23 @@ impl Puncher {
         candidates: Vec<SocketAddr>,
         cfg: PunchConfig,
     ) -> Self {
+        Self::with_mapping(now, session, secret, candidates, None, cfg)
+    }
+
+    /// Like [`Puncher::new`], knowing our own router port mapping.
+    pub fn with_mapping(
+        now: Instant,
+        session: u64,
+        secret: u64,
+        candidates: Vec<SocketAddr>,
+        mapped: Option<SocketAddr>,
+        cfg: PunchConfig,
+    ) -> Self {
         let mut p = Self {
             session,
             secret,
+            mapped,
+            peer_uses_mapping: false,
             cfg,
             candidates: Vec::new(),
             state: State::Punching { since: now },
@@ -133,6 +157,7 @@ impl Puncher {
                 session: self.session,
                 secret: self.secret,
                 txn: self.txn,
+                to,
             },
         ));
     }
@@ -192,15 +217,22 @@ impl Puncher {
                 session,
                 secret,
                 txn,
+                to,
             } if session == self.session && secret == self.secret => {
+                let via_mapping = self.mapped == Some(to);
                 self.out.push_back((
                     from,
                     PeerMsg::Pong {
                         session,
                         secret,
                         txn,
+                        via_mapping,
                     },
                 ));
+                if via_mapping && !self.peer_uses_mapping {
+                    self.peer_uses_mapping = true;
+                    self.events.push_back(PunchEvent::PeerUsesMapping);
+                }
                 self.events.push_back(PunchEvent::PeerSeen { addr: from });
                 let roamed = matches!(self.state, State::Direct { addr, .. } if addr != from);
                 if !self.candidates.contains(&from) {
@@ -218,7 +250,9 @@ impl Puncher {
                 session,
                 secret,
                 txn,
+                via_mapping,
             } if session == self.session && secret == self.secret => {
+                let upnp = via_mapping || self.peer_uses_mapping;
                 let Some((sent_at, to)) = self.sent.remove(&txn) else {
                     return;
                 };
@@ -234,6 +268,7 @@ impl Puncher {
                         self.events.push_back(PunchEvent::Direct {
                             addr: from,
                             rtt: now.saturating_duration_since(sent_at),
+                            upnp,
                         });
                     }
                     State::Direct { .. } => {}
@@ -246,6 +281,7 @@ impl Puncher {
                         self.events.push_back(PunchEvent::Direct {
                             addr: from,
                             rtt: now.saturating_duration_since(sent_at),
+                            upnp,
                         });
                     }
                 }
@@ -476,6 +512,28 @@ mod tests {
     }
 
     #[test]
+    fn a_path_through_a_port_mapping_is_labelled_upnp_on_both_sides() {
+        let now = Instant::now();
+        let mapped = addr("192.0.2.1:5000");
+        // A has a router mapping; B pings it there.
+        let mut a = Puncher::with_mapping(now, 7, 99, vec![], Some(mapped), PunchConfig::default());
+        let mut b = Puncher::new(now, 7, 99, vec![mapped], PunchConfig::default());
+        let (to, ping) = b.poll_transmit().unwrap();
+        assert_eq!(to, mapped);
+        a.handle_msg(now, addr(B), ping);
+        assert!(std::iter::from_fn(|| a.poll_event()).any(|e| e == PunchEvent::PeerUsesMapping));
+        let pong = std::iter::from_fn(|| a.poll_transmit())
+            .find(|(_, m)| matches!(m, PeerMsg::Pong { .. }))
+            .unwrap()
+            .1;
+        b.handle_msg(now, mapped, pong);
+        assert!(matches!(
+            b.poll_event(),
+            Some(PunchEvent::Direct { upnp: true, .. })
+        ));
+    }
+
+    #[test]
     fn strangers_cannot_fake_a_path() {
         let now = Instant::now();
         let mut p = Puncher::new(now, 7, 99, vec![addr(B)], PunchConfig::default());
@@ -488,6 +546,7 @@ mod tests {
                 session: 7,
                 secret: 98,
                 txn: 1,
+                to: addr(A),
             },
         );
         assert_eq!(p.poll_transmit(), None);
@@ -500,6 +559,7 @@ mod tests {
                 session: 7,
                 secret: 99,
                 txn: 12345,
+                via_mapping: false,
             },
         );
         assert_eq!(p.direct(), None);

@@ -46,6 +46,8 @@ struct RelayTable {
     by_session: HashMap<u64, SocketAddr>,
     direct: HashMap<SocketAddr, SocketAddr>,
     seen: HashMap<SocketAddr, SocketAddr>,
+    /// Peers whose direct path goes through a router port mapping.
+    upnp: std::collections::HashSet<SocketAddr>,
 }
 
 impl Default for RelayTable {
@@ -57,6 +59,7 @@ impl Default for RelayTable {
             by_session: HashMap::new(),
             direct: HashMap::new(),
             seen: HashMap::new(),
+            upnp: std::collections::HashSet::new(),
         }
     }
 }
@@ -164,6 +167,17 @@ impl MediaSocket {
         }
     }
 
+    /// Marks the direct path to `virt` as going through a router port mapping (stats only).
+    pub fn set_upnp(&self, virt: SocketAddr, upnp: bool) {
+        if let Ok(mut t) = self.relays.lock() {
+            if upnp {
+                t.upnp.insert(virt);
+            } else {
+                t.upnp.remove(&virt);
+            }
+        }
+    }
+
     /// Packets from `addr` (where the peer proved itself) are the peer at `virt`.
     pub fn accept_from(&self, addr: SocketAddr, virt: SocketAddr) {
         if let Ok(mut t) = self.relays.lock() {
@@ -186,12 +200,18 @@ impl MediaSocket {
         }
     }
 
-    /// "direct", "relay" or "-" (no path yet) for a connection's remote address.
+    /// "direct", "upnp", "relay" or "-" (no path yet) for a connection's remote address.
     pub fn path_name(&self, remote: &SocketAddr) -> &'static str {
         if !is_relay_address(remote) {
             return "direct";
         }
+        let upnp = self
+            .relays
+            .lock()
+            .map(|t| t.upnp.contains(remote))
+            .unwrap_or(false);
         match self.route(remote) {
+            Route::Direct(_) if upnp => "upnp",
             Route::Direct(_) => "direct",
             Route::Relay(..) => "relay",
             Route::Nowhere => "-",

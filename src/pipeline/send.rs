@@ -21,6 +21,7 @@ use crate::clock;
 use crate::encode::{EncodedFrame, Encoder, EncoderConfig};
 use crate::net::candidates::host_candidates;
 use crate::net::paths::PathManager;
+use crate::net::portmap::{self, PortMapping};
 use crate::net::punch::PunchConfig;
 use crate::net::signal::Signalling;
 use crate::net::{Identity, Impairment, NetError, PathPolicy, PeerEndpoint};
@@ -45,6 +46,8 @@ pub struct SendConfig {
     /// Which paths viewers may reach us on.
     pub paths: PathPolicy,
     pub punch: PunchConfig,
+    /// Skip the router port mapping.
+    pub no_upnp: bool,
     /// A record per encoded frame, for benchmarks.
     pub frame_log: Option<mpsc::UnboundedSender<FrameLog>>,
 }
@@ -65,6 +68,7 @@ impl Default for SendConfig {
             impairment: None,
             paths: PathPolicy::Any,
             punch: PunchConfig::default(),
+            no_upnp: false,
             frame_log: None,
         }
     }
@@ -117,6 +121,7 @@ pub struct SendSession {
     endpoint: quinn::Endpoint,
     signalling: Option<Signalling>,
     socket: Arc<crate::net::MediaSocket>,
+    mapping: Option<PortMapping>,
     encoder: Option<std::thread::JoinHandle<Result<(), PipelineError>>>,
     tasks: Vec<JoinHandle<()>>,
     done: watch::Receiver<bool>,
@@ -158,7 +163,14 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     } else {
         rendezvous
     };
-    let hosts = host_candidates(ep.local_addr);
+    let mut hosts = host_candidates(ep.local_addr);
+    // A router port mapping makes us reachable even behind a symmetric NAT.
+    let mapping = if portmap::wanted(cfg.no_upnp, cfg.bind, signal_to) {
+        PortMapping::create(ep.local_addr.port(), Duration::from_millis(300)).await
+    } else {
+        None
+    };
+    hosts.extend(mapping.as_ref().map(|m| m.external));
     let PeerEndpoint {
         endpoint,
         signal,
@@ -169,7 +181,12 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     // Viewers that cannot reach us directly come through the rendezvous relay.
     socket.set_relay_server(signal_to);
     socket.set_relay_allowed(cfg.paths != PathPolicy::DirectOnly);
-    let (paths, peer_sink) = PathManager::start(socket.clone(), cfg.punch.clone(), None);
+    let (paths, peer_sink) = PathManager::start(
+        socket.clone(),
+        cfg.punch.clone(),
+        None,
+        mapping.as_ref().map(|m| m.external),
+    );
     let (signalling, mut events) = Signalling::spawn(
         signal,
         signal_to,
@@ -275,6 +292,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         endpoint,
         signalling: Some(signalling),
         socket: media_socket,
+        mapping,
         encoder: Some(enc_thread),
         tasks,
         done,
@@ -666,6 +684,9 @@ impl SendSession {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         if let Some(s) = self.signalling.take() {
             s.leave().await;
+        }
+        if let Some(m) = self.mapping.take() {
+            m.remove().await;
         }
         let r = tokio::task::block_in_place(|| self.join_encoder());
         for t in &self.tasks {

@@ -26,6 +26,7 @@ use crate::decode::Decoder;
 use crate::net::candidates::host_candidates;
 use crate::net::endpoint::{client_config, SERVER_NAME};
 use crate::net::paths::{PathManager, PathObserver};
+use crate::net::portmap::{self, PortMapping};
 use crate::net::punch::{PunchConfig, PunchEvent};
 use crate::net::reorder::{Output, Reorder, ReorderConfig};
 use crate::net::signal::Signalling;
@@ -131,6 +132,8 @@ pub struct ViewConfig {
     pub punch: PunchConfig,
     /// Check every decoded frame's test-card barcode against its sequence number.
     pub verify_testcard: bool,
+    /// Skip the router port mapping.
+    pub no_upnp: bool,
     pub name: String,
 }
 
@@ -154,6 +157,7 @@ impl ViewConfig {
             paths: PathPolicy::Any,
             punch: PunchConfig::default(),
             verify_testcard: false,
+            no_upnp: false,
             name: "inclubit-view".into(),
         }
     }
@@ -272,7 +276,13 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         m.started = Some(Instant::now());
     }
     let ep = PeerEndpoint::bind(cfg.bind, None, cfg.impairment.clone())?;
-    let hosts = host_candidates(ep.local_addr);
+    let mut hosts = host_candidates(ep.local_addr);
+    let mapping = if portmap::wanted(cfg.no_upnp, cfg.bind, cfg.rendezvous) {
+        PortMapping::create(ep.local_addr.port(), Duration::from_millis(300)).await
+    } else {
+        None
+    };
+    hosts.extend(mapping.as_ref().map(|m| m.external));
     let PeerEndpoint {
         endpoint,
         signal,
@@ -298,7 +308,12 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             }
         })
     };
-    let (paths, peer_sink) = PathManager::start(socket.clone(), cfg.punch.clone(), Some(observer));
+    let (paths, peer_sink) = PathManager::start(
+        socket.clone(),
+        cfg.punch.clone(),
+        Some(observer),
+        mapping.as_ref().map(|m| m.external),
+    );
     let (signalling, mut signal_events) = Signalling::spawn(
         signal,
         cfg.rendezvous,
@@ -690,6 +705,9 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     ctrl_reader.abort();
     writer.abort();
     signalling.leave().await;
+    if let Some(m) = mapping {
+        m.remove().await;
+    }
     let frames = decoded_count.load(Ordering::Relaxed);
     let dropped = dropped + late_drops.load(Ordering::Relaxed);
     let dec = tokio::task::spawn_blocking(move || decoder_thread.join())

@@ -12,6 +12,19 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_inclubit");
+/// The tables miniupnpd (nftables build) adds its rules to.
+const NFT_TABLES: &str = "add table inet miniupnpd
+add chain inet miniupnpd forward { type filter hook forward priority 0 ; policy accept ; }
+add chain inet miniupnpd forwardUPnP
+add rule inet miniupnpd forward jump forwardUPnP
+add chain inet miniupnpd prerouting { type nat hook prerouting priority -100 ; policy accept ; }
+add chain inet miniupnpd UPnP
+add rule inet miniupnpd prerouting jump UPnP
+add chain inet miniupnpd postrouting { type nat hook postrouting priority 100 ; policy accept ; }
+add chain inet miniupnpd UPnP-Postrouting
+add rule inet miniupnpd postrouting jump UPnP-Postrouting
+";
+
 pub const RV: &str = "198.18.0.10";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,6 +32,8 @@ pub enum Nat {
     Public,
     Cone,
     Symmetric,
+    /// Symmetric NAT whose router maps ports on request (miniupnpd: NAT-PMP and UPnP-IGD).
+    SymmetricUpnp,
 }
 
 pub struct Lab {
@@ -29,6 +44,8 @@ pub struct Lab {
     uplinks: Vec<(String, String)>,
     /// stderr of each process, shown when a test fails.
     logs: Vec<std::path::PathBuf>,
+    /// Routers that run miniupnpd, with their LAN number.
+    upnp_routers: Vec<(String, u32)>,
 }
 
 fn sh(args: &[&str]) {
@@ -59,6 +76,7 @@ impl Lab {
             procs: Vec::new(),
             uplinks: Vec::new(),
             logs: Vec::new(),
+            upnp_routers: Vec::new(),
         };
         let inet = lab.ns("inet");
         lab.in_ns(&inet, &["ip", "link", "add", "br0", "type", "bridge"]);
@@ -133,21 +151,44 @@ impl Lab {
             &["ip", "route", "add", "default", "via", &format!("{lan}.1")],
         );
         self.in_ns(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        if nat == Nat::SymmetricUpnp {
+            self.upnp_routers.push((router.clone(), n));
+        }
+        let lan_net = format!("{lan}.0/24");
         let mut rule = vec![
             "iptables",
             "-t",
             "nat",
             "-A",
             "POSTROUTING",
+            "-s",
+            &lan_net,
             "-o",
             "wan",
             "-j",
             "MASQUERADE",
         ];
-        if nat == Nat::Symmetric {
+        if matches!(nat, Nat::Symmetric | Nat::SymmetricUpnp) {
             rule.push("--random-fully");
         }
         self.in_ns(&router, &rule);
+        // Port mappings (DNAT) may come in.
+        self.in_ns(
+            &router,
+            &[
+                "iptables",
+                "-A",
+                "FORWARD",
+                "-i",
+                "wan",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "DNAT",
+                "-j",
+                "ACCEPT",
+            ],
+        );
         // Like a home router: unsolicited packets from the internet are dropped, to the router
         // itself and to the LAN. (Without it Linux confirms a conntrack entry for a peer's
         // early punch and then re-maps our own first punch to another port.)
@@ -201,6 +242,52 @@ impl Lab {
 }
 
 impl Lab {
+    /// Starts miniupnpd on the UPnP routers (after the rendezvous, which answers its STUN
+    /// check) and waits until it serves NAT-PMP.
+    pub fn start_upnp(&mut self) {
+        for (router, n) in self.upnp_routers.clone() {
+            let dir = std::env::temp_dir();
+            let nft_file = dir.join(format!("{router}.nft"));
+            std::fs::write(&nft_file, NFT_TABLES).unwrap();
+            self.in_ns(&router, &["nft", "-f", nft_file.to_str().unwrap()]);
+            let conf = format!(
+                "ext_ifname=wan\nlistening_ip=lan\nport=0\nenable_natpmp=yes\nenable_upnp=yes\n\
+                 secure_mode=yes\nsystem_uptime=yes\next_perform_stun=yes\n\
+                 ext_stun_host={RV}\next_stun_port=7000\n\
+                 uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d0{n:02}\n\
+                 upnp_table_name=miniupnpd\nupnp_nat_table_name=miniupnpd\n\
+                 upnp_forward_chain=forwardUPnP\nupnp_nat_chain=UPnP\n\
+                 upnp_nat_postrouting_chain=UPnP-Postrouting\n\
+                 allow 1024-65535 10.10.{n}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+            );
+            let conf_file = dir.join(format!("{router}.conf"));
+            std::fs::write(&conf_file, conf).unwrap();
+            let log = dir.join(format!("{router}-miniupnpd.log"));
+            let child = Command::new("ip")
+                .args(["netns", "exec", &router, "miniupnpd", "-d", "-f"])
+                .arg(&conf_file)
+                // One pid file per lab router (the default one is shared by all namespaces).
+                .arg("-P")
+                .arg(dir.join(format!("{router}.pid")))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("miniupnpd (apt package miniupnpd)");
+            self.procs.push(child);
+            self.logs.push(log.clone());
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("Listening for NAT-PMP") {
+                    break;
+                }
+                assert!(Instant::now() < end, "miniupnpd did not start: {text}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
     /// Takes side `short`'s internet link down (`up == false`) or back up.
     pub fn link(&self, short: &str, up: bool) {
         let port = &self.uplinks.iter().find(|(s, _)| s == short).unwrap().1;

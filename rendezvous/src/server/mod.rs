@@ -1,5 +1,6 @@
 //! The rendezvous server: the sans-IO [`rooms`] core behind a thin tokio UDP driver.
 
+pub mod reflect;
 pub mod rooms;
 
 use std::net::SocketAddr;
@@ -61,6 +62,7 @@ pub struct Server {
     udp: quinn_udp::UdpSocketState,
     rooms: Rooms,
     malformed: u64,
+    stun_replies: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 /// Datagram buffers per receive call; each holds a GRO batch of up to 64 KiB.
@@ -80,6 +82,7 @@ impl Server {
             udp,
             rooms: Rooms::new(cfg.rooms, rand::random()),
             malformed: 0,
+            stun_replies: Vec::new(),
         })
     }
 
@@ -217,6 +220,10 @@ impl Server {
     }
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        if let Some(resp) = reflect::binding_response(bytes, from) {
+            self.stun_replies.push((from, resp));
+            return;
+        }
         if bytes.len() > MAX_SIGNAL_LEN {
             self.malformed += 1;
             return;
@@ -249,6 +256,9 @@ impl Server {
                     tracing::warn!(session = %format!("{session:016x}"), %from, "relay data from a non-member refused")
                 }
             }
+        }
+        for (to, resp) in std::mem::take(&mut self.stun_replies) {
+            let _ = self.socket.send_to(&resp, to).await;
         }
         while let Some(t) = self.rooms.poll_transmit() {
             if let Err(e) = self.socket.send_to(&t.msg.encode(), t.to).await {

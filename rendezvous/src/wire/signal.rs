@@ -465,8 +465,21 @@ impl ServerMsg {
 /// the rendezvous to the two members of a relay session only, so nobody else can fake a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerMsg {
-    Ping { session: u64, secret: u64, txn: u64 },
-    Pong { session: u64, secret: u64, txn: u64 },
+    /// `to`: the address the ping was sent to, so the receiver can tell whether it came in
+    /// through its router's port mapping.
+    Ping {
+        session: u64,
+        secret: u64,
+        txn: u64,
+        to: SocketAddr,
+    },
+    /// `via_mapping`: the ping arrived at the answerer's port-mapped address.
+    Pong {
+        session: u64,
+        secret: u64,
+        txn: u64,
+        via_mapping: bool,
+    },
 }
 
 const T_PING: u8 = 96;
@@ -475,45 +488,58 @@ const T_PONG: u8 = 97;
 impl PeerMsg {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        let (ty, session, secret, txn) = match *self {
+        match *self {
             Self::Ping {
                 session,
                 secret,
                 txn,
-            } => (T_PING, session, secret, txn),
+                to,
+            } => {
+                header(&mut w, T_PING);
+                w.u64(session);
+                w.u64(secret);
+                w.u64(txn);
+                w.addr(&to);
+            }
             Self::Pong {
                 session,
                 secret,
                 txn,
-            } => (T_PONG, session, secret, txn),
-        };
-        header(&mut w, ty);
-        w.u64(session);
-        w.u64(secret);
-        w.u64(txn);
+                via_mapping,
+            } => {
+                header(&mut w, T_PONG);
+                w.u64(session);
+                w.u64(secret);
+                w.u64(txn);
+                w.u8(via_mapping as u8);
+            }
+        }
         w.buf
     }
 
     pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
         let (ty, mut r) = read_header(buf)?;
-        let (session, secret, txn) = match ty {
-            T_PING | T_PONG => (r.u64()?, r.u64()?, r.u64()?),
+        let msg = match ty {
+            T_PING => Self::Ping {
+                session: r.u64()?,
+                secret: r.u64()?,
+                txn: r.u64()?,
+                to: r.addr()?,
+            },
+            T_PONG => Self::Pong {
+                session: r.u64()?,
+                secret: r.u64()?,
+                txn: r.u64()?,
+                via_mapping: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Invalid("pong flag")),
+                },
+            },
             t => return Err(WireError::UnknownType(t)),
         };
         r.finish()?;
-        Ok(if ty == T_PING {
-            Self::Ping {
-                session,
-                secret,
-                txn,
-            }
-        } else {
-            Self::Pong {
-                session,
-                secret,
-                txn,
-            }
-        })
+        Ok(msg)
     }
 
     pub fn session(&self) -> u64 {
@@ -688,8 +714,12 @@ mod tests {
 
     proptest! {
         #[test]
-        fn peer_roundtrip(session in any::<u64>(), secret in any::<u64>(), txn in any::<u64>(), ping in any::<bool>()) {
-            let m = if ping { PeerMsg::Ping { session, secret, txn } } else { PeerMsg::Pong { session, secret, txn } };
+        fn peer_roundtrip(session in any::<u64>(), secret in any::<u64>(), txn in any::<u64>(), ping in any::<bool>(), to in addr()) {
+            let m = if ping {
+                PeerMsg::Ping { session, secret, txn, to }
+            } else {
+                PeerMsg::Pong { session, secret, txn, via_mapping: txn % 2 == 0 }
+            };
             let b = m.encode();
             prop_assert!(is_signal(&b));
             prop_assert_eq!(PeerMsg::decode(&b).unwrap(), m);
