@@ -65,6 +65,8 @@ pub enum ClientEvent {
     },
     /// The sender's current viewers.
     Viewers(Vec<ViewerInfo>),
+    /// Viewer: the sender's current candidates (they may grow, e.g. by a port mapping).
+    SenderCandidates(Vec<SocketAddr>),
     /// The request was refused; the client is finished.
     Refused(ErrorKind),
     /// No answer to the request before the deadline; the client is finished.
@@ -129,6 +131,24 @@ impl SignalClient {
         self.server
     }
 
+    fn hosts(&self) -> &[SocketAddr] {
+        match &self.role {
+            Role::Sender { hosts, .. } | Role::Viewer { hosts, .. } => hosts,
+        }
+    }
+
+    /// New host candidates (e.g. a router port mapping arrived): announced at once with a
+    /// keepalive (or with the request, if it is still being retried).
+    pub fn set_hosts(&mut self, now: Instant, new: Vec<SocketAddr>) {
+        match &mut self.role {
+            Role::Sender { hosts, .. } | Role::Viewer { hosts, .. } => *hosts = new,
+        }
+        if let State::Member { .. } = self.state {
+            self.next_send = now;
+            self.handle_timeout(now);
+        }
+    }
+
     fn request(&self) -> ClientMsg {
         match &self.role {
             Role::Sender { hosts, fingerprint } => ClientMsg::Open {
@@ -176,6 +196,7 @@ impl SignalClient {
                         code: *code,
                         member: *member,
                         token: *token,
+                        hosts: self.hosts().to_vec(),
                     }
                     .encode(),
                 );
@@ -246,7 +267,9 @@ impl SignalClient {
             }
             (State::Member { code, lost, .. }, msg) => {
                 let ours = match &msg {
-                    ServerMsg::Viewers { code: c, .. } | ServerMsg::Alive { code: c } => c == code,
+                    ServerMsg::Viewers { code: c, .. } | ServerMsg::Alive { code: c, .. } => {
+                        c == code
+                    }
                     ServerMsg::Error { txn: 0, .. } => true,
                     _ => false,
                 };
@@ -261,6 +284,9 @@ impl SignalClient {
                 match msg {
                     ServerMsg::Viewers { viewers, .. } => {
                         self.events.push_back(ClientEvent::Viewers(viewers))
+                    }
+                    ServerMsg::Alive { sender, .. } => {
+                        self.events.push_back(ClientEvent::SenderCandidates(sender))
                     }
                     ServerMsg::Error {
                         kind: ErrorKind::RoomNotFound | ErrorKind::NotMember,

@@ -23,6 +23,7 @@ pub type PathObserver = Arc<dyn Fn(SocketAddr, &PunchEvent) + Send + Sync>;
 enum Input {
     Msg(SocketAddr, PeerMsg),
     Candidates(Vec<SocketAddr>),
+    Mapped(SocketAddr),
 }
 
 pub struct PathManager {
@@ -31,7 +32,7 @@ pub struct PathManager {
     peers: Mutex<HashMap<u64, mpsc::UnboundedSender<Input>>>,
     observer: Option<PathObserver>,
     /// Our router port mapping, if any.
-    mapped: Option<SocketAddr>,
+    mapped: Mutex<Option<SocketAddr>>,
 }
 
 impl PathManager {
@@ -47,7 +48,7 @@ impl PathManager {
             cfg,
             peers: Mutex::new(HashMap::new()),
             observer,
-            mapped,
+            mapped: Mutex::new(mapped),
         });
         let (tx, mut rx) = mpsc::unbounded_channel::<(SocketAddr, PeerMsg)>();
         let weak = Arc::downgrade(&me);
@@ -80,7 +81,7 @@ impl PathManager {
             session,
             secret,
             candidates.to_vec(),
-            self.mapped,
+            self.mapped.lock().ok().and_then(|m| *m),
             self.cfg.clone(),
         );
         tokio::spawn(drive(
@@ -91,6 +92,18 @@ impl PathManager {
             self.observer.clone(),
         ));
         virt
+    }
+
+    /// Our router port mapping arrived: punchers learn to recognise pings through it.
+    pub fn set_mapped(&self, addr: SocketAddr) {
+        if let Ok(mut m) = self.mapped.lock() {
+            *m = Some(addr);
+        }
+        if let Ok(peers) = self.peers.lock() {
+            for p in peers.values() {
+                let _ = p.send(Input::Mapped(addr));
+            }
+        }
     }
 
     /// Stops punching towards peers not in `keep` (they left).
@@ -141,6 +154,7 @@ async fn drive(
             i = rx.recv() => match i {
                 Some(Input::Msg(from, msg)) => p.handle_msg(Instant::now(), from, msg),
                 Some(Input::Candidates(c)) => p.add_candidates(Instant::now(), &c),
+                Some(Input::Mapped(a)) => p.set_mapped(a),
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline) => p.handle_timeout(Instant::now()),

@@ -1,23 +1,36 @@
-//! Port mapping on the home router: NAT-PMP (RFC 6886, served by most routers and by
-//! miniupnpd). A mapped media port is a candidate a peer behind any NAT can reach, which turns
-//! symmetric-NAT cases that would need the relay into direct paths. The mapping is renewed at
-//! half its lifetime and deleted on exit.
+//! Port mapping on the home router, in the background: NAT-PMP (RFC 6886; answers in
+//! milliseconds) and, when no NAT-PMP server answers, UPnP-IGD (igd-next; discovery takes up to
+//! two seconds). A mapped media port is a candidate a peer behind any NAT can reach, which turns
+//! symmetric-NAT cases that would need the relay into direct paths. Nothing waits for it: the
+//! mapping is announced with the next keepalive when it arrives. Renewed at half its lease,
+//! deleted on [`PortMapper::stop`].
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use igd_next::aio::tokio::Tokio;
+use igd_next::{PortMappingProtocol, SearchOptions};
 use natpmp::{Protocol, Response};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-const LIFETIME: u32 = 3600;
+const LEASE: u32 = 3600;
+const DESCRIPTION: &str = "inclubit media";
 
-pub struct PortMapping {
-    pub external: SocketAddr,
-    internal_port: u16,
-    renew: JoinHandle<()>,
+enum Mapped {
+    Pmp,
+    Igd(igd_next::aio::Gateway<Tokio>),
 }
 
-async fn request(internal_port: u16, lifetime: u32, timeout: Duration) -> Option<(Ipv4Addr, u16)> {
+pub struct PortMapper {
+    external: watch::Receiver<Option<SocketAddr>>,
+    state: Arc<Mutex<Option<Mapped>>>,
+    internal_port: u16,
+    task: JoinHandle<()>,
+}
+
+async fn natpmp(internal_port: u16, lease: u32) -> Option<SocketAddr> {
     let run = async {
         let mut n = natpmp::new_tokio_natpmp().await.ok()?;
         n.send_public_address_request().await.ok()?;
@@ -25,52 +38,122 @@ async fn request(internal_port: u16, lifetime: u32, timeout: Duration) -> Option
             Response::Gateway(g) => *g.public_address(),
             _ => return None,
         };
-        n.send_port_mapping_request(Protocol::UDP, internal_port, internal_port, lifetime)
+        n.send_port_mapping_request(Protocol::UDP, internal_port, internal_port, lease)
             .await
             .ok()?;
         match n.read_response_or_retry().await.ok()? {
-            Response::UDP(m) => Some((ip, m.public_port())),
+            Response::UDP(m) => Some(SocketAddr::from((ip, m.public_port()))),
             _ => None,
         }
     };
-    tokio::time::timeout(timeout, run).await.ok().flatten()
+    // The crate retries for a minute by the RFC's schedule; a router that has NAT-PMP answers
+    // at once.
+    tokio::time::timeout(Duration::from_millis(300), run)
+        .await
+        .ok()
+        .flatten()
 }
 
-impl PortMapping {
-    /// Maps `internal_port` on the default gateway, or `None` (no gateway, no NAT-PMP, or no
-    /// answer within `timeout`).
-    pub async fn create(internal_port: u16, timeout: Duration) -> Option<Self> {
-        let (ip, port) = request(internal_port, LIFETIME, timeout).await?;
-        let external = SocketAddr::from((ip, port));
-        tracing::info!(%external, internal_port, "port mapped on the router (NAT-PMP)");
-        let renew = tokio::spawn(async move {
+/// Our address on the LAN towards `gateway` (what the router must forward to).
+fn local_ip_towards(gateway: IpAddr) -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect((gateway, 1900)).ok()?;
+    Some(s.local_addr().ok()?.ip())
+}
+
+async fn igd(internal_port: u16) -> Option<(SocketAddr, igd_next::aio::Gateway<Tokio>)> {
+    let mut opts = SearchOptions::default();
+    opts.timeout = Some(Duration::from_secs(2));
+    opts.single_search_timeout = Some(Duration::from_secs(2));
+    let gw = igd_next::aio::tokio::search_gateway(opts).await.ok()?;
+    let local = SocketAddr::new(local_ip_towards(gw.addr.ip())?, internal_port);
+    let ip = gw.get_external_ip().await.ok()?;
+    gw.add_port(
+        PortMappingProtocol::UDP,
+        internal_port,
+        local,
+        LEASE,
+        DESCRIPTION,
+    )
+    .await
+    .ok()?;
+    Some((SocketAddr::new(ip, internal_port), gw))
+}
+
+impl PortMapper {
+    /// Starts mapping `internal_port` on the default gateway.
+    pub fn start(internal_port: u16) -> Self {
+        let (tx, external) = watch::channel(None);
+        let state = Arc::new(Mutex::new(None));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(LIFETIME as u64 / 2)).await;
-                if request(internal_port, LIFETIME, Duration::from_secs(2))
-                    .await
-                    .is_none()
-                {
-                    tracing::warn!("could not renew the router's port mapping");
+                let got = match natpmp(internal_port, LEASE).await {
+                    Some(a) => Some((a, Mapped::Pmp, "NAT-PMP")),
+                    None => igd(internal_port)
+                        .await
+                        .map(|(a, gw)| (a, Mapped::Igd(gw), "UPnP-IGD")),
+                };
+                let Some((addr, how, name)) = got else {
+                    tracing::debug!("no router port mapping (no NAT-PMP or UPnP-IGD gateway)");
+                    return;
+                };
+                if *tx.borrow() != Some(addr) {
+                    tracing::info!(external = %addr, internal_port, "port mapped on the router ({name})");
+                    let _ = tx.send(Some(addr));
                 }
+                if let Ok(mut s) = st.lock() {
+                    *s = Some(how);
+                }
+                tokio::time::sleep(Duration::from_secs(LEASE as u64 / 2)).await;
             }
         });
-        Some(Self {
+        Self {
             external,
+            state,
             internal_port,
-            renew,
-        })
+            task,
+        }
+    }
+
+    /// The mapping if it comes within 100 ms (NAT-PMP on a LAN answers in milliseconds), so the
+    /// first announcement can carry it; a slower UPnP-IGD mapping is announced when it comes.
+    pub async fn quick(&self) -> Option<SocketAddr> {
+        let mut rx = self.external.clone();
+        tokio::time::timeout(Duration::from_millis(100), rx.wait_for(|a| a.is_some()))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|a| *a))
+    }
+
+    /// The mapped address as soon as there is one.
+    pub fn external(&self) -> watch::Receiver<Option<SocketAddr>> {
+        self.external.clone()
     }
 
     /// Deletes the mapping (best effort, bounded).
-    pub async fn remove(self) {
-        self.renew.abort();
-        let _ = request(self.internal_port, 0, Duration::from_millis(300)).await;
+    pub async fn stop(self) {
+        self.task.abort();
+        let mapped = self.state.lock().ok().and_then(|mut s| s.take());
+        let port = self.internal_port;
+        let delete = async move {
+            match mapped {
+                Some(Mapped::Pmp) => {
+                    let _ = natpmp(port, 0).await;
+                }
+                Some(Mapped::Igd(gw)) => {
+                    let _ = gw.remove_port(PortMappingProtocol::UDP, port).await;
+                }
+                None => {}
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), delete).await;
     }
 }
 
-impl Drop for PortMapping {
+impl Drop for PortMapper {
     fn drop(&mut self) {
-        self.renew.abort();
+        self.task.abort();
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Puncher {
     /// Our own port-mapped address on the router, if any.
     mapped: Option<SocketAddr>,
     peer_uses_mapping: bool,
+    /// The current direct path goes to the peer's port mapping.
+    direct_via_mapping: bool,
     cfg: PunchConfig,
     candidates: Vec<SocketAddr>,
     state: State,
@@ -114,6 +116,7 @@ impl Puncher {
             secret,
             mapped,
             peer_uses_mapping: false,
+            direct_via_mapping: false,
             cfg,
             candidates: Vec::new(),
             state: State::Punching { since: now },
@@ -139,6 +142,11 @@ impl Puncher {
                 }
             }
         }
+    }
+
+    /// Our router port mapping arrived.
+    pub fn set_mapped(&mut self, mapped: SocketAddr) {
+        self.mapped = Some(mapped);
     }
 
     pub fn direct(&self) -> Option<SocketAddr> {
@@ -259,31 +267,34 @@ impl Puncher {
                 if to != from {
                     return;
                 }
-                match &mut self.state {
-                    State::Direct { addr, last_pong } if *addr == from => *last_pong = now,
+                let rtt = now.saturating_duration_since(sent_at);
+                let switch = match self.state {
+                    State::Direct { addr, .. } if addr == from => false,
                     // A later round trip through another address: the peer moved there.
-                    State::Direct { addr, last_pong } if sent_at >= *last_pong => {
-                        *addr = from;
+                    State::Direct { last_pong, .. } if sent_at >= last_pong => true,
+                    // A router port mapping outlives NAT timeouts and rebinding: prefer it.
+                    State::Direct { .. } => via_mapping && !self.direct_via_mapping,
+                    _ => true,
+                };
+                if let State::Direct { addr, last_pong } = &mut self.state {
+                    if *addr == from {
                         *last_pong = now;
-                        self.events.push_back(PunchEvent::Direct {
-                            addr: from,
-                            rtt: now.saturating_duration_since(sent_at),
-                            upnp,
-                        });
                     }
-                    State::Direct { .. } => {}
-                    _ => {
-                        self.state = State::Direct {
-                            addr: from,
-                            last_pong: now,
-                        };
+                }
+                if switch {
+                    if !matches!(self.state, State::Direct { .. }) {
                         self.next_send = now + self.cfg.keepalive;
-                        self.events.push_back(PunchEvent::Direct {
-                            addr: from,
-                            rtt: now.saturating_duration_since(sent_at),
-                            upnp,
-                        });
                     }
+                    self.state = State::Direct {
+                        addr: from,
+                        last_pong: now,
+                    };
+                    self.direct_via_mapping = via_mapping;
+                    self.events.push_back(PunchEvent::Direct {
+                        addr: from,
+                        rtt,
+                        upnp,
+                    });
                 }
             }
             _ => {}

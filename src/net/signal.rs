@@ -15,6 +15,7 @@ pub type PeerSink = mpsc::UnboundedSender<(SocketAddr, PeerMsg)>;
 
 pub struct Signalling {
     leave: Option<oneshot::Sender<()>>,
+    hosts: mpsc::UnboundedSender<Vec<SocketAddr>>,
     task: JoinHandle<()>,
 }
 
@@ -36,14 +37,21 @@ impl Signalling {
             rand::random(),
             ClientConfig::default(),
         );
-        let task = tokio::spawn(drive(port, client, tx, leave_rx, peers));
+        let (hosts, hosts_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(drive(port, client, tx, leave_rx, peers, hosts_rx));
         (
             Self {
                 leave: Some(leave),
+                hosts,
                 task,
             },
             events,
         )
+    }
+
+    /// Announces new host candidates (a router port mapping arrived).
+    pub fn hosts_updater(&self) -> mpsc::UnboundedSender<Vec<SocketAddr>> {
+        self.hosts.clone()
     }
 
     /// Says goodbye to the rendezvous (one datagram, best effort) and stops.
@@ -69,6 +77,7 @@ async fn drive(
     events: mpsc::UnboundedSender<ClientEvent>,
     mut leave: oneshot::Receiver<()>,
     peers: Option<PeerSink>,
+    mut hosts: mpsc::UnboundedReceiver<Vec<SocketAddr>>,
 ) {
     let server = client.server();
     loop {
@@ -102,6 +111,7 @@ async fn drive(
                     None => std::future::pending().await,
                 }
             } => client.handle_timeout(std::time::Instant::now()),
+            Some(h) = hosts.recv() => client.set_hosts(std::time::Instant::now(), h),
             _ = &mut leave => {
                 client.leave();
                 while let Some(d) = client.poll_transmit() {

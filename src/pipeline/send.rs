@@ -21,7 +21,7 @@ use crate::clock;
 use crate::encode::{EncodedFrame, Encoder, EncoderConfig};
 use crate::net::candidates::host_candidates;
 use crate::net::paths::PathManager;
-use crate::net::portmap::{self, PortMapping};
+use crate::net::portmap::{self, PortMapper};
 use crate::net::punch::PunchConfig;
 use crate::net::signal::Signalling;
 use crate::net::{Identity, Impairment, NetError, PathPolicy, PeerEndpoint};
@@ -121,7 +121,7 @@ pub struct SendSession {
     endpoint: quinn::Endpoint,
     signalling: Option<Signalling>,
     socket: Arc<crate::net::MediaSocket>,
-    mapping: Option<PortMapping>,
+    mapping: Option<PortMapper>,
     encoder: Option<std::thread::JoinHandle<Result<(), PipelineError>>>,
     tasks: Vec<JoinHandle<()>>,
     done: watch::Receiver<bool>,
@@ -165,12 +165,11 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     };
     let mut hosts = host_candidates(ep.local_addr);
     // A router port mapping makes us reachable even behind a symmetric NAT.
-    let mapping = if portmap::wanted(cfg.no_upnp, cfg.bind, signal_to) {
-        PortMapping::create(ep.local_addr.port(), Duration::from_millis(300)).await
-    } else {
-        None
-    };
-    hosts.extend(mapping.as_ref().map(|m| m.external));
+    let mapping = portmap::wanted(cfg.no_upnp, cfg.bind, signal_to)
+        .then(|| PortMapper::start(ep.local_addr.port()));
+    if let Some(m) = &mapping {
+        hosts.extend(m.quick().await);
+    }
     let PeerEndpoint {
         endpoint,
         signal,
@@ -181,12 +180,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     // Viewers that cannot reach us directly come through the rendezvous relay.
     socket.set_relay_server(signal_to);
     socket.set_relay_allowed(cfg.paths != PathPolicy::DirectOnly);
-    let (paths, peer_sink) = PathManager::start(
-        socket.clone(),
-        cfg.punch.clone(),
-        None,
-        mapping.as_ref().map(|m| m.external),
-    );
+    let (paths, peer_sink) = PathManager::start(socket.clone(), cfg.punch.clone(), None, None);
     let (signalling, mut events) = Signalling::spawn(
         signal,
         signal_to,
@@ -251,6 +245,9 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
             .map_err(|e| PipelineError::Other(e.to_string()))?
     };
 
+    if let Some(m) = &mapping {
+        spawn_mapping_announcer(m, hosts.clone(), signalling.hosts_updater(), paths.clone());
+    }
     // Punch towards every viewer the rendezvous tells us about; stop for those who left.
     let punch = cfg.paths != PathPolicy::RelayOnly;
     let peers_task = tokio::spawn(async move {
@@ -297,6 +294,32 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         tasks,
         done,
     })
+}
+
+/// When the router mapping arrives: announce it as a candidate and teach the punchers.
+pub(crate) fn spawn_mapping_announcer(
+    mapper: &PortMapper,
+    hosts: Vec<SocketAddr>,
+    updater: mpsc::UnboundedSender<Vec<SocketAddr>>,
+    paths: Arc<PathManager>,
+) {
+    let mut external = mapper.external();
+    tokio::spawn(async move {
+        loop {
+            let current = *external.borrow_and_update();
+            if let Some(addr) = current {
+                let mut h = hosts.clone();
+                if !h.contains(&addr) {
+                    h.push(addr);
+                }
+                let _ = updater.send(h);
+                paths.set_mapped(addr);
+            }
+            if external.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 async fn embed_rendezvous(
@@ -686,7 +709,7 @@ impl SendSession {
             s.leave().await;
         }
         if let Some(m) = self.mapping.take() {
-            m.remove().await;
+            m.stop().await;
         }
         let r = tokio::task::block_in_place(|| self.join_encoder());
         for t in &self.tasks {

@@ -26,7 +26,7 @@ use crate::decode::Decoder;
 use crate::net::candidates::host_candidates;
 use crate::net::endpoint::{client_config, SERVER_NAME};
 use crate::net::paths::{PathManager, PathObserver};
-use crate::net::portmap::{self, PortMapping};
+use crate::net::portmap::{self, PortMapper};
 use crate::net::punch::{PunchConfig, PunchEvent};
 use crate::net::reorder::{Output, Reorder, ReorderConfig};
 use crate::net::signal::Signalling;
@@ -277,12 +277,11 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     }
     let ep = PeerEndpoint::bind(cfg.bind, None, cfg.impairment.clone())?;
     let mut hosts = host_candidates(ep.local_addr);
-    let mapping = if portmap::wanted(cfg.no_upnp, cfg.bind, cfg.rendezvous) {
-        PortMapping::create(ep.local_addr.port(), Duration::from_millis(300)).await
-    } else {
-        None
-    };
-    hosts.extend(mapping.as_ref().map(|m| m.external));
+    let mapping = portmap::wanted(cfg.no_upnp, cfg.bind, cfg.rendezvous)
+        .then(|| PortMapper::start(ep.local_addr.port()));
+    if let Some(m) = &mapping {
+        hosts.extend(m.quick().await);
+    }
     let PeerEndpoint {
         endpoint,
         signal,
@@ -308,18 +307,14 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             }
         })
     };
-    let (paths, peer_sink) = PathManager::start(
-        socket.clone(),
-        cfg.punch.clone(),
-        Some(observer),
-        mapping.as_ref().map(|m| m.external),
-    );
+    let (paths, peer_sink) =
+        PathManager::start(socket.clone(), cfg.punch.clone(), Some(observer), None);
     let (signalling, mut signal_events) = Signalling::spawn(
         signal,
         cfg.rendezvous,
         Role::Viewer {
             code: cfg.code,
-            hosts,
+            hosts: hosts.clone(),
         },
         Some(peer_sink),
     );
@@ -339,6 +334,25 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     let sender_addr = match cfg.paths {
         PathPolicy::RelayOnly => socket.relay_peer(relay),
         _ => paths.add_peer(relay, secret, &candidates),
+    };
+    if let Some(m) = &mapping {
+        super::send::spawn_mapping_announcer(m, hosts, signalling.hosts_updater(), paths.clone());
+    }
+    // The sender's candidates can grow (its router mapping arrives late): punch there too.
+    let candidate_updates = {
+        let paths = paths.clone();
+        let punch = cfg.paths != PathPolicy::RelayOnly;
+        tokio::spawn(async move {
+            while let Some(ev) = signal_events.recv().await {
+                match ev {
+                    ClientEvent::SenderCandidates(c) if punch => {
+                        paths.add_peer(relay, secret, &c);
+                    }
+                    ClientEvent::RoomGone => tracing::debug!("the room is gone at the rendezvous"),
+                    _ => {}
+                }
+            }
+        })
     };
     let conn = match connect_any(
         &endpoint,
@@ -704,9 +718,10 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     acceptor.abort();
     ctrl_reader.abort();
     writer.abort();
+    candidate_updates.abort();
     signalling.leave().await;
     if let Some(m) = mapping {
-        m.remove().await;
+        m.stop().await;
     }
     let frames = decoded_count.load(Ordering::Relaxed);
     let dropped = dropped + late_drops.load(Ordering::Relaxed);

@@ -34,6 +34,8 @@ pub enum Nat {
     Symmetric,
     /// Symmetric NAT whose router maps ports on request (miniupnpd: NAT-PMP and UPnP-IGD).
     SymmetricUpnp,
+    /// The same with UPnP-IGD only (NAT-PMP off), like many ISP routers.
+    SymmetricIgd,
 }
 
 pub struct Lab {
@@ -44,8 +46,8 @@ pub struct Lab {
     uplinks: Vec<(String, String)>,
     /// stderr of each process, shown when a test fails.
     logs: Vec<std::path::PathBuf>,
-    /// Routers that run miniupnpd, with their LAN number.
-    upnp_routers: Vec<(String, u32)>,
+    /// Routers that run miniupnpd, with their LAN number and whether NAT-PMP is on.
+    upnp_routers: Vec<(String, u32, bool)>,
 }
 
 fn sh(args: &[&str]) {
@@ -151,8 +153,9 @@ impl Lab {
             &["ip", "route", "add", "default", "via", &format!("{lan}.1")],
         );
         self.in_ns(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        if nat == Nat::SymmetricUpnp {
-            self.upnp_routers.push((router.clone(), n));
+        if matches!(nat, Nat::SymmetricUpnp | Nat::SymmetricIgd) {
+            self.upnp_routers
+                .push((router.clone(), n, nat == Nat::SymmetricUpnp));
         }
         let lan_net = format!("{lan}.0/24");
         let mut rule = vec![
@@ -168,7 +171,7 @@ impl Lab {
             "-j",
             "MASQUERADE",
         ];
-        if matches!(nat, Nat::Symmetric | Nat::SymmetricUpnp) {
+        if matches!(nat, Nat::Symmetric | Nat::SymmetricUpnp | Nat::SymmetricIgd) {
             rule.push("--random-fully");
         }
         self.in_ns(&router, &rule);
@@ -245,13 +248,14 @@ impl Lab {
     /// Starts miniupnpd on the UPnP routers (after the rendezvous, which answers its STUN
     /// check) and waits until it serves NAT-PMP.
     pub fn start_upnp(&mut self) {
-        for (router, n) in self.upnp_routers.clone() {
+        for (router, n, natpmp) in self.upnp_routers.clone() {
+            let natpmp = if natpmp { "yes" } else { "no" };
             let dir = std::env::temp_dir();
             let nft_file = dir.join(format!("{router}.nft"));
             std::fs::write(&nft_file, NFT_TABLES).unwrap();
             self.in_ns(&router, &["nft", "-f", nft_file.to_str().unwrap()]);
             let conf = format!(
-                "ext_ifname=wan\nlistening_ip=lan\nport=0\nenable_natpmp=yes\nenable_upnp=yes\n\
+                "ext_ifname=wan\nlistening_ip=lan\nport=0\nenable_natpmp={natpmp}\nenable_upnp=yes\n\
                  secure_mode=yes\nsystem_uptime=yes\next_perform_stun=yes\n\
                  ext_stun_host={RV}\next_stun_port=7000\n\
                  uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d0{n:02}\n\
@@ -279,7 +283,8 @@ impl Lab {
             let end = Instant::now() + Duration::from_secs(10);
             loop {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("Listening for NAT-PMP") {
+                if text.contains("Listening for NAT-PMP") || text.contains("HTTP listening on port")
+                {
                     break;
                 }
                 assert!(Instant::now() < end, "miniupnpd did not start: {text}");

@@ -335,7 +335,8 @@ impl Rooms {
                 code,
                 member,
                 token,
-            } => self.keepalive(now, from, code, member, token),
+                hosts,
+            } => self.keepalive(now, from, code, member, token, hosts),
             ClientMsg::Leave {
                 code,
                 member,
@@ -539,6 +540,7 @@ impl Rooms {
         code: RoomCode,
         member: MemberId,
         token: u64,
+        hosts: Vec<SocketAddr>,
     ) {
         let Some(room) = self.rooms.get_mut(&code) else {
             self.send(
@@ -555,11 +557,14 @@ impl Rooms {
         } else {
             room.viewers.get_mut(&member)
         };
-        match m {
+        let changed = match m {
             Some(m) if m.token == token => {
                 // The member may have roamed: its newest address is the one to use.
+                let changed = m.addr != from || m.hosts != hosts;
                 m.addr = from;
                 m.last_seen = now;
+                m.hosts = hosts;
+                changed
             }
             _ => {
                 self.send(
@@ -571,11 +576,31 @@ impl Rooms {
                 );
                 return;
             }
+        };
+        // New candidates (a port mapping, a new address) reach the other side at once.
+        if changed && member == SENDER_ID {
+            let sender = room.sender.candidates();
+            for v in room.viewers.values() {
+                self.out.push_back(Transmit {
+                    to: v.addr,
+                    msg: ServerMsg::Alive {
+                        code,
+                        sender: sender.clone(),
+                    },
+                });
+            }
+        } else if changed {
+            let to = room.sender.addr;
+            let msg = viewers_msg(code, room);
+            self.out.push_back(Transmit { to, msg });
         }
         let msg = if member == SENDER_ID {
             viewers_msg(code, room)
         } else {
-            ServerMsg::Alive { code }
+            ServerMsg::Alive {
+                code,
+                sender: room.sender.candidates(),
+            }
         };
         self.send(from, msg);
     }
@@ -857,9 +882,10 @@ mod tests {
                 code,
                 member: SENDER_ID,
                 token,
+                hosts: vec![],
             },
         );
-        match &out[0].msg {
+        match &out.last().unwrap().msg {
             ServerMsg::Viewers { viewers, .. } => {
                 assert_eq!(viewers.iter().map(|v| v.id).collect::<Vec<_>>(), [1, 2])
             }
@@ -881,6 +907,7 @@ mod tests {
                     code,
                     member: 0,
                     token,
+                    hosts: vec![],
                 },
             );
         }
@@ -920,6 +947,7 @@ mod tests {
                     code,
                     member: 0,
                     token,
+                    hosts: vec![],
                 },
             );
         }
@@ -973,6 +1001,7 @@ mod tests {
                     code,
                     member: 0,
                     token: stoken,
+                    hosts: vec![],
                 },
             );
         }
@@ -1004,6 +1033,7 @@ mod tests {
                 code,
                 member: 0,
                 token,
+                hosts: vec![],
             },
         );
         let out = lab.join("198.51.100.2:1", 1, code);
@@ -1127,6 +1157,7 @@ mod tests {
                 code,
                 member,
                 token,
+                hosts: vec![],
             },
         );
         let out = relay(&mut lab, "198.51.100.1:4000", session, 100);
@@ -1196,5 +1227,43 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn new_candidates_are_pushed_to_the_other_side_at_once() {
+        let mut lab = Lab::new();
+        let (code, token) = lab.open("198.51.100.1:4000");
+        let out = lab.join("198.51.100.2:4001", 1, code);
+        let ServerMsg::Joined {
+            member, token: vt, ..
+        } = out[1].msg.clone()
+        else {
+            panic!()
+        };
+        let mapped = addr("198.51.100.1:6000");
+        let out = lab.send(
+            "198.51.100.1:4000",
+            ClientMsg::Keepalive {
+                code,
+                member: SENDER_ID,
+                token,
+                hosts: vec![mapped],
+            },
+        );
+        // The viewer hears the sender's new candidate without waiting for its own keepalive.
+        assert!(out.iter().any(|t| t.to == addr("198.51.100.2:4001")
+            && matches!(&t.msg, ServerMsg::Alive { sender, .. } if sender.contains(&mapped))));
+        let vmapped = addr("198.51.100.2:7000");
+        let out = lab.send(
+            "198.51.100.2:4001",
+            ClientMsg::Keepalive {
+                code,
+                member,
+                token: vt,
+                hosts: vec![vmapped],
+            },
+        );
+        assert!(out.iter().any(|t| t.to == addr("198.51.100.1:4000")
+            && matches!(&t.msg, ServerMsg::Viewers { viewers, .. } if viewers[0].candidates.contains(&vmapped))));
     }
 }

@@ -54,10 +54,12 @@ pub enum ClientMsg {
         hosts: Vec<SocketAddr>,
     },
     /// Keeps a membership (and the NAT mapping) alive. `token` was handed out with the membership.
+    /// `hosts` are the member's current candidates (a router port mapping may arrive late).
     Keepalive {
         code: RoomCode,
         member: MemberId,
         token: u64,
+        hosts: Vec<SocketAddr>,
     },
     /// Ends a membership; the sender leaving closes the room.
     Leave {
@@ -150,8 +152,11 @@ pub enum ServerMsg {
         code: RoomCode,
         viewers: Vec<ViewerInfo>,
     },
-    /// Answer to a keepalive from a viewer.
-    Alive { code: RoomCode },
+    /// Answer to a keepalive from a viewer, with the sender's current candidates.
+    Alive {
+        code: RoomCode,
+        sender: Vec<SocketAddr>,
+    },
     Error {
         /// The request's txn, or 0 for keepalives.
         txn: u64,
@@ -268,11 +273,13 @@ impl ClientMsg {
                 code,
                 member,
                 token,
+                hosts,
             } => {
                 header(&mut w, T_KEEPALIVE);
                 w.u32(code.bits());
                 w.u32(*member);
                 w.u64(*token);
+                w.addrs(hosts, MAX_CANDIDATES);
             }
             Self::Leave {
                 code,
@@ -309,6 +316,7 @@ impl ClientMsg {
                 code: code(&mut r)?,
                 member: r.u32()?,
                 token: r.u64()?,
+                hosts: r.addrs(MAX_CANDIDATES)?,
             },
             T_LEAVE => Self::Leave {
                 code: code(&mut r)?,
@@ -387,9 +395,10 @@ impl ServerMsg {
                 }
                 w.buf[count_at] = n;
             }
-            Self::Alive { code } => {
+            Self::Alive { code, sender } => {
                 header(&mut w, T_ALIVE);
                 w.u32(code.bits());
+                w.addrs(sender, MAX_CANDIDATES + 1);
             }
             Self::Error { txn, kind } => {
                 header(&mut w, T_ERROR);
@@ -445,6 +454,7 @@ impl ServerMsg {
             }
             T_ALIVE => Self::Alive {
                 code: code(&mut r)?,
+                sender: r.addrs(MAX_CANDIDATES + 1)?,
             },
             T_ERROR => Self::Error {
                 txn: r.u64()?,
@@ -583,13 +593,14 @@ mod tests {
                 code,
                 hosts
             }),
-            (room(), any::<u32>(), any::<u64>()).prop_map(|(code, member, token)| {
-                ClientMsg::Keepalive {
+            (room(), any::<u32>(), any::<u64>(), addrs()).prop_map(
+                |(code, member, token, hosts)| ClientMsg::Keepalive {
                     code,
                     member,
                     token,
+                    hosts,
                 }
-            }),
+            ),
             (room(), any::<u32>(), any::<u64>()).prop_map(|(code, member, token)| {
                 ClientMsg::Leave {
                     code,
@@ -655,7 +666,7 @@ mod tests {
             )
                 .prop_map(|(session, payload)| ServerMsg::Relay { session, payload }),
             (room(), viewers).prop_map(|(code, viewers)| ServerMsg::Viewers { code, viewers }),
-            room().prop_map(|code| ServerMsg::Alive { code }),
+            (room(), addrs()).prop_map(|(code, sender)| ServerMsg::Alive { code, sender }),
             (any::<u64>(), 1u8..=5).prop_map(|(txn, k)| ServerMsg::Error {
                 txn,
                 kind: ErrorKind::from_u8(k).unwrap()
