@@ -258,3 +258,45 @@ fn a_roaming_viewer_keeps_watching() {
     assert_eq!(after["path"], "direct", "{after}");
     assert!(after["fps"].as_f64().unwrap() >= 20.0, "{after}");
 }
+
+#[test]
+fn force_direct_names_the_nat_types_when_only_the_relay_works() {
+    let mut lab = Lab::new(Nat::Cone, Nat::Symmetric);
+    let rv = format!("{RV}:7000");
+    let r = lab.run("rv", &["rendezvous", "--listen", &rv]);
+    line(&r, "listening on", Duration::from_secs(10));
+    let s = lab.run(
+        "a",
+        &[
+            "send",
+            "--source",
+            "testcard",
+            "--size",
+            "320x160",
+            "--rendezvous",
+            &rv,
+        ],
+    );
+    let code = line(&s, "code ", Duration::from_secs(10));
+    let code = code.split_whitespace().nth(1).unwrap().to_string();
+    let _v = lab.run(
+        "b",
+        &[
+            "view",
+            "--rendezvous",
+            &rv,
+            "--headless",
+            "--force-direct",
+            &code,
+        ],
+    );
+    let (status, err) = lab.wait(2, Duration::from_secs(20));
+    assert_eq!(status, Some(4), "{err}");
+    assert!(
+        err.contains(
+            "NAT types seen: this side port-changing NAT (symmetric-like), the sender \
+             port-preserving NAT (cone-like)"
+        ),
+        "{err}"
+    );
+}

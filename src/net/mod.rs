@@ -92,13 +92,30 @@ pub enum NetError {
     #[error("could not reach the sender at any of {0:?}")]
     NoPath(Vec<SocketAddr>),
     #[error(
-        "could not reach the sender directly at any of {0:?} (--force-direct forbids the relay)"
+        "could not reach the sender directly at any of {candidates:?} (--force-direct forbids \
+         the relay); NAT types seen: this side {ours}, the sender {theirs}"
     )]
-    NoDirectPath(Vec<SocketAddr>),
+    NoDirectPath {
+        candidates: Vec<SocketAddr>,
+        ours: &'static str,
+        theirs: &'static str,
+    },
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// What a peer's NAT looks like from its host addresses and the address the rendezvous saw.
+/// One observation cannot tell cone from symmetric for sure; a changed port is the tell-tale.
+pub fn describe_nat(hosts: &[SocketAddr], reflexive: SocketAddr) -> &'static str {
+    if hosts.contains(&reflexive) {
+        "no NAT (public address)"
+    } else if hosts.iter().any(|h| h.port() == reflexive.port()) {
+        "port-preserving NAT (cone-like)"
+    } else {
+        "port-changing NAT (symmetric-like)"
+    }
 }
 
 /// Resolves `HOST:PORT` (default port 7000).
@@ -116,4 +133,26 @@ pub async fn resolve(s: &str) -> Result<SocketAddr, NetError> {
         .ok()
         .and_then(|mut it| it.next())
         .ok_or_else(|| NetError::Resolve(s.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_descriptions() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            describe_nat(&[a("198.18.0.5:4000")], a("198.18.0.5:4000")),
+            "no NAT (public address)"
+        );
+        assert_eq!(
+            describe_nat(&[a("10.0.0.2:4000")], a("198.18.0.2:4000")),
+            "port-preserving NAT (cone-like)"
+        );
+        assert_eq!(
+            describe_nat(&[a("10.0.0.2:4000")], a("198.18.0.2:51234")),
+            "port-changing NAT (symmetric-like)"
+        );
+    }
 }

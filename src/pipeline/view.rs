@@ -318,14 +318,16 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         },
         Some(peer_sink),
     );
-    let (candidates, fingerprint, relay, secret) = match signal_events.recv().await {
+    let own_hosts = hosts.clone();
+    let (candidates, fingerprint, relay, secret, reflexive) = match signal_events.recv().await {
         Some(ClientEvent::Joined {
             sender,
             fingerprint,
             relay,
             secret,
+            reflexive,
             ..
-        }) => (sender, fingerprint, relay, secret),
+        }) => (sender, fingerprint, relay, secret, reflexive),
         Some(ClientEvent::Refused(kind)) => return Err(NetError::Refused(kind).into()),
         _ => return Err(NetError::Unreachable(cfg.rendezvous).into()),
     };
@@ -364,10 +366,21 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     {
         Err(PipelineError::Net(NetError::NoPath(_))) => {
             return Err(match cfg.paths {
-                PathPolicy::DirectOnly => NetError::NoDirectPath(candidates),
+                PathPolicy::DirectOnly => {
+                    // The rendezvous lists the sender's host addresses, then the one it saw.
+                    let theirs = match candidates.split_last() {
+                        Some((seen, hosts)) => crate::net::describe_nat(hosts, *seen),
+                        None => "unknown",
+                    };
+                    NetError::NoDirectPath {
+                        ours: crate::net::describe_nat(&own_hosts, reflexive),
+                        theirs,
+                        candidates,
+                    }
+                }
                 _ => NetError::NoPath(candidates),
             }
-            .into())
+            .into());
         }
         r => r?,
     };

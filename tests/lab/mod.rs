@@ -329,6 +329,17 @@ impl Lab {
             .status();
     }
 
+    /// Waits for the `i`-th process to exit; returns its exit code and stderr.
+    pub fn wait(&mut self, i: usize, timeout: Duration) -> (Option<i32>, String) {
+        use wait_timeout::ChildExt;
+        let status = self.procs[i]
+            .wait_timeout(timeout)
+            .expect("wait")
+            .unwrap_or_else(|| panic!("process {i} did not exit within {timeout:?}"));
+        let err = std::fs::read_to_string(&self.logs[i]).unwrap_or_default();
+        (status.code(), err)
+    }
+
     /// Kills the `i`-th process started with [`Lab::run`].
     pub fn kill(&mut self, i: usize) {
         let _ = self.procs[i].kill();
