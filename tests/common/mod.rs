@@ -195,3 +195,32 @@ pub fn quick_punch() -> inclubit::net::punch::PunchConfig {
         ..Default::default()
     }
 }
+
+/// Drops everything in both directions while on: a cut link.
+#[derive(Debug, Default)]
+pub struct Cut {
+    until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Cut {
+    pub fn start(&self, d: Duration) -> std::time::Instant {
+        let end = std::time::Instant::now() + d;
+        *self.until.lock().unwrap() = Some(end);
+        end
+    }
+    fn active(&self) -> bool {
+        self.until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
+}
+
+impl inclubit::net::Impairment for Cut {
+    fn drop_outgoing(&self, _to: SocketAddr, _len: usize) -> bool {
+        self.active()
+    }
+    fn drop_incoming(&self, _from: SocketAddr, _len: usize) -> bool {
+        self.active()
+    }
+}
