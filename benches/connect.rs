@@ -17,6 +17,7 @@ fn run(sender: Nat, viewer: Nat) -> serde_json::Value {
     let rv = format!("{RV}:7000");
     let r = lab.run("rv", &["rendezvous", "--listen", &rv]);
     line(&r, "listening on", Duration::from_secs(10));
+    lab.start_upnp();
     let s = lab.run(
         "a",
         &[
@@ -66,6 +67,11 @@ fn main() {
             (Nat::Symmetric, Nat::Public),
             (Nat::Symmetric, Nat::Cone),
             (Nat::Symmetric, Nat::Symmetric),
+            (Nat::Cone, Nat::SymmetricUpnp),
+            (Nat::Symmetric, Nat::SymmetricUpnp),
+            (Nat::SymmetricUpnp, Nat::Public),
+            (Nat::SymmetricUpnp, Nat::SymmetricUpnp),
+            (Nat::Cone, Nat::SymmetricIgd),
         ]
     };
     println!(
@@ -77,7 +83,7 @@ fn main() {
         let st = run(*s, *v);
         let path = st["path"].as_str().unwrap_or("?");
         let rtt = st["rtt_ms"].as_f64().unwrap_or(0.0);
-        let goal = if path == "direct" {
+        let goal = if path == "direct" || path == "upnp" {
             let g = 3.0 * rtt + 50.0;
             let d = st["direct_ms"].as_f64().unwrap_or(f64::INFINITY);
             format!("{:.2} of {g:.0}ms", d / g)

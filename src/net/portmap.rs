@@ -116,16 +116,6 @@ impl PortMapper {
         }
     }
 
-    /// The mapping if it comes within 100 ms (NAT-PMP on a LAN answers in milliseconds), so the
-    /// first announcement can carry it; a slower UPnP-IGD mapping is announced when it comes.
-    pub async fn quick(&self) -> Option<SocketAddr> {
-        let mut rx = self.external.clone();
-        tokio::time::timeout(Duration::from_millis(100), rx.wait_for(|a| a.is_some()))
-            .await
-            .ok()
-            .and_then(|r| r.ok().and_then(|a| *a))
-    }
-
     /// The mapped address as soon as there is one.
     pub fn external(&self) -> watch::Receiver<Option<SocketAddr>> {
         self.external.clone()

@@ -29,7 +29,7 @@ pub struct PunchConfig {
 impl Default for PunchConfig {
     fn default() -> Self {
         Self {
-            fast_interval: Duration::from_millis(50),
+            fast_interval: Duration::from_millis(25),
             fast_for: Duration::from_secs(1),
             slow_interval: Duration::from_millis(250),
             timeout: Duration::from_secs(5),

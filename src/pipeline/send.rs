@@ -163,13 +163,11 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     } else {
         rendezvous
     };
-    let mut hosts = host_candidates(ep.local_addr);
-    // A router port mapping makes us reachable even behind a symmetric NAT.
+    let hosts = host_candidates(ep.local_addr);
+    // A router port mapping makes us reachable even behind a symmetric NAT. Nothing waits for
+    // it: it is announced when it arrives, and punching moves to it.
     let mapping = portmap::wanted(cfg.no_upnp, cfg.bind, signal_to)
         .then(|| PortMapper::start(ep.local_addr.port()));
-    if let Some(m) = &mapping {
-        hosts.extend(m.quick().await);
-    }
     let PeerEndpoint {
         endpoint,
         signal,

@@ -276,12 +276,9 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         m.started = Some(Instant::now());
     }
     let ep = PeerEndpoint::bind(cfg.bind, None, cfg.impairment.clone())?;
-    let mut hosts = host_candidates(ep.local_addr);
+    let hosts = host_candidates(ep.local_addr);
     let mapping = portmap::wanted(cfg.no_upnp, cfg.bind, cfg.rendezvous)
         .then(|| PortMapper::start(ep.local_addr.port()));
-    if let Some(m) = &mapping {
-        hosts.extend(m.quick().await);
-    }
     let PeerEndpoint {
         endpoint,
         signal,
