@@ -8,50 +8,15 @@
 #[path = "../tests/lab/mod.rs"]
 mod lab;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lab::{line, Lab, Nat, RV};
+use lab::{last_line, Lab, Nat};
 
 fn run(sender: Nat, viewer: Nat) -> serde_json::Value {
     let mut lab = Lab::new(sender, viewer);
-    let rv = format!("{RV}:7000");
-    let r = lab.run("rv", &["rendezvous", "--listen", &rv]);
-    line(&r, "listening on", Duration::from_secs(10));
-    lab.start_upnp();
-    let s = lab.run(
-        "a",
-        &[
-            "send",
-            "--source",
-            "testcard",
-            "--size",
-            "640x320",
-            "--rendezvous",
-            &rv,
-        ],
-    );
-    let code = line(&s, "code ", Duration::from_secs(10));
-    let code = code.split_whitespace().nth(1).unwrap().to_string();
-    let v = lab.run(
-        "b",
-        &[
-            "view",
-            "--rendezvous",
-            &rv,
-            "--headless",
-            "--render-size",
-            "32x32",
-            "--frames",
-            "30",
-            "--json",
-            &code,
-        ],
-    );
-    let mut last = String::new();
-    let end = Instant::now() + Duration::from_secs(30);
-    while let Ok(l) = v.recv_timeout(end.saturating_duration_since(Instant::now())) {
-        last = l;
-    }
+    let (rv, code, _s) = lab.start_room("640x320");
+    let (_, v) = lab.start_viewer(&rv, &code, &["--frames", "90", "--json"]);
+    let last = last_line(&v, Duration::from_secs(30)).unwrap_or_default();
     serde_json::from_str(&last).unwrap_or_default()
 }
 

@@ -5,55 +5,17 @@ mod lab;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use lab::{line, Lab, Nat, RV};
+use lab::{last_line, line, Lab, Nat};
 
 /// Runs one matrix cell and returns the viewer's final stats.
 fn cell(sender: Nat, viewer: Nat, frames: u32) -> serde_json::Value {
-    let frames = frames.to_string();
     let mut lab = Lab::new(sender, viewer);
-    let rv = format!("{RV}:7000");
-    let _r = lab.run("rv", &["rendezvous", "--listen", &rv]);
-    // The rendezvous is up once it prints; then the sender.
-    line(&_r, "listening on", Duration::from_secs(10));
-    lab.start_upnp();
-    let s = lab.run(
-        "a",
-        &[
-            "send",
-            "--source",
-            "testcard",
-            "--size",
-            "640x320",
-            "--rendezvous",
-            &rv,
-        ],
-    );
-    let code = line(&s, "code ", Duration::from_secs(10));
-    let code = code.split_whitespace().nth(1).unwrap().to_string();
-    let v = lab.run(
-        "b",
-        &[
-            "view",
-            "--rendezvous",
-            &rv,
-            "--headless",
-            "--render-size",
-            "32x32",
-            "--frames",
-            &frames,
-            "--verify",
-            "--json",
-            &code,
-        ],
-    );
-    // The last line is the final one, printed when 75 frames were decoded.
-    let mut last = None;
-    let end = Instant::now() + Duration::from_secs(40);
-    while let Ok(l) = v.recv_timeout(end.saturating_duration_since(Instant::now())) {
-        last = Some(l);
-    }
-    let last =
-        last.unwrap_or_else(|| panic!("{sender:?} -> {viewer:?}: the viewer printed nothing"));
+    let (rv, code, _s) = lab.start_room("640x320");
+    let frames = frames.to_string();
+    let (_, v) = lab.start_viewer(&rv, &code, &["--frames", &frames, "--verify", "--json"]);
+    // The last line is the final one, printed when the frames were decoded.
+    let last = last_line(&v, Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("{sender:?} -> {viewer:?}: the viewer printed nothing"));
     serde_json::from_str(&last).unwrap_or_else(|e| panic!("{last}: {e}"))
 }
 
@@ -135,41 +97,12 @@ fn upnp_on_both_sides() {
     check(Nat::SymmetricUpnp, Nat::SymmetricUpnp, "upnp");
 }
 
-/// A direct stream in the lab: rendezvous (process 0), sender (1), viewer (2) with JSON stats.
-fn direct_stream(lab: &mut Lab, frames: &str) -> mpsc::Receiver<String> {
-    let rv = format!("{RV}:7000");
-    let r = lab.run("rv", &["rendezvous", "--listen", &rv]);
-    line(&r, "listening on", Duration::from_secs(10));
-    let s = lab.run(
-        "a",
-        &[
-            "send",
-            "--source",
-            "testcard",
-            "--size",
-            "640x320",
-            "--rendezvous",
-            &rv,
-        ],
-    );
-    let code = line(&s, "code ", Duration::from_secs(10));
-    let code = code.split_whitespace().nth(1).unwrap().to_string();
-    lab.run(
-        "b",
-        &[
-            "view",
-            "--rendezvous",
-            &rv,
-            "--headless",
-            "--render-size",
-            "32x32",
-            "--frames",
-            frames,
-            "--verify",
-            "--json",
-            &code,
-        ],
-    )
+/// A stream in the lab with JSON stats: rendezvous (process 0), sender (1), viewer (2).
+/// Returns the viewer's stdout, and the sender's (kept open: a closed pipe is no test here).
+fn direct_stream(lab: &mut Lab, frames: &str) -> (mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let (rv, code, s) = lab.start_room("640x320");
+    let (_, v) = lab.start_viewer(&rv, &code, &["--frames", frames, "--verify", "--json"]);
+    (v, s)
 }
 
 fn stats(l: &str) -> serde_json::Value {
@@ -179,7 +112,7 @@ fn stats(l: &str) -> serde_json::Value {
 #[test]
 fn a_killed_rendezvous_does_not_stop_a_direct_stream() {
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
-    let v = direct_stream(&mut lab, "240");
+    let (v, _s) = direct_stream(&mut lab, "240");
     let first = stats(&line(&v, "{", Duration::from_secs(15)));
     assert_eq!(first["path"], "direct", "{first}");
     lab.kill(0);
@@ -196,7 +129,7 @@ fn a_killed_rendezvous_does_not_stop_a_direct_stream() {
 #[test]
 fn a_two_second_link_cut_recovers() {
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
-    let v = direct_stream(&mut lab, "100000");
+    let (v, _s) = direct_stream(&mut lab, "100000");
     let before = stats(&line(&v, "{", Duration::from_secs(15)));
     assert_eq!(before["path"], "direct", "{before}");
     lab.link("b", false);
@@ -232,7 +165,7 @@ fn a_two_second_link_cut_recovers() {
 #[test]
 fn a_roaming_viewer_keeps_watching() {
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
-    let v = direct_stream(&mut lab, "100000");
+    let (v, _s) = direct_stream(&mut lab, "100000");
     let before = stats(&line(&v, "{", Duration::from_secs(15)));
     assert_eq!(before["path"], "direct", "{before}");
     lab.roam("b", 2);
@@ -262,35 +195,9 @@ fn a_roaming_viewer_keeps_watching() {
 #[test]
 fn force_direct_names_the_nat_types_when_only_the_relay_works() {
     let mut lab = Lab::new(Nat::Cone, Nat::Symmetric);
-    let rv = format!("{RV}:7000");
-    let r = lab.run("rv", &["rendezvous", "--listen", &rv]);
-    line(&r, "listening on", Duration::from_secs(10));
-    let s = lab.run(
-        "a",
-        &[
-            "send",
-            "--source",
-            "testcard",
-            "--size",
-            "320x160",
-            "--rendezvous",
-            &rv,
-        ],
-    );
-    let code = line(&s, "code ", Duration::from_secs(10));
-    let code = code.split_whitespace().nth(1).unwrap().to_string();
-    let _v = lab.run(
-        "b",
-        &[
-            "view",
-            "--rendezvous",
-            &rv,
-            "--headless",
-            "--force-direct",
-            &code,
-        ],
-    );
-    let (status, err) = lab.wait(2, Duration::from_secs(20));
+    let (rv, code, _s) = lab.start_room("320x160");
+    let (viewer, _v) = lab.start_viewer(&rv, &code, &["--force-direct"]);
+    let (status, err) = lab.wait(viewer, Duration::from_secs(20));
     assert_eq!(status, Some(4), "{err}");
     assert!(
         err.contains(

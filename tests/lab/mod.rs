@@ -329,6 +329,53 @@ impl Lab {
             .status();
     }
 
+    /// Starts the rendezvous, the routers' miniupnpd (which checks its address with the
+    /// rendezvous) and a test-card sender on side "a"; returns the rendezvous address, the room
+    /// code and the sender's stdout.
+    pub fn start_room(&mut self, size: &str) -> (String, String, mpsc::Receiver<String>) {
+        let rv = format!("{RV}:7000");
+        let r = self.run("rv", &["rendezvous", "--listen", &rv]);
+        line(&r, "listening on", Duration::from_secs(10));
+        self.start_upnp();
+        let s = self.run(
+            "a",
+            &[
+                "send",
+                "--source",
+                "testcard",
+                "--size",
+                size,
+                "--rendezvous",
+                &rv,
+            ],
+        );
+        let code = line(&s, "code ", Duration::from_secs(10));
+        let code = code.split_whitespace().nth(1).unwrap().to_string();
+        (rv, code, s)
+    }
+
+    /// Starts a headless viewer on side "b" with `extra` flags; returns its index (for
+    /// [`Lab::wait`]) and its stdout.
+    pub fn start_viewer(
+        &mut self,
+        rv: &str,
+        code: &str,
+        extra: &[&str],
+    ) -> (usize, mpsc::Receiver<String>) {
+        let mut args = vec![
+            "view",
+            "--rendezvous",
+            rv,
+            "--headless",
+            "--render-size",
+            "32x32",
+        ];
+        args.extend_from_slice(extra);
+        args.push(code);
+        let rx = self.run("b", &args);
+        (self.procs.len() - 1, rx)
+    }
+
     /// Waits for the `i`-th process to exit; returns its exit code and stderr.
     pub fn wait(&mut self, i: usize, timeout: Duration) -> (Option<i32>, String) {
         use wait_timeout::ChildExt;
@@ -368,6 +415,16 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// The last line printed before the channel closes or `timeout` passes.
+pub fn last_line(rx: &mpsc::Receiver<String>, timeout: Duration) -> Option<String> {
+    let end = Instant::now() + timeout;
+    let mut last = None;
+    while let Ok(l) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        last = Some(l);
+    }
+    last
 }
 
 pub fn line(rx: &mpsc::Receiver<String>, prefix: &str, timeout: Duration) -> String {
