@@ -207,3 +207,47 @@ fn force_direct_names_the_nat_types_when_only_the_relay_works() {
         "{err}"
     );
 }
+
+#[test]
+fn blocked_punching_runs_on_the_relay_then_moves_to_direct_when_unblocked() {
+    let mut lab = Lab::new(Nat::Cone, Nat::Cone);
+    lab.block_peers(true);
+    let (rv, code, _s) = lab.start_room("640x320");
+    let (_, v) = lab.start_viewer(
+        &rv,
+        &code,
+        &[
+            "--frames",
+            "100000",
+            "--verify",
+            "--json",
+            "--punch-timeout",
+            "1",
+        ],
+    );
+    let first = stats(&line(&v, "{", Duration::from_secs(15)));
+    assert_eq!(first["path"], "relay", "{first}");
+    lab.block_peers(false);
+    let end = Instant::now() + Duration::from_secs(20);
+    let direct = loop {
+        let s = stats(&v.recv_timeout(Duration::from_secs(5)).expect("stats"));
+        if s["path"] == "direct" {
+            break s;
+        }
+        assert!(Instant::now() < end, "never moved to direct: {s}");
+    };
+    // A few more seconds on the direct path: nothing corrupt, nothing lost since the move.
+    let moved_at = direct["frames"].as_u64().unwrap();
+    let later = loop {
+        let s = stats(&v.recv_timeout(Duration::from_secs(5)).expect("stats"));
+        if s["frames"].as_u64().unwrap() >= moved_at + 60 {
+            break s;
+        }
+    };
+    assert_eq!(later["path"], "direct", "{later}");
+    assert_eq!(later["corrupt"], 0, "{later}");
+    assert_eq!(
+        later["dropped"], direct["dropped"],
+        "frames lost after the move: {later}"
+    );
+}

@@ -376,6 +376,26 @@ impl Lab {
         (self.procs.len() - 1, rx)
     }
 
+    /// Blocks (or unblocks) everything between the two sides' routers: peers can still reach
+    /// the rendezvous, so only the relay works.
+    pub fn block_peers(&self, block: bool) {
+        let op = if block { "-I" } else { "-D" };
+        for (short, peer_ip) in [("ra", "198.18.0.3"), ("rb", "198.18.0.2")] {
+            let router = self.name(short);
+            if !self.namespaces.contains(&router) {
+                continue;
+            }
+            for dir in ["-s", "-d"] {
+                for chain in ["INPUT", "OUTPUT", "FORWARD"] {
+                    self.in_ns(
+                        &router,
+                        &["iptables", op, chain, dir, peer_ip, "-j", "DROP"],
+                    );
+                }
+            }
+        }
+    }
+
     /// Waits for the `i`-th process to exit; returns its exit code and stderr.
     pub fn wait(&mut self, i: usize, timeout: Duration) -> (Option<i32>, String) {
         use wait_timeout::ChildExt;
