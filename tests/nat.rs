@@ -251,3 +251,33 @@ fn blocked_punching_runs_on_the_relay_then_moves_to_direct_when_unblocked() {
         "frames lost after the move: {later}"
     );
 }
+
+#[test]
+fn a_restarted_rendezvous_does_not_stop_a_direct_stream() {
+    let mut lab = Lab::new(Nat::Cone, Nat::Cone);
+    let (v, _s) = direct_stream(&mut lab, "100000");
+    let before = stats(&line(&v, "{", Duration::from_secs(15)));
+    assert_eq!(before["path"], "direct", "{before}");
+    lab.kill(0);
+    // A fresh rendezvous on the same address knows no rooms: keepalives now get "no such
+    // room", and the direct stream must not care.
+    let rv = format!("{}:7000", lab::RV);
+    let r = lab.run("rv", &["rendezvous", "--listen", &rv]);
+    line(&r, "listening on", Duration::from_secs(10));
+    let start = before["frames"].as_u64().unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let s = stats(
+            &v.recv_timeout(Duration::from_secs(5))
+                .expect("viewer keeps printing"),
+        );
+        // Six seconds of video after the restart: past every keepalive and loss timer.
+        if s["frames"].as_u64().unwrap() >= start + 180 {
+            break s;
+        }
+        assert!(Instant::now() < end, "stream stalled: {s}");
+    };
+    assert_eq!(after["path"], "direct", "{after}");
+    assert_eq!(after["corrupt"], 0, "{after}");
+    assert!(after["fps"].as_f64().unwrap() >= 20.0, "{after}");
+}

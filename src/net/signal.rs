@@ -89,9 +89,8 @@ async fn drive(
         while let Some(e) = client.poll_event() {
             let _ = events.send(e);
         }
-        if client.is_done() {
-            return;
-        }
+        // A finished client (room gone at the rendezvous, rendezvous unreachable) must not stop
+        // punch datagrams reaching the path manager: direct streams outlive the rendezvous.
         let timeout = client.poll_timeout().map(Instant::from_std);
         tokio::select! {
             d = port.recv() => match d {
