@@ -16,7 +16,6 @@ use inclubit_rendezvous::wire::media::{
     Control, FrameHeader, StreamHello, ViewerStats, MAX_FRAME_LEN,
 };
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use super::send::read_control;
 use super::stats::{Percentiles, RateMeter, StatsLine};
@@ -353,10 +352,10 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             }
         })
     };
-    let conn = match connect_any(
+    let conn = match connect(
         &endpoint,
         client_config(fingerprint)?,
-        &[(sender_addr, Duration::ZERO)],
+        sender_addr,
         cfg.connect_timeout,
     )
     .await
@@ -831,50 +830,28 @@ fn render_headless(
     }
 }
 
-/// Dials every candidate (each after its delay); the first handshake to finish wins.
-async fn connect_any(
+/// Dials the sender's (virtual) address; which path carries it is the socket's business.
+async fn connect(
     endpoint: &quinn::Endpoint,
     cfg: quinn::ClientConfig,
-    dials: &[(SocketAddr, Duration)],
+    addr: SocketAddr,
     timeout: Duration,
 ) -> Result<quinn::Connection, PipelineError> {
-    let mut uniq: Vec<SocketAddr> = Vec::new();
-    let mut set = JoinSet::new();
-    for (addr, delay) in dials.iter().copied() {
-        if uniq.contains(&addr) {
-            continue;
+    let attempt = async {
+        endpoint
+            .connect_with(cfg, addr, SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(conn)) => Ok(conn),
+        // A certificate that does not match the one announced: say so, it is not a path issue.
+        Ok(Err(e)) if e.contains("certificate") => Err(PipelineError::Connection(e)),
+        Ok(Err(e)) => {
+            tracing::debug!("connect failed: {e}");
+            Err(NetError::NoPath(vec![addr]).into())
         }
-        uniq.push(addr);
-        let ep = endpoint.clone();
-        let cfg = cfg.clone();
-        set.spawn(async move {
-            tokio::time::sleep(delay).await;
-            match ep.connect_with(cfg, addr, SERVER_NAME) {
-                Ok(c) => c.await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        });
-    }
-    let mut last_err = None;
-    let r = tokio::time::timeout(timeout, async {
-        while let Some(r) = set.join_next().await {
-            match r {
-                Ok(Ok(conn)) => return Some(conn),
-                Ok(Err(e)) => {
-                    tracing::debug!("candidate failed: {e}");
-                    last_err = Some(e)
-                }
-                Err(_) => {}
-            }
-        }
-        None
-    })
-    .await;
-    match r {
-        Ok(Some(conn)) => Ok(conn),
-        _ => match last_err {
-            Some(e) if e.contains("certificate") => Err(PipelineError::Connection(e)),
-            _ => Err(NetError::NoPath(uniq).into()),
-        },
+        Err(_) => Err(NetError::NoPath(vec![addr]).into()),
     }
 }
