@@ -281,3 +281,16 @@ fn a_restarted_rendezvous_does_not_stop_a_direct_stream() {
     assert_eq!(after["corrupt"], 0, "{after}");
     assert!(after["fps"].as_f64().unwrap() >= 20.0, "{after}");
 }
+
+#[test]
+fn ipv6_host_candidates_carry_a_direct_path() {
+    let mut lab = Lab::new(Nat::Public, Nat::Public);
+    lab.ipv6_only_between_sides();
+    let (rv, code, _s) = lab.start_room("640x320");
+    let (_, v) = lab.start_viewer(&rv, &code, &["--frames", "90", "--verify", "--json"]);
+    let last = last_line(&v, Duration::from_secs(40)).expect("viewer stats");
+    let s = stats(&last);
+    // IPv4 between the two is cut: direct means IPv6.
+    assert_eq!(s["path"], "direct", "{s}");
+    assert_eq!(s["verified"], 90, "{s}");
+}

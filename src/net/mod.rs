@@ -20,8 +20,8 @@ pub struct NetArgs {
     /// Rendezvous server, HOST:PORT. `send` without it runs its own on --rendezvous-port.
     #[arg(long, value_name = "HOST:PORT")]
     pub rendezvous: Option<String>,
-    /// Local address for the media socket (0.0.0.0:0 picks any port on every interface).
-    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
+    /// Local address for the media socket ([::]:0: any port, every interface, IPv6 and IPv4).
+    #[arg(long, default_value = "[::]:0", value_name = "ADDR")]
     pub bind: SocketAddr,
     /// Carry media through the rendezvous relay only.
     #[arg(long, conflicts_with = "force_direct")]

@@ -31,6 +31,8 @@ pub trait Impairment: Send + Sync + fmt::Debug + 'static {
 
 pub struct MediaSocket {
     inner: Arc<dyn AsyncUdpSocket>,
+    /// Dual-stack IPv6 socket: the kernel and quinn want IPv4 peers as IPv4-mapped addresses.
+    v6: bool,
     signal_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     impairment: Option<Arc<dyn Impairment>>,
     relays: Mutex<RelayTable>,
@@ -73,7 +75,13 @@ enum Route {
 
 /// True for the virtual addresses this socket hands out for relay paths.
 pub fn is_relay_address(a: &SocketAddr) -> bool {
-    matches!(a, SocketAddr::V4(v4) if v4.ip().octets()[0] >= 240 && !v4.ip().is_broadcast())
+    matches!(canonical(*a), SocketAddr::V4(v4) if v4.ip().octets()[0] >= 240 && !v4.ip().is_broadcast())
+}
+
+/// IPv4-mapped IPv6 addresses (what a dual-stack socket reports for IPv4 peers) as plain IPv4:
+/// the form every table here uses.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 impl fmt::Debug for MediaSocket {
@@ -95,6 +103,19 @@ impl MediaSocket {
         addr: SocketAddr,
         impairment: Option<Arc<dyn Impairment>>,
     ) -> io::Result<(Arc<MediaSocket>, SignalPort)> {
+        match Self::bind_exact(addr, impairment.clone()) {
+            // A machine without IPv6: the IPv4 wildcard will do.
+            Err(_) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+                Self::bind_exact(SocketAddr::from(([0, 0, 0, 0], addr.port())), impairment)
+            }
+            r => r,
+        }
+    }
+
+    fn bind_exact(
+        addr: SocketAddr,
+        impairment: Option<Arc<dyn Impairment>>,
+    ) -> io::Result<(Arc<MediaSocket>, SignalPort)> {
         let domain = socket2::Domain::for_address(addr);
         let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
         if addr.is_ipv6() {
@@ -110,6 +131,7 @@ impl MediaSocket {
         let (signal_tx, rx) = mpsc::channel(256);
         let socket = Arc::new(MediaSocket {
             inner,
+            v6: addr.is_ipv6(),
             signal_tx,
             impairment,
             relays: Mutex::new(RelayTable::default()),
@@ -139,7 +161,18 @@ impl MediaSocket {
         v
     }
 
+    /// An address in the form the kernel and quinn use for this socket.
+    fn wire(&self, a: SocketAddr) -> SocketAddr {
+        match a {
+            SocketAddr::V4(v4) if self.v6 => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            a => a,
+        }
+    }
+
     fn route(&self, to: &SocketAddr) -> Route {
+        let to = &canonical(*to);
         let Ok(t) = self.relays.lock() else {
             return Route::Nowhere;
         };
@@ -202,6 +235,7 @@ impl MediaSocket {
 
     /// "direct", "upnp", "relay" or "-" (no path yet) for a connection's remote address.
     pub fn path_name(&self, remote: &SocketAddr) -> &'static str {
+        let remote = &canonical(*remote);
         if !is_relay_address(remote) {
             return "direct";
         }
@@ -224,6 +258,7 @@ impl MediaSocket {
 
     /// Sends one datagram of our own (signalling, punching) from the media socket.
     pub async fn send_datagram(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        let to = canonical(to);
         if let Some(imp) = &self.impairment {
             if imp.drop_outgoing(to, bytes.len()) {
                 return Ok(());
@@ -232,7 +267,7 @@ impl MediaSocket {
         let mut poller = self.inner.clone().create_io_poller();
         loop {
             let t = Transmit {
-                destination: to,
+                destination: self.wire(to),
                 ecn: None,
                 contents: bytes,
                 segment_size: None,
@@ -256,11 +291,11 @@ impl MediaSocket {
             framed.extend_from_slice(&header);
             framed.extend_from_slice(packet);
             self.inner.try_send(&Transmit {
-                destination: server,
+                destination: self.wire(server),
                 ecn: t.ecn,
                 contents: &framed,
                 segment_size: None,
-                src_ip: t.src_ip,
+                src_ip: None,
             })?;
         }
         Ok(())
@@ -292,10 +327,11 @@ impl AsyncUdpSocket for MediaSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let route = if is_relay_address(&transmit.destination) {
-            self.route(&transmit.destination)
+        let dest = canonical(transmit.destination);
+        let route = if is_relay_address(&dest) {
+            self.route(&dest)
         } else {
-            Route::Direct(transmit.destination)
+            Route::Direct(dest)
         };
         // Impairment acts on the wire: the real next hop, not the virtual address.
         let next_hop = match route {
@@ -308,10 +344,18 @@ impl AsyncUdpSocket for MediaSocket {
                 return Ok(());
             }
         }
+        // For a virtual peer the real path is ours to choose: quinn's source-address hint
+        // (taken from whichever path a packet last came in on, maybe another family) must go.
+        let src_ip = if is_relay_address(&dest) {
+            None
+        } else {
+            transmit.src_ip
+        };
         match route {
             Route::Relay(server, session) => self.send_relayed(transmit, server, session),
             _ => self.inner.try_send(&Transmit {
-                destination: next_hop,
+                destination: self.wire(next_hop),
+                src_ip,
                 ..*transmit
             }),
         }
@@ -328,12 +372,13 @@ impl AsyncUdpSocket for MediaSocket {
             let mut kept = 0;
             for i in 0..n {
                 let m = meta[i];
+                let from = canonical(m.addr);
                 let stride = m.stride.max(1);
                 let buf = &mut bufs[i][..m.len];
                 // A GRO batch holds segments of `stride` bytes from one source. Keep the QUIC
                 // ones in place, in order; unwrap relay data (all segments of a relayed batch
                 // shrink alike, so the stride stays uniform); hand the rest to signalling.
-                let mut source = self.seen_as(&m.addr).unwrap_or(m.addr);
+                let mut source = self.seen_as(&from).unwrap_or(from);
                 let mut out_stride = stride;
                 let mut write = 0;
                 let mut read = 0;
@@ -343,9 +388,9 @@ impl AsyncUdpSocket for MediaSocket {
                     let dropped = self
                         .impairment
                         .as_ref()
-                        .is_some_and(|imp| imp.drop_incoming(m.addr, seg_len));
+                        .is_some_and(|imp| imp.drop_incoming(from, seg_len));
                     let relayed = parse_relay(false, &buf[read..end])
-                        .and_then(|(session, _)| self.relay_source(m.addr, session));
+                        .and_then(|(session, _)| self.relay_source(from, session));
                     if dropped {
                     } else if let Some(virt) = relayed {
                         source = virt;
@@ -353,7 +398,7 @@ impl AsyncUdpSocket for MediaSocket {
                         buf.copy_within(read + RELAY_OVERHEAD..end, write);
                         write += seg_len - RELAY_OVERHEAD;
                     } else if is_signal(&buf[read..end]) {
-                        self.divert(m.addr, &buf[read..end]);
+                        self.divert(from, &buf[read..end]);
                     } else {
                         buf.copy_within(read..end, write);
                         write += seg_len;
@@ -368,7 +413,7 @@ impl AsyncUdpSocket for MediaSocket {
                     head[kept][..write].copy_from_slice(&tail[0][..write]);
                 }
                 meta[kept] = RecvMeta {
-                    addr: source,
+                    addr: self.wire(source),
                     len: write,
                     stride: out_stride.min(write),
                     ..m

@@ -59,7 +59,7 @@ impl Default for SendConfig {
             capture: CaptureConfig::default(),
             bitrate: None,
             projection: Projection::EquirectMono,
-            bind: "0.0.0.0:0".parse().expect("valid"),
+            bind: "[::]:0".parse().expect("valid"),
             rendezvous: None,
             embedded_port: 7000,
             latency_budget: Duration::from_millis(250),

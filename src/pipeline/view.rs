@@ -141,7 +141,7 @@ impl ViewConfig {
         Self {
             code,
             rendezvous,
-            bind: "0.0.0.0:0".parse().expect("valid"),
+            bind: "[::]:0".parse().expect("valid"),
             display: Display::Headless {
                 width: 640,
                 height: 480,

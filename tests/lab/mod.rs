@@ -396,6 +396,35 @@ impl Lab {
         }
     }
 
+    /// Gives the public hosts "a" and "b" IPv6 addresses too (a documentation prefix, inside
+    /// the lab only) and cuts IPv4 between them: only IPv6 can carry a direct path.
+    pub fn ipv6_only_between_sides(&self) {
+        for (short, me, peer) in [("a", 21, "198.18.0.22"), ("b", 22, "198.18.0.21")] {
+            let host = self.name(short);
+            self.in_ns(
+                &host,
+                &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"],
+            );
+            self.in_ns(
+                &host,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("2001:db8::{me}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
+            for dir in ["OUTPUT", "INPUT"] {
+                let flag = if dir == "OUTPUT" { "-d" } else { "-s" };
+                self.in_ns(&host, &["iptables", "-A", dir, flag, peer, "-j", "DROP"]);
+            }
+        }
+    }
+
     /// Waits for the `i`-th process to exit; returns its exit code and stderr.
     pub fn wait(&mut self, i: usize, timeout: Duration) -> (Option<i32>, String) {
         use wait_timeout::ChildExt;
