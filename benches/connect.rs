@@ -1,9 +1,10 @@
 //! Connect time per NAT-lab cell (needs root, like the lab tests): from `inclubit view` starting
 //! to the QUIC connection, to the first decoded frame and to the first direct path.
 //!
-//! Run: `cargo bench --bench connect`. The lab links add no delay, so the path RTT is well under
-//! a millisecond; the goal for direct cells is 3 RTT + 50 ms, and for relay cells video within
-//! 1.5 s. Each line also shows the viewer's QUIC RTT measured in the same run.
+//! Run: `cargo bench --bench connect`. Every peer delays its datagrams by 20 ms in userspace
+//! (`INCLUBIT_NETEM`), so paths have an RTT of about 40 ms; the goal for direct cells is
+//! 3 RTT + 50 ms, and for relay cells video within 1.5 s. Each line shows the viewer's QUIC RTT
+//! measured in the same run.
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -12,8 +13,12 @@ use std::time::Duration;
 
 use lab::{last_line, Lab, Nat};
 
+/// Each peer delays what it sends by 20 ms: an RTT of about 40 ms, like a city-to-city path.
+const NETEM: &str = "delay=20ms";
+
 fn run(sender: Nat, viewer: Nat) -> serde_json::Value {
     let mut lab = Lab::new(sender, viewer);
+    lab.netem = Some(NETEM.into());
     let (rv, code, _s) = lab.start_room("640x320");
     let (_, v) = lab.start_viewer(&rv, &code, &["--frames", "90", "--json"]);
     let last = last_line(&v, Duration::from_secs(30)).unwrap_or_default();

@@ -82,6 +82,7 @@ fn send_config(a: &SendArgs, rendezvous: Option<SocketAddr>) -> SendConfig {
         max_frames: a.frames,
         paths: a.net.path_policy(),
         punch: a.net.punch(),
+        impairment: crate::net::netem::Netem::from_env(),
         no_upnp: a.net.no_upnp,
         ..Default::default()
     }
@@ -124,6 +125,7 @@ fn view_config(a: &ViewArgs, rendezvous: SocketAddr, display: Display) -> ViewCo
     cfg.paths = a.net.path_policy();
     cfg.verify_testcard = a.verify;
     cfg.punch = a.net.punch();
+    cfg.impairment = crate::net::netem::Netem::from_env();
     cfg.no_upnp = a.net.no_upnp;
     cfg.display = display;
     cfg.max_frames = a.frames;

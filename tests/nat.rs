@@ -294,3 +294,21 @@ fn ipv6_host_candidates_carry_a_direct_path() {
     assert_eq!(s["path"], "direct", "{s}");
     assert_eq!(s["verified"], 90, "{s}");
 }
+
+#[test]
+fn a_lossy_slow_internet_still_goes_direct_and_shows_every_frame_right() {
+    let mut lab = Lab::new(Nat::Cone, Nat::Cone);
+    // 20 ms each way from every peer (RTT about 40 ms) and 2 % loss, in userspace.
+    lab.netem = Some("delay=20ms,loss=2%".into());
+    let (rv, code, _s) = lab.start_room("640x320");
+    let (_, v) = lab.start_viewer(&rv, &code, &["--frames", "120", "--verify", "--json"]);
+    let last = last_line(&v, Duration::from_secs(40)).expect("viewer stats");
+    let s = stats(&last);
+    assert_eq!(s["path"], "direct", "{s}");
+    assert!(
+        s["rtt_ms"].as_f64().unwrap() >= 35.0,
+        "no delay applied: {s}"
+    );
+    assert!(s["verified"].as_u64().unwrap() >= 60, "{s}");
+    assert_eq!(s["corrupt"], 0, "{s}");
+}

@@ -2,6 +2,7 @@
 
 pub mod candidates;
 pub mod endpoint;
+pub mod netem;
 pub mod paths;
 pub mod portmap;
 pub mod punch;

@@ -27,10 +27,16 @@ pub trait Impairment: Send + Sync + fmt::Debug + 'static {
     fn drop_incoming(&self, _from: SocketAddr, _len: usize) -> bool {
         false
     }
+    /// Hold an outgoing datagram this long before it leaves.
+    fn delay_outgoing(&self, _to: SocketAddr, _len: usize) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 pub struct MediaSocket {
     inner: Arc<dyn AsyncUdpSocket>,
+    /// For delayed sends (network emulation).
+    me: std::sync::Weak<MediaSocket>,
     /// Dual-stack IPv6 socket: the kernel and quinn want IPv4 peers as IPv4-mapped addresses.
     v6: bool,
     signal_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
@@ -129,7 +135,8 @@ impl MediaSocket {
         let std_socket: std::net::UdpSocket = s.into();
         let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std_socket)?;
         let (signal_tx, rx) = mpsc::channel(256);
-        let socket = Arc::new(MediaSocket {
+        let socket = Arc::new_cyclic(|me| MediaSocket {
+            me: me.clone(),
             inner,
             v6: addr.is_ipv6(),
             signal_tx,
@@ -263,7 +270,20 @@ impl MediaSocket {
             if imp.drop_outgoing(to, bytes.len()) {
                 return Ok(());
             }
+            let delay = imp.delay_outgoing(to, bytes.len());
+            if let (false, Some(me)) = (delay.is_zero(), self.me.upgrade()) {
+                let bytes = bytes.to_vec();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = me.send_now(to, &bytes).await;
+                });
+                return Ok(());
+            }
         }
+        self.send_now(to, bytes).await
+    }
+
+    async fn send_now(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
         let mut poller = self.inner.clone().create_io_poller();
         loop {
             let t = Transmit {
@@ -280,6 +300,45 @@ impl MediaSocket {
                 r => return r,
             }
         }
+    }
+
+    /// Emulated delay: the datagram leaves later from a task; the caller sees it sent.
+    fn send_later(
+        &self,
+        delay: std::time::Duration,
+        t: &Transmit,
+        dest: SocketAddr,
+        route: Route,
+    ) -> io::Result<()> {
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            return Ok(());
+        };
+        let contents = t.contents.to_vec();
+        let (segment_size, ecn) = (t.segment_size, t.ecn);
+        let src_ip = if is_relay_address(&dest) {
+            None
+        } else {
+            t.src_ip
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let t = Transmit {
+                destination: dest,
+                ecn,
+                contents: &contents,
+                segment_size,
+                src_ip,
+            };
+            let _ = match route {
+                Route::Relay(server, session) => me.send_relayed(&t, server, session),
+                Route::Direct(hop) => me.inner.try_send(&Transmit {
+                    destination: me.wire(hop),
+                    ..t
+                }),
+                Route::Nowhere => Ok(()),
+            };
+        });
+        Ok(())
     }
 
     /// Wraps each packet of a (possibly GSO) transmit in a relay frame for the rendezvous.
@@ -342,6 +401,10 @@ impl AsyncUdpSocket for MediaSocket {
         if let Some(imp) = &self.impairment {
             if imp.drop_outgoing(next_hop, transmit.contents.len()) {
                 return Ok(());
+            }
+            let delay = imp.delay_outgoing(next_hop, transmit.contents.len());
+            if !delay.is_zero() {
+                return self.send_later(delay, transmit, dest, route);
             }
         }
         // For a virtual peer the real path is ours to choose: quinn's source-address hint

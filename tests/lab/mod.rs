@@ -46,6 +46,8 @@ pub struct Lab {
     uplinks: Vec<(String, String)>,
     /// stderr of each process, shown when a test fails.
     logs: Vec<std::path::PathBuf>,
+    /// `INCLUBIT_NETEM` for every peer process: delay and loss in userspace.
+    pub netem: Option<String>,
     /// Routers that run miniupnpd, with their LAN number and whether NAT-PMP is on.
     upnp_routers: Vec<(String, u32, bool)>,
 }
@@ -79,6 +81,7 @@ impl Lab {
             uplinks: Vec::new(),
             logs: Vec::new(),
             upnp_routers: Vec::new(),
+            netem: None,
         };
         let inet = lab.ns("inet");
         lab.in_ns(&inet, &["ip", "link", "add", "br0", "type", "bridge"]);
@@ -224,6 +227,7 @@ impl Lab {
             .args(["netns", "exec", &ns, BIN])
             .args(args)
             .env("RUST_LOG", "inclubit=debug,inclubit_rendezvous=info")
+            .env("INCLUBIT_NETEM", self.netem.as_deref().unwrap_or(""))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err)
