@@ -104,6 +104,7 @@ pub struct SignalClient {
     last_heard: Instant,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<ClientEvent>,
+    hosts_changed: bool,
 }
 
 impl SignalClient {
@@ -122,6 +123,7 @@ impl SignalClient {
             last_heard: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
+            hosts_changed: false,
         };
         c.handle_timeout(now);
         c
@@ -146,6 +148,9 @@ impl SignalClient {
         if let State::Member { .. } = self.state {
             self.next_send = now;
             self.handle_timeout(now);
+        } else {
+            // Still asking: the answer may already be on its way without these hosts.
+            self.hosts_changed = true;
         }
     }
 
@@ -310,7 +315,12 @@ impl SignalClient {
             lost: false,
         };
         self.last_heard = now;
-        self.next_send = now + self.cfg.keepalive;
+        // Hosts that changed while asking go out with a keepalive right away.
+        self.next_send = if std::mem::take(&mut self.hosts_changed) {
+            now
+        } else {
+            now + self.cfg.keepalive
+        };
     }
 
     /// Says goodbye (best effort, one datagram) and stops.
@@ -515,6 +525,41 @@ mod tests {
         let ev = net.run(&mut [(&mut s, sa)], Duration::from_secs(3), |_| false);
         // The room idled out on the server meanwhile (15 s not reached: it is still there).
         assert_eq!(ev[0].first(), Some(&ClientEvent::Restored), "{ev:?}");
+    }
+
+    #[test]
+    fn hosts_changed_while_opening_go_out_as_soon_as_the_room_is_open() {
+        let mut net = Net::new();
+        let mut s = sender(net.now);
+        let sa: SocketAddr = "198.51.100.1:1".parse().unwrap();
+        let mapped: SocketAddr = "198.51.100.1:6000".parse().unwrap();
+        // The Open is on its way; a port mapping arrives before the answer.
+        s.set_hosts(net.now, vec![mapped]);
+        let ev = net.run(&mut [(&mut s, sa)], Duration::from_millis(100), |_| false);
+        let Some(ClientEvent::Opened { code, .. }) = ev[0].first().cloned() else {
+            panic!("{ev:?}")
+        };
+        // Well before the 2 s keepalive, a joining viewer is told about the new host.
+        let mut v = SignalClient::new(
+            net.now,
+            SERVER.parse().unwrap(),
+            Role::Viewer {
+                code,
+                hosts: vec![],
+            },
+            5,
+            ClientConfig::default(),
+        );
+        let va: SocketAddr = "198.51.100.2:2".parse().unwrap();
+        let ev = net.run(
+            &mut [(&mut s, sa), (&mut v, va)],
+            Duration::from_millis(100),
+            |_| false,
+        );
+        assert!(
+            matches!(&ev[1][0], ClientEvent::Joined { sender, .. } if sender.contains(&mapped)),
+            "{ev:?}"
+        );
     }
 
     #[test]
