@@ -24,6 +24,8 @@ pub struct PunchConfig {
     pub retry_after: Duration,
     pub keepalive: Duration,
     pub lost_after: Duration,
+    /// With a port mapping of our own, wait this long for the peer's pings before pinging.
+    pub mapped_grace: Duration,
 }
 
 impl Default for PunchConfig {
@@ -36,6 +38,7 @@ impl Default for PunchConfig {
             retry_after: Duration::from_secs(3),
             keepalive: Duration::from_secs(1),
             lost_after: Duration::from_secs(3),
+            mapped_grace: Duration::from_millis(500),
         }
     }
 }
@@ -127,6 +130,11 @@ impl Puncher {
             events: VecDeque::new(),
         };
         p.add_candidates(now, &candidates);
+        if p.mapped.is_some() {
+            // We have a router port mapping: let the peer come to it first. Our own early
+            // pings would create NAT state (conntrack) that can clash with the mapping's.
+            p.next_send = now + p.cfg.mapped_grace;
+        }
         p.handle_timeout(now);
         p
     }
@@ -542,6 +550,47 @@ mod tests {
             b.poll_event(),
             Some(PunchEvent::Direct { upnp: true, .. })
         ));
+    }
+
+    #[test]
+    fn a_side_with_a_port_mapping_waits_for_the_peer_first() {
+        let now = Instant::now();
+        let mapped = addr("192.0.2.1:5000");
+        let mut a = Puncher::with_mapping(
+            now,
+            7,
+            99,
+            vec![addr(B)],
+            Some(mapped),
+            PunchConfig::default(),
+        );
+        assert_eq!(a.poll_transmit(), None, "no ping during the grace period");
+        // The peer's ping through the mapping is answered at once.
+        a.handle_msg(
+            now,
+            addr(B),
+            PeerMsg::Ping {
+                session: 7,
+                secret: 99,
+                txn: 1,
+                to: mapped,
+            },
+        );
+        assert!(matches!(
+            a.poll_transmit(),
+            Some((
+                _,
+                PeerMsg::Pong {
+                    via_mapping: true,
+                    ..
+                }
+            ))
+        ));
+        // After the grace period it punches itself too.
+        let later = now + Duration::from_millis(500);
+        a.handle_timeout(later);
+        assert!(std::iter::from_fn(|| a.poll_transmit())
+            .any(|(to, m)| to == addr(B) && matches!(m, PeerMsg::Ping { .. })));
     }
 
     #[test]

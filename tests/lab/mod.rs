@@ -46,6 +46,8 @@ pub struct Lab {
     uplinks: Vec<(String, String)>,
     /// stderr of each process, shown when a test fails.
     logs: Vec<std::path::PathBuf>,
+    /// Configuration files written for the lab's daemons.
+    temp_files: Vec<std::path::PathBuf>,
     /// `INCLUBIT_NETEM` for every peer process: delay and loss in userspace.
     pub netem: Option<String>,
     /// Routers that run miniupnpd, with their LAN number and whether NAT-PMP is on.
@@ -82,6 +84,7 @@ impl Lab {
             logs: Vec::new(),
             upnp_routers: Vec::new(),
             netem: None,
+            temp_files: Vec::new(),
         };
         let inet = lab.ns("inet");
         lab.in_ns(&inet, &["ip", "link", "add", "br0", "type", "bridge"]);
@@ -270,6 +273,11 @@ impl Lab {
             );
             let conf_file = dir.join(format!("{router}.conf"));
             std::fs::write(&conf_file, conf).unwrap();
+            self.temp_files.extend([
+                nft_file.clone(),
+                conf_file.clone(),
+                dir.join(format!("{router}.pid")),
+            ]);
             let log = dir.join(format!("{router}-miniupnpd.log"));
             let child = Command::new("ip")
                 .args(["netns", "exec", &router, "miniupnpd", "-d", "-f"])
@@ -463,6 +471,9 @@ impl Drop for Lab {
                 }
             }
             let _ = std::fs::remove_file(log);
+        }
+        for f in &self.temp_files {
+            let _ = std::fs::remove_file(f);
         }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
