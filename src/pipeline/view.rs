@@ -611,12 +611,21 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                         let _ = recv.stop(2u32.into());
                         return;
                     };
-                    let mut data = vec![0u8; header.payload_len as usize];
-                    debug_assert!(data.len() <= MAX_FRAME_LEN);
-                    if recv.read_exact(&mut data).await.is_err() {
-                        // Reset by the sender (too late) or the connection went away.
-                        return;
-                    }
+                    // Grows as bytes arrive: a header's claimed length costs nothing until the
+                    // data is really there.
+                    let want = header.payload_len as usize;
+                    let data = match recv.read_to_end(want.min(MAX_FRAME_LEN)).await {
+                        Ok(d) if d.len() == want => d,
+                        Ok(_) => {
+                            tracing::debug!(
+                                seq = header.seq,
+                                "frame shorter or longer than its header"
+                            );
+                            return;
+                        }
+                        // Reset by the sender (too late), too long, or the connection went away.
+                        Err(_) => return,
+                    };
                     if let Ok(mut m) = metrics.lock() {
                         m.received
                             .record(Instant::now(), (data.len() + FrameHeader::LEN) as u64);

@@ -279,7 +279,7 @@ impl Lab {
                 dir.join(format!("{router}.pid")),
             ]);
             let log = dir.join(format!("{router}-miniupnpd.log"));
-            let child = Command::new("ip")
+            let mut child = Command::new("ip")
                 .args(["netns", "exec", &router, "miniupnpd", "-d", "-f"])
                 .arg(&conf_file)
                 // One pid file per lab router (the default one is shared by all namespaces).
@@ -287,20 +287,33 @@ impl Lab {
                 .arg(dir.join(format!("{router}.pid")))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("miniupnpd (apt package miniupnpd)");
+            // Its log lines go to the log file and to us: ready is an event, not a poll.
+            let err = child.stderr.take().expect("piped");
+            let mut file = std::fs::File::create(&log).unwrap();
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                for l in BufReader::new(err).lines().map_while(Result::ok) {
+                    let _ = writeln!(file, "{l}");
+                    let _ = tx.send(l);
+                }
+            });
             self.procs.push(child);
             self.logs.push(log.clone());
             let end = Instant::now() + Duration::from_secs(10);
             loop {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("Listening for NAT-PMP") || text.contains("HTTP listening on port")
-                {
-                    break;
+                match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                    Ok(l)
+                        if l.contains("Listening for NAT-PMP") || l.contains("HTTP listening") =>
+                    {
+                        break
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("miniupnpd did not start ({e}); see {}", log.display()),
                 }
-                assert!(Instant::now() < end, "miniupnpd did not start: {text}");
-                std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
