@@ -1,5 +1,6 @@
 //! The command line (clap derive). Network flags are shared through `#[command(flatten)]`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -8,7 +9,7 @@ use inclubit_rendezvous::server::ServerArgs;
 use inclubit_rendezvous::wire::media::Projection;
 
 use crate::capture::SourceSpec;
-use crate::net::NetArgs;
+use crate::net::{punch, PathPolicy};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -173,6 +174,49 @@ pub struct DemoArgs {
     /// Test card size.
     #[arg(long, default_value = "1920x960", value_parser = parse_size)]
     pub size: (u32, u32),
+}
+
+/// Network flags shared by `send`, `view` and `demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NetArgs {
+    /// Rendezvous server, HOST:PORT. `send` without it runs its own on --rendezvous-port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rendezvous: Option<String>,
+    /// Local address for the media socket ([::]:0: any port, every interface, IPv6 and IPv4).
+    #[arg(long, default_value = "[::]:0", value_name = "ADDR")]
+    pub bind: SocketAddr,
+    /// Carry media through the rendezvous relay only.
+    #[arg(long, conflicts_with = "force_direct")]
+    pub force_relay: bool,
+    /// Never use the relay: fail if the sender cannot be reached directly.
+    #[arg(long)]
+    pub force_direct: bool,
+    /// Seconds of hole punching before settling on the relay (punching resumes later, and
+    /// the stream moves to a direct path as soon as one opens).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub punch_timeout: f64,
+    /// Do not ask the router to map the media port (NAT-PMP).
+    #[arg(long)]
+    pub no_upnp: bool,
+}
+
+impl NetArgs {
+    pub fn punch(&self) -> punch::PunchConfig {
+        punch::PunchConfig {
+            timeout: std::time::Duration::from_secs_f64(self.punch_timeout.clamp(0.1, 3600.0)),
+            ..Default::default()
+        }
+    }
+
+    pub fn path_policy(&self) -> PathPolicy {
+        if self.force_relay {
+            PathPolicy::RelayOnly
+        } else if self.force_direct {
+            PathPolicy::DirectOnly
+        } else {
+            PathPolicy::Any
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ pub mod picture;
 pub mod projection;
 
 pub use inclubit_rendezvous as rendezvous;
+/// The peer transport lives in the rendezvous crate so the browser bridge can use it too.
+pub use inclubit_rendezvous::peer as net;
 
 /// Initialises FFmpeg once (devices included) and quiets its logging.
 pub fn media_init() {
@@ -20,6 +22,5 @@ pub fn media_init() {
 }
 pub mod cli;
 pub mod commands;
-pub mod net;
 pub mod pipeline;
 pub mod render;

@@ -1,7 +1,9 @@
 //! inclubit rendezvous: the wire format (one definition for every message), the sans-IO room
-//! logic and its UDP server. No ffmpeg, no GPU: an admin's VPS builds only this crate.
+//! logic and its UDP server, and a peer's transport (QUIC over one punched UDP socket). No ffmpeg,
+//! no GPU: an admin's VPS builds only this crate.
 
 pub mod client;
 pub mod code;
+pub mod peer;
 pub mod server;
 pub mod wire;

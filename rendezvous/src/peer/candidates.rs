@@ -31,7 +31,7 @@ pub fn host_candidates(local: SocketAddr) -> Vec<SocketAddr> {
             .map(|ip| SocketAddr::new(*ip, local.port()))
             .collect();
     }
-    out.truncate(inclubit_rendezvous::wire::signal::MAX_CANDIDATES);
+    out.truncate(crate::wire::signal::MAX_CANDIDATES);
     out
 }
 

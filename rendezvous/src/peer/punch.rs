@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use inclubit_rendezvous::wire::signal::PeerMsg;
+use crate::wire::signal::PeerMsg;
 
 #[derive(Debug, Clone)]
 pub struct PunchConfig {

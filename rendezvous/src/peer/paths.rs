@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use inclubit_rendezvous::wire::signal::PeerMsg;
+use crate::wire::signal::PeerMsg;
 use tokio::sync::mpsc;
 
 use super::punch::{PunchConfig, PunchEvent, Puncher};

@@ -1,5 +1,5 @@
 //! The media socket: quinn's UDP socket with signalling datagrams split off by their first byte
-//! ([`inclubit_rendezvous::wire::signal::is_signal`]), relay paths, and an optional impairment
+//! ([`crate::wire::signal::is_signal`]), relay paths, and an optional impairment
 //! hook for tests.
 //!
 //! Relay paths: quinn talks to a peer at a *virtual* address (in 240.0.0.0/4, which is never
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 
-use inclubit_rendezvous::wire::signal::{is_signal, parse_relay, relay_header, RELAY_OVERHEAD};
+use crate::wire::signal::{is_signal, parse_relay, relay_header, RELAY_OVERHEAD};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;

@@ -1,4 +1,5 @@
-//! Networking: one UDP socket per peer carries both QUIC media and rendezvous signalling.
+//! A peer's networking (sender, viewer, browser bridge): one UDP socket per peer carries both
+//! QUIC media and rendezvous signalling.
 
 pub mod candidates;
 pub mod endpoint;
@@ -14,49 +15,6 @@ pub use endpoint::{Identity, PeerEndpoint};
 pub use socket::{is_relay_address, Impairment, MediaSocket, SignalPort};
 
 use std::net::SocketAddr;
-
-/// Network flags shared by `send`, `view` and `demo`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct NetArgs {
-    /// Rendezvous server, HOST:PORT. `send` without it runs its own on --rendezvous-port.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub rendezvous: Option<String>,
-    /// Local address for the media socket ([::]:0: any port, every interface, IPv6 and IPv4).
-    #[arg(long, default_value = "[::]:0", value_name = "ADDR")]
-    pub bind: SocketAddr,
-    /// Carry media through the rendezvous relay only.
-    #[arg(long, conflicts_with = "force_direct")]
-    pub force_relay: bool,
-    /// Never use the relay: fail if the sender cannot be reached directly.
-    #[arg(long)]
-    pub force_direct: bool,
-    /// Seconds of hole punching before settling on the relay (punching resumes later, and
-    /// the stream moves to a direct path as soon as one opens).
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
-    pub punch_timeout: f64,
-    /// Do not ask the router to map the media port (NAT-PMP).
-    #[arg(long)]
-    pub no_upnp: bool,
-}
-
-impl NetArgs {
-    pub fn punch(&self) -> punch::PunchConfig {
-        punch::PunchConfig {
-            timeout: std::time::Duration::from_secs_f64(self.punch_timeout.clamp(0.1, 3600.0)),
-            ..Default::default()
-        }
-    }
-
-    pub fn path_policy(&self) -> PathPolicy {
-        if self.force_relay {
-            PathPolicy::RelayOnly
-        } else if self.force_direct {
-            PathPolicy::DirectOnly
-        } else {
-            PathPolicy::Any
-        }
-    }
-}
 
 /// Which paths a viewer may use to reach the sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,7 +47,7 @@ pub enum NetError {
     #[error("rendezvous {0} did not answer (is it running, and is UDP to it allowed?)")]
     Unreachable(SocketAddr),
     #[error("rendezvous refused: {0}")]
-    Refused(inclubit_rendezvous::wire::signal::ErrorKind),
+    Refused(crate::wire::signal::ErrorKind),
     #[error("could not reach the sender at any of {0:?}")]
     NoPath(Vec<SocketAddr>),
     #[error(

@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
-use inclubit_rendezvous::client::{ClientConfig, ClientEvent, Role, SignalClient};
-use inclubit_rendezvous::wire::signal::PeerMsg;
+use crate::client::{ClientConfig, ClientEvent, Role, SignalClient};
+use crate::wire::signal::PeerMsg;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
