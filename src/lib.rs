@@ -1,13 +1,13 @@
 //! inclubit: live 360° video from a camera PC to VR headsets and browsers, peer to peer.
 
 pub mod capture;
-pub mod clock;
 pub mod decode;
 pub mod encode;
 pub mod picture;
 pub mod projection;
 
 pub use inclubit_rendezvous as rendezvous;
+pub use inclubit_rendezvous::clock;
 /// The peer transport lives in the rendezvous crate so the browser bridge can use it too.
 pub use inclubit_rendezvous::peer as net;
 

@@ -3,6 +3,7 @@
 //! no GPU: an admin's VPS builds only this crate.
 
 pub mod client;
+pub mod clock;
 pub mod code;
 pub mod peer;
 pub mod server;

@@ -35,6 +35,17 @@ pub enum PipelineError {
     Other(String),
 }
 
+impl From<crate::net::control::SessionError> for PipelineError {
+    fn from(e: crate::net::control::SessionError) -> Self {
+        use crate::net::control::SessionError as S;
+        match e {
+            S::Net(e) => Self::Net(e),
+            S::Connection(e) => Self::Connection(e),
+            S::Protocol(e) => Self::Protocol(e),
+        }
+    }
+}
+
 /// Exit codes, also listed in `inclubit --help` and the README.
 pub mod exit {
     pub const OK: i32 = 0;

@@ -9,7 +9,7 @@ use inclubit_rendezvous::client::{ClientEvent, Role};
 use inclubit_rendezvous::code::RoomCode;
 use inclubit_rendezvous::server::{rooms::RoomsConfig, Server, ServerConfig};
 use inclubit_rendezvous::wire::media::{
-    Codec, Control, FrameHeader, Projection, StreamHello, ViewerStats, MAX_CONTROL_LEN,
+    Codec, Control, FrameHeader, Projection, StreamHello, ViewerStats,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -20,6 +20,7 @@ use crate::capture::{self, CaptureConfig, SourceSpec};
 use crate::clock;
 use crate::encode::{EncodedFrame, Encoder, EncoderConfig};
 use crate::net::candidates::host_candidates;
+use crate::net::control::read_control;
 use crate::net::paths::PathManager;
 use crate::net::portmap::{self, PortMapper};
 use crate::net::punch::PunchConfig;
@@ -244,7 +245,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     };
 
     if let Some(m) = &mapping {
-        spawn_mapping_announcer(m, hosts.clone(), signalling.hosts_updater(), paths.clone());
+        portmap::spawn_announcer(m, hosts.clone(), signalling.hosts_updater(), paths.clone());
     }
     // Punch towards every viewer the rendezvous tells us about; stop for those who left.
     let punch = cfg.paths != PathPolicy::RelayOnly;
@@ -292,32 +293,6 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         tasks,
         done,
     })
-}
-
-/// When the router mapping arrives: announce it as a candidate and teach the punchers.
-pub(crate) fn spawn_mapping_announcer(
-    mapper: &PortMapper,
-    hosts: Vec<SocketAddr>,
-    updater: mpsc::UnboundedSender<Vec<SocketAddr>>,
-    paths: Arc<PathManager>,
-) {
-    let mut external = mapper.external();
-    tokio::spawn(async move {
-        loop {
-            let current = *external.borrow_and_update();
-            if let Some(addr) = current {
-                let mut h = hosts.clone();
-                if !h.contains(&addr) {
-                    h.push(addr);
-                }
-                let _ = updater.send(h);
-                paths.set_mapped(addr);
-            }
-            if external.changed().await.is_err() {
-                return;
-            }
-        }
-    });
 }
 
 async fn embed_rendezvous(
@@ -436,31 +411,6 @@ async fn accept_loop(
             conn.close(0u32.into(), b"bye");
         });
     }
-}
-
-/// Reads one length-prefixed control message.
-pub(crate) async fn read_control(
-    recv: &mut quinn::RecvStream,
-) -> Result<Option<Control>, PipelineError> {
-    let mut len = [0u8; 2];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(PipelineError::Connection(e.to_string())),
-    }
-    let len = u16::from_be_bytes(len) as usize;
-    if len > MAX_CONTROL_LEN {
-        return Err(PipelineError::Protocol(format!(
-            "control message of {len} bytes"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| PipelineError::Connection(e.to_string()))?;
-    Control::decode(&body)
-        .map(Some)
-        .map_err(|e| PipelineError::Protocol(e.to_string()))
 }
 
 async fn serve_viewer(

@@ -5,31 +5,24 @@
 //! decoded picture, so looking around never waits for video.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use inclubit_rendezvous::client::{ClientEvent, Role};
 use inclubit_rendezvous::code::RoomCode;
-use inclubit_rendezvous::wire::media::{
-    Control, FrameHeader, StreamHello, ViewerStats, MAX_FRAME_LEN,
-};
+use inclubit_rendezvous::wire::media::{StreamHello, ViewerStats};
 use tokio::sync::mpsc;
 
-use super::send::read_control;
 use super::stats::{Percentiles, RateMeter, StatsLine};
 use super::PipelineError;
 use crate::clock;
 use crate::decode::Decoder;
-use crate::net::candidates::host_candidates;
-use crate::net::endpoint::{client_config, SERVER_NAME};
-use crate::net::paths::{PathManager, PathObserver};
-use crate::net::portmap::{self, PortMapper};
 use crate::net::punch::{PunchConfig, PunchEvent};
-use crate::net::reorder::{Output, Reorder, ReorderConfig};
-use crate::net::signal::Signalling;
-use crate::net::{Impairment, NetError, PathPolicy, PeerEndpoint};
+use crate::net::reorder::ReorderConfig;
+use crate::net::subscribe::{
+    subscribe, Delivered, StatsFn, SubEvent, SubscribeConfig, Subscription,
+};
+use crate::net::{Impairment, PathPolicy};
 use crate::picture::I420;
 use crate::render::{Offscreen, ViewParams};
 
@@ -254,164 +247,51 @@ pub struct ViewSummary {
     pub sender_ended: bool,
 }
 
-struct Arrival {
-    header: FrameHeader,
-    data: Bytes,
-    received_us: u64,
-}
-
-struct ToDecode {
-    seq: u64,
-    keyframe: bool,
-    data: Bytes,
-    capture_us: u64,
-    received_us: u64,
-}
-
-/// Joins the room and shows the stream until the sender stops, `max_frames` is reached or the
-/// future is dropped. `metrics` (when given) is updated live for a stats line.
 pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, PipelineError> {
     if let Ok(mut m) = slot.metrics.lock() {
         m.started = Some(Instant::now());
     }
-    let ep = PeerEndpoint::bind(cfg.bind, None, cfg.impairment.clone())?;
-    let hosts = host_candidates(ep.local_addr);
-    let mapping = portmap::wanted(cfg.no_upnp, cfg.bind, cfg.rendezvous)
-        .then(|| PortMapper::start(ep.local_addr.port()));
-    let PeerEndpoint {
-        endpoint,
-        signal,
-        socket,
-        ..
-    } = ep;
-    socket.set_relay_server(cfg.rendezvous);
-    socket.set_relay_allowed(cfg.paths != PathPolicy::DirectOnly);
-    let observer: PathObserver = {
-        let events = cfg.events.clone();
-        let socket = socket.clone();
+    let late_drops = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let stats: StatsFn = {
         let metrics = slot.metrics.clone();
-        Arc::new(move |virt, e| {
-            let path = socket.path_name(&virt);
-            if let Ok(mut m) = metrics.lock() {
+        let (late, dropped) = (late_drops.clone(), dropped.clone());
+        Arc::new(move |rtt, path| match metrics.lock() {
+            Ok(mut m) => {
+                m.rtt = rtt;
                 m.path = path.into();
-                if matches!(e, PunchEvent::Direct { .. }) && m.direct.is_none() {
-                    m.direct = m.started.map(|s| s.elapsed());
+                m.dropped = dropped.load(Ordering::Relaxed) + late.load(Ordering::Relaxed);
+                ViewerStats {
+                    frames_shown: m.frames,
+                    frames_dropped: m.dropped,
+                    latency_p50_us: m.latency_us.get(50.0) as u32,
+                    latency_p99_us: m.latency_us.get(99.0) as u32,
                 }
             }
-            if let (Some(tx), PunchEvent::Direct { .. } | PunchEvent::Lost { .. }) = (&events, e) {
-                let _ = tx.send(ViewEvent::Path { path });
-            }
+            Err(_) => ViewerStats::default(),
         })
     };
-    let (paths, peer_sink) =
-        PathManager::start(socket.clone(), cfg.punch.clone(), Some(observer), None);
-    let (signalling, mut signal_events) = Signalling::spawn(
-        signal,
-        cfg.rendezvous,
-        Role::Viewer {
-            code: cfg.code,
-            hosts: hosts.clone(),
-        },
-        Some(peer_sink),
-    );
-    let own_hosts = hosts.clone();
-    let (candidates, fingerprint, relay, secret, reflexive) = match signal_events.recv().await {
-        Some(ClientEvent::Joined {
-            sender,
-            fingerprint,
-            relay,
-            secret,
-            reflexive,
-            ..
-        }) => (sender, fingerprint, relay, secret, reflexive),
-        Some(ClientEvent::Refused(kind)) => return Err(NetError::Refused(kind).into()),
-        _ => return Err(NetError::Unreachable(cfg.rendezvous).into()),
-    };
-    // One address for the sender whatever the path: the socket carries it through the relay
-    // until punching finds a direct path, then straight (see net::paths).
-    let sender_addr = match cfg.paths {
-        PathPolicy::RelayOnly => socket.relay_peer(relay),
-        _ => paths.add_peer(relay, secret, &candidates),
-    };
-    if let Some(m) = &mapping {
-        super::send::spawn_mapping_announcer(m, hosts, signalling.hosts_updater(), paths.clone());
-    }
-    // The sender's candidates can grow (its router mapping arrives late): punch there too.
-    let candidate_updates = {
-        let paths = paths.clone();
-        let punch = cfg.paths != PathPolicy::RelayOnly;
-        tokio::spawn(async move {
-            while let Some(ev) = signal_events.recv().await {
-                match ev {
-                    ClientEvent::SenderCandidates(c) if punch => {
-                        paths.add_peer(relay, secret, &c);
-                    }
-                    ClientEvent::RoomGone => tracing::debug!("the room is gone at the rendezvous"),
-                    _ => {}
-                }
-            }
-        })
-    };
-    let conn = match connect(
-        &endpoint,
-        client_config(fingerprint)?,
-        sender_addr,
-        cfg.connect_timeout,
-    )
-    .await
-    {
-        Err(PipelineError::Net(NetError::NoPath(_))) => {
-            return Err(match cfg.paths {
-                PathPolicy::DirectOnly => {
-                    // The rendezvous lists the sender's host addresses, then the one it saw.
-                    let theirs = match candidates.split_last() {
-                        Some((seen, hosts)) => crate::net::describe_nat(hosts, *seen),
-                        None => "unknown",
-                    };
-                    NetError::NoDirectPath {
-                        ours: crate::net::describe_nat(&own_hosts, reflexive),
-                        theirs,
-                        candidates,
-                    }
-                }
-                _ => NetError::NoPath(candidates),
-            }
-            .into());
-        }
-        r => r?,
-    };
-    let remote = conn.remote_address();
-    let path = socket.path_name(&remote);
-    let (mut ctrl_send, mut ctrl_recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| PipelineError::Connection(e.to_string()))?;
-    ctrl_send
-        .write_all(
-            &Control::ViewerHello {
-                name: cfg.name.clone(),
-            }
-            .frame(),
-        )
-        .await
-        .map_err(|e| PipelineError::Connection(e.to_string()))?;
-    let hello = match tokio::time::timeout(Duration::from_secs(5), read_control(&mut ctrl_recv))
-        .await
-        .map_err(|_| PipelineError::Protocol("no hello from the sender".into()))??
-    {
-        Some(Control::Hello(h)) => h,
-        other => {
-            return Err(PipelineError::Protocol(format!(
-                "expected hello, got {other:?}"
-            )))
-        }
-    };
-    tracing::info!(%remote, path, w = hello.width, h = hello.height, "connected to sender");
+    let sub = subscribe(SubscribeConfig {
+        code: cfg.code,
+        rendezvous: cfg.rendezvous,
+        bind: cfg.bind,
+        reorder: cfg.reorder.clone(),
+        impairment: cfg.impairment.clone(),
+        connect_timeout: cfg.connect_timeout,
+        paths: cfg.paths,
+        punch: cfg.punch.clone(),
+        no_upnp: cfg.no_upnp,
+        name: cfg.name.clone(),
+        stats: Some(stats),
+    })
+    .await?;
+    let remote = sub.remote;
+    let (hello, handle, mut sub_events, sub_task) = sub.into_parts();
     if let Ok(mut h) = slot.hello.lock() {
         *h = Some(hello.clone());
     }
     if let Ok(mut m) = slot.metrics.lock() {
-        m.path = path.into();
+        m.path = handle.path().into();
         m.connected = m.started.map(|s| s.elapsed());
     }
     let emit = |e: ViewEvent| {
@@ -424,12 +304,9 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         hello: hello.clone(),
     });
 
-    let offset_us = Arc::new(AtomicI64::new(0));
-    let late_drops = Arc::new(AtomicU64::new(0));
     let decoded_count = Arc::new(AtomicU64::new(0));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
-    let (decode_err_tx, mut decode_err_rx) = mpsc::unbounded_channel::<()>();
-    let (to_decoder, decoder_rx) = std::sync::mpsc::channel::<ToDecode>();
+    let (to_decoder, decoder_rx) = std::sync::mpsc::channel::<Delivered>();
 
     // Decoder thread.
     let render_slot = FrameSlot {
@@ -443,10 +320,10 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         let max = cfg.max_frames;
         let count = decoded_count.clone();
         let display = cfg.display.clone();
-        let done_tx = done_tx.clone();
         let late_after = cfg.late_after;
         let verify = cfg.verify_testcard;
         let late = late_drops.clone();
+        let handle = handle.clone();
         std::thread::Builder::new()
             .name("decode".into())
             .spawn(move || -> Result<(), PipelineError> {
@@ -464,7 +341,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                                 ?age,
                                 "decoder behind; skipping to a keyframe"
                             );
-                            let _ = decode_err_tx.send(());
+                            handle.decode_error();
                         }
                         skipping = true;
                         late.fetch_add(1, Ordering::Relaxed);
@@ -530,7 +407,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                         Ok(None) => {}
                         Err(e) => {
                             tracing::debug!(seq = item.seq, "decode error: {e}");
-                            let _ = decode_err_tx.send(());
+                            handle.decode_error();
                         }
                     }
                 }
@@ -553,7 +430,10 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             // Fail early and clearly when there is no GPU at all.
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.into()),
+                Ok(Err(e)) => {
+                    handle.stop();
+                    return Err(e.into());
+                }
                 Err(_) => return Err(PipelineError::Other("render thread ended".into())),
             }
             Some(t)
@@ -561,188 +441,55 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         _ => None,
     };
 
-    // Control stream reader: skips and clock pongs.
-    let (skip_tx, mut skip_rx) = mpsc::unbounded_channel::<u64>();
-    let ctrl_reader = {
-        let offset = offset_us.clone();
-        let best_rtt = Arc::new(AtomicU64::new(u64::MAX));
-        tokio::spawn(async move {
-            loop {
-                match read_control(&mut ctrl_recv).await {
-                    Ok(Some(Control::Skipped { seq })) => {
-                        let _ = skip_tx.send(seq);
-                    }
-                    Ok(Some(Control::Pong {
-                        viewer_us,
-                        sender_us,
-                    })) => {
-                        let now = clock::now_us();
-                        let rtt = now.saturating_sub(viewer_us);
-                        // Keep the estimate from the fastest round trip: least queueing error.
-                        if rtt <= best_rtt.load(Ordering::Relaxed) {
-                            best_rtt.store(rtt, Ordering::Relaxed);
-                            let off = sender_us as i64 - (viewer_us + rtt / 2) as i64;
-                            offset.store(off, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(Some(other)) => tracing::debug!("ignoring control {other:?}"),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        })
-    };
-
-    // Frame streams.
-    let (arrival_tx, mut arrivals) = mpsc::unbounded_channel::<Arrival>();
-    let acceptor = {
-        let conn = conn.clone();
-        let metrics = slot.metrics.clone();
-        tokio::spawn(async move {
-            while let Ok(mut recv) = conn.accept_uni().await {
-                let tx = arrival_tx.clone();
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    let mut h = [0u8; FrameHeader::LEN];
-                    if recv.read_exact(&mut h).await.is_err() {
-                        return;
-                    }
-                    let Ok(header) = FrameHeader::decode(&h) else {
-                        tracing::debug!("malformed frame header");
-                        let _ = recv.stop(2u32.into());
-                        return;
-                    };
-                    // Grows as bytes arrive: a header's claimed length costs nothing until the
-                    // data is really there.
-                    let want = header.payload_len as usize;
-                    let data = match recv.read_to_end(want.min(MAX_FRAME_LEN)).await {
-                        Ok(d) if d.len() == want => d,
-                        Ok(_) => {
-                            tracing::debug!(
-                                seq = header.seq,
-                                "frame shorter or longer than its header"
-                            );
-                            return;
-                        }
-                        // Reset by the sender (too late), too long, or the connection went away.
-                        Err(_) => return,
-                    };
-                    if let Ok(mut m) = metrics.lock() {
-                        m.received
-                            .record(Instant::now(), (data.len() + FrameHeader::LEN) as u64);
-                    }
-                    let _ = tx.send(Arrival {
-                        header,
-                        data: Bytes::from(data),
-                        received_us: clock::now_us(),
-                    });
-                });
-            }
-        })
-    };
-
-    // Ping / stats to the sender.
-    let (ctrl_out_tx, mut ctrl_out_rx) = mpsc::unbounded_channel::<Control>();
-    let writer = tokio::spawn(async move {
-        while let Some(m) = ctrl_out_rx.recv().await {
-            if ctrl_send.write_all(&m.frame()).await.is_err() {
-                break;
-            }
-        }
-    });
-
-    let mut reorder = Reorder::<(Bytes, u64, u64)>::new(cfg.reorder.clone());
-    let mut ping = tokio::time::interval(Duration::from_millis(500));
-    let mut dropped = 0u64;
-    // Stopped here (frames reached, window closed) rather than by the sender going away.
-    let mut local_stop = false;
+    let mut stopping = false;
     loop {
-        let timeout = reorder.poll_timeout();
         tokio::select! {
-            a = arrivals.recv() => {
-                let Some(a) = a else { break };
-                let off = offset_us.load(Ordering::Relaxed);
-                let capture = (a.header.capture_us as i64 - off).max(0) as u64;
-                reorder.handle_frame(Instant::now(), a.header.seq, a.header.keyframe, (a.data, capture, a.received_us));
-            }
-            Some(seq) = skip_rx.recv() => reorder.handle_skipped(Instant::now(), seq),
-            Some(()) = decode_err_rx.recv() => reorder.handle_decode_error(Instant::now()),
-            _ = async {
-                match timeout {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            } => reorder.handle_timeout(Instant::now()),
-            _ = ping.tick() => {
-                let _ = ctrl_out_tx.send(Control::Ping { viewer_us: clock::now_us() });
-                let stats = match slot.metrics.lock() {
-                    Ok(mut m) => {
-                        m.rtt = conn.rtt();
-                        m.path = socket.path_name(&remote).into();
-                        m.dropped = dropped + late_drops.load(Ordering::Relaxed);
-                        ViewerStats {
-                            frames_shown: m.frames,
-                            frames_dropped: m.dropped,
-                            latency_p50_us: m.latency_us.get(50.0) as u32,
-                            latency_p99_us: m.latency_us.get(99.0) as u32,
+            ev = sub_events.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    SubEvent::Frame(f) => {
+                        let _ = to_decoder.send(f);
+                    }
+                    SubEvent::Received { bytes } => {
+                        if let Ok(mut m) = slot.metrics.lock() {
+                            m.received.record(Instant::now(), bytes);
                         }
                     }
-                    Err(_) => ViewerStats::default(),
-                };
-                let _ = ctrl_out_tx.send(Control::Stats(stats));
-            }
-            _ = done_rx.recv() => {
-                local_stop = true;
-                break;
-            }
-            _ = slot.closed() => {
-                local_stop = true;
-                break;
-            }
-            _ = conn.closed() => break
-        }
-        while let Some(o) = reorder.poll_output() {
-            match o {
-                Output::Deliver {
-                    seq,
-                    keyframe,
-                    frame: (data, capture_us, received_us),
-                } => {
-                    let _ = to_decoder.send(ToDecode {
-                        seq,
-                        keyframe,
-                        data,
-                        capture_us,
-                        received_us,
-                    });
-                }
-                Output::RequestKeyframe => {
-                    let _ = ctrl_out_tx.send(Control::KeyframeRequest);
-                    emit(ViewEvent::KeyframeRequested);
-                }
-                Output::Dropped { seq } => {
-                    // Frames before the first keyframe of a mid-stream join are not losses.
-                    if decoded_count.load(Ordering::Relaxed) > 0 {
-                        dropped += 1;
+                    SubEvent::KeyframeRequested => emit(ViewEvent::KeyframeRequested),
+                    SubEvent::Dropped { seq } => {
+                        // Frames before the first keyframe of a mid-stream join are not losses.
+                        if decoded_count.load(Ordering::Relaxed) > 0 {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        emit(ViewEvent::Dropped { seq });
                     }
-                    emit(ViewEvent::Dropped { seq });
+                    SubEvent::Path { path, event, at } => {
+                        if let Ok(mut m) = slot.metrics.lock() {
+                            m.path = path.into();
+                            if matches!(event, PunchEvent::Direct { .. }) && m.direct.is_none() {
+                                m.direct = m.started.map(|s| at.duration_since(s));
+                            }
+                        }
+                        if matches!(event, PunchEvent::Direct { .. } | PunchEvent::Lost { .. }) {
+                            emit(ViewEvent::Path { path });
+                        }
+                    }
                 }
+            }
+            _ = done_rx.recv(), if !stopping => {
+                stopping = true;
+                handle.stop();
+            }
+            _ = slot.closed(), if !stopping => {
+                stopping = true;
+                handle.stop();
             }
         }
     }
-    let reason = conn.close_reason();
-    let sender_ended = !local_stop && reason.is_some();
-    conn.close(0u32.into(), b"viewer done");
+    let end = Subscription::finished(sub_task).await;
     drop(to_decoder);
-    acceptor.abort();
-    ctrl_reader.abort();
-    writer.abort();
-    candidate_updates.abort();
-    signalling.leave().await;
-    if let Some(m) = mapping {
-        m.stop().await;
-    }
     let frames = decoded_count.load(Ordering::Relaxed);
-    let dropped = dropped + late_drops.load(Ordering::Relaxed);
+    let dropped = dropped.load(Ordering::Relaxed) + late_drops.load(Ordering::Relaxed);
     let dec = tokio::task::spawn_blocking(move || decoder_thread.join())
         .await
         .map_err(|e| PipelineError::Other(e.to_string()))?;
@@ -755,17 +502,13 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     slot.close();
-    endpoint.close(0u32.into(), b"bye");
-    if sender_ended {
-        match reason {
-            Some(quinn::ConnectionError::ApplicationClosed(_)) | None => {}
-            Some(e) => return Err(PipelineError::Connection(format!("lost the sender: {e}"))),
-        }
+    if let Some(e) = end.lost {
+        return Err(PipelineError::Connection(format!("lost the sender: {e}")));
     }
     Ok(ViewSummary {
         frames,
         dropped,
-        sender_ended,
+        sender_ended: end.sender_ended,
     })
 }
 
@@ -836,31 +579,5 @@ fn render_headless(
         if let Ok(mut m) = slot.metrics.lock() {
             m.latency_us.record(rendered.saturating_sub(capture_us));
         }
-    }
-}
-
-/// Dials the sender's (virtual) address; which path carries it is the socket's business.
-async fn connect(
-    endpoint: &quinn::Endpoint,
-    cfg: quinn::ClientConfig,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<quinn::Connection, PipelineError> {
-    let attempt = async {
-        endpoint
-            .connect_with(cfg, addr, SERVER_NAME)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(conn)) => Ok(conn),
-        // A certificate that does not match the one announced: say so, it is not a path issue.
-        Ok(Err(e)) if e.contains("certificate") => Err(PipelineError::Connection(e)),
-        Ok(Err(e)) => {
-            tracing::debug!("connect failed: {e}");
-            Err(NetError::NoPath(vec![addr]).into())
-        }
-        Err(_) => Err(NetError::NoPath(vec![addr]).into()),
     }
 }

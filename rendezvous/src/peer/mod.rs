@@ -2,6 +2,7 @@
 //! QUIC media and rendezvous signalling.
 
 pub mod candidates;
+pub mod control;
 pub mod endpoint;
 pub mod netem;
 pub mod paths;
@@ -10,6 +11,7 @@ pub mod punch;
 pub mod reorder;
 pub mod signal;
 pub mod socket;
+pub mod subscribe;
 
 pub use endpoint::{Identity, PeerEndpoint};
 pub use socket::{is_relay_address, Impairment, MediaSocket, SignalPort};

@@ -7,12 +7,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+
+use super::paths::PathManager;
 use std::time::Duration;
 
 use igd_next::aio::tokio::Tokio;
 use igd_next::{PortMappingProtocol, SearchOptions};
 use natpmp::{Protocol, Response};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 const LEASE: u32 = 3600;
@@ -151,4 +153,30 @@ impl Drop for PortMapper {
 /// we talk to is on this machine (loopback), where nobody outside needs to reach us.
 pub fn wanted(no_upnp: bool, bind: SocketAddr, rendezvous: SocketAddr) -> bool {
     !no_upnp && !bind.ip().is_loopback() && !rendezvous.ip().is_loopback()
+}
+
+/// When the router mapping arrives: announce it as a candidate and teach the punchers.
+pub fn spawn_announcer(
+    mapper: &PortMapper,
+    hosts: Vec<SocketAddr>,
+    updater: mpsc::UnboundedSender<Vec<SocketAddr>>,
+    paths: Arc<PathManager>,
+) {
+    let mut external = mapper.external();
+    tokio::spawn(async move {
+        loop {
+            let current = *external.borrow_and_update();
+            if let Some(addr) = current {
+                let mut h = hosts.clone();
+                if !h.contains(&addr) {
+                    h.push(addr);
+                }
+                let _ = updater.send(h);
+                paths.set_mapped(addr);
+            }
+            if external.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
