@@ -1,0 +1,198 @@
+//! One upstream per room: the bridge joins the room as an ordinary QUIC viewer and passes the
+//! sender's access units on. Started by the first browser viewer, stopped when the last leaves.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+
+use super::core::AccessUnit;
+use crate::code::RoomCode;
+use crate::peer::control::SessionError;
+use crate::peer::subscribe::{subscribe, SubEvent, SubHandle, SubscribeConfig};
+use crate::peer::NetError;
+use crate::wire::media::StreamHello;
+use crate::wire::signal::ErrorKind;
+
+/// What the bridge's driver hears from the feeds.
+#[derive(Debug)]
+pub enum FeedMsg {
+    Frame(RoomCode, AccessUnit),
+    Ended(RoomCode),
+}
+
+/// Why a room cannot be watched in a browser right now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedError {
+    #[error("no room {0}")]
+    NotFound(RoomCode),
+    #[error("the camera of room {0} cannot be reached: {1}")]
+    Offline(RoomCode, String),
+    #[error("the rendezvous did not answer: {0}")]
+    Rendezvous(String),
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Connecting,
+    Live(StreamHello),
+    Failed(FeedError),
+}
+
+struct Feed {
+    state: watch::Receiver<State>,
+    handle: Arc<Mutex<Option<SubHandle>>>,
+}
+
+/// The rooms the bridge is subscribed to.
+pub struct Feeds {
+    rendezvous: SocketAddr,
+    feeds: Mutex<HashMap<RoomCode, Feed>>,
+    to_driver: mpsc::UnboundedSender<FeedMsg>,
+}
+
+impl Feeds {
+    pub fn new(rendezvous: SocketAddr, to_driver: mpsc::UnboundedSender<FeedMsg>) -> Self {
+        Self {
+            rendezvous,
+            feeds: Mutex::new(HashMap::new()),
+            to_driver,
+        }
+    }
+
+    /// Subscribes to `room` unless already subscribed; returns once its stream is live.
+    pub async fn ensure(self: &Arc<Self>, room: RoomCode) -> Result<StreamHello, FeedError> {
+        let mut state = {
+            let mut feeds = self.feeds.lock().map_err(|_| poisoned())?;
+            match feeds.get(&room) {
+                Some(f) => f.state.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(State::Connecting);
+                    let handle = Arc::new(Mutex::new(None));
+                    feeds.insert(
+                        room,
+                        Feed {
+                            state: rx.clone(),
+                            handle: handle.clone(),
+                        },
+                    );
+                    tokio::spawn(self.clone().run(room, tx, handle));
+                    rx
+                }
+            }
+        };
+        loop {
+            match &*state.borrow_and_update() {
+                State::Live(h) => return Ok(h.clone()),
+                State::Failed(e) => return Err(e.clone()),
+                State::Connecting => {}
+            }
+            if state.changed().await.is_err() {
+                return Err(FeedError::Offline(room, "subscription ended".into()));
+            }
+        }
+    }
+
+    /// Asks the room's sender for a keyframe.
+    pub fn request_keyframe(&self, room: RoomCode) {
+        if let Some(h) = self.handle(room) {
+            h.request_keyframe();
+        }
+    }
+
+    /// No browser watches `room` any more: leave it.
+    pub fn release(&self, room: RoomCode) {
+        if let Some(h) = self.handle(room) {
+            tracing::info!(%room, "no browser viewers left; leaving the room");
+            h.stop();
+        }
+    }
+
+    /// Rooms with a live upstream.
+    pub fn live(&self) -> Vec<RoomCode> {
+        self.feeds
+            .lock()
+            .map(|f| {
+                f.iter()
+                    .filter(|(_, f)| matches!(*f.state.borrow(), State::Live(_)))
+                    .map(|(r, _)| *r)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn handle(&self, room: RoomCode) -> Option<SubHandle> {
+        let feeds = self.feeds.lock().ok()?;
+        let h = feeds.get(&room)?.handle.lock().ok()?.clone();
+        h
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        room: RoomCode,
+        state: watch::Sender<State>,
+        handle_slot: Arc<Mutex<Option<SubHandle>>>,
+    ) {
+        let mut cfg = SubscribeConfig::new(room, self.rendezvous);
+        cfg.name = "web-bridge".into();
+        // The bridge serves browsers from a server: no router to map a port on.
+        cfg.no_upnp = true;
+        let result = match subscribe(cfg).await {
+            Ok(sub) => Ok(sub),
+            Err(SessionError::Net(NetError::Refused(ErrorKind::RoomNotFound))) => {
+                Err(FeedError::NotFound(room))
+            }
+            Err(SessionError::Net(e @ NetError::Unreachable(_))) => {
+                Err(FeedError::Rendezvous(e.to_string()))
+            }
+            Err(e) => Err(FeedError::Offline(room, e.to_string())),
+        };
+        match result {
+            Err(e) => {
+                tracing::info!(%room, "browser bridge cannot subscribe: {e}");
+                self.forget(room);
+                let _ = state.send(State::Failed(e));
+            }
+            Ok(sub) => {
+                let (hello, handle, mut events, task) = sub.into_parts();
+                tracing::info!(%room, w = hello.width, h = hello.height, "browser bridge subscribed");
+                if let Ok(mut h) = handle_slot.lock() {
+                    *h = Some(handle.clone());
+                }
+                let _ = state.send(State::Live(hello));
+                while let Some(ev) = events.recv().await {
+                    if let SubEvent::Frame(f) = ev {
+                        let au = AccessUnit {
+                            seq: f.seq,
+                            keyframe: f.keyframe,
+                            capture_us: f.capture_us,
+                            data: Arc::from(&f.data[..]),
+                        };
+                        if self.to_driver.send(FeedMsg::Frame(room, au)).is_err() {
+                            handle.stop();
+                        }
+                    }
+                }
+                let end = crate::peer::subscribe::Subscription::finished(task).await;
+                tracing::info!(%room, sender_ended = end.sender_ended, "browser bridge left the room");
+                self.forget(room);
+                let _ = state.send(State::Failed(FeedError::Offline(
+                    room,
+                    "the stream ended".into(),
+                )));
+                let _ = self.to_driver.send(FeedMsg::Ended(room));
+            }
+        }
+    }
+
+    fn forget(&self, room: RoomCode) {
+        if let Ok(mut f) = self.feeds.lock() {
+            f.remove(&room);
+        }
+    }
+}
+
+fn poisoned() -> FeedError {
+    FeedError::Rendezvous("bridge state poisoned".into())
+}

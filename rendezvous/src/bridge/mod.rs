@@ -1,0 +1,367 @@
+//! The browser bridge: joins rooms as a QUIC viewer ([`feed`]) and serves their H.264 to
+//! browsers over WebRTC ([`core`], str0m), one upstream per room fanned out to every browser.
+//! Used by the standalone `inclubit-rendezvous` and by `inclubit send --web`.
+
+pub mod core;
+pub mod feed;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use self::core::{BridgeCore, CoreOutput, OfferError, PeerId};
+use self::feed::{FeedError, FeedMsg, Feeds};
+use crate::code::RoomCode;
+use crate::wire::media::StreamHello;
+
+/// A room is left this long after its last browser viewer.
+const IDLE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// The rendezvous the bridge joins rooms through.
+    pub rendezvous: SocketAddr,
+    /// UDP address for WebRTC (one port for every browser). An unspecified IP listens on every
+    /// IPv4 interface, each announced as an ICE candidate.
+    pub bind: SocketAddr,
+    /// Extra addresses to announce (a VPS's public IP behind 1:1 NAT).
+    pub announce: Vec<IpAddr>,
+}
+
+impl BridgeConfig {
+    pub fn new(rendezvous: SocketAddr) -> Self {
+        Self {
+            rendezvous,
+            bind: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+            announce: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    #[error(transparent)]
+    Offer(#[from] OfferError),
+    #[error("the bridge has stopped")]
+    Stopped,
+    #[error("cannot bind the WebRTC port {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// A browser viewer's session, as WHEP returns it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub peer: PeerId,
+    pub sdp: String,
+    pub hello: StreamHello,
+}
+
+enum Command {
+    Offer {
+        room: RoomCode,
+        sdp: String,
+        reply: oneshot::Sender<Result<(PeerId, String), OfferError>>,
+    },
+    Remove {
+        room: RoomCode,
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    Viewers {
+        room: RoomCode,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// A running bridge. Dropping it stops it.
+pub struct Bridge {
+    commands: mpsc::UnboundedSender<Command>,
+    feeds: Arc<Feeds>,
+    local: Vec<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Bridge {
+    pub async fn start(cfg: BridgeConfig) -> Result<Self, BridgeError> {
+        let sockets = bind_sockets(cfg.bind).await?;
+        let mut local: Vec<SocketAddr> = sockets
+            .iter()
+            .map(|s| s.local_addr())
+            .collect::<Result<_, _>>()
+            .map_err(|e| BridgeError::Bind(cfg.bind, e))?;
+        let port = local.first().map(|a| a.port()).unwrap_or(0);
+        let announce_from = local.len();
+        local.extend(cfg.announce.iter().map(|ip| SocketAddr::new(*ip, port)));
+        tracing::info!(candidates = ?local, "browser bridge listening");
+        let (feed_tx, feed_rx) = mpsc::unbounded_channel();
+        let feeds = Arc::new(Feeds::new(cfg.rendezvous, feed_tx));
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (recv_tx, recv_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(1024);
+        let mut tasks = Vec::new();
+        for s in &sockets {
+            tasks.push(tokio::spawn(receive(s.clone(), recv_tx.clone())));
+        }
+        let driver = Driver {
+            // Announced addresses arrive on the socket bound to the port: treat them as its own.
+            core: BridgeCore::new(local.clone()),
+            sockets,
+            announced: local[announce_from..].to_vec(),
+            feeds: feeds.clone(),
+            idle_since: HashMap::new(),
+        };
+        tasks.push(tokio::spawn(driver.run(command_rx, feed_rx, recv_rx)));
+        Ok(Self {
+            commands,
+            feeds,
+            local,
+            tasks,
+        })
+    }
+
+    /// The bridge's ICE candidates.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local
+    }
+
+    /// A browser's WHEP offer for `room`: subscribes to the room if needed, then answers.
+    pub async fn offer(&self, room: RoomCode, sdp: String) -> Result<Answer, BridgeError> {
+        let hello = self.feeds.ensure(room).await?;
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Offer { room, sdp, reply })
+            .map_err(|_| BridgeError::Stopped)?;
+        let (peer, sdp) = rx.await.map_err(|_| BridgeError::Stopped)??;
+        Ok(Answer { peer, sdp, hello })
+    }
+
+    /// WHEP `DELETE`: false when there is no such session.
+    pub async fn remove(&self, room: RoomCode, peer: PeerId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Remove { room, peer, reply })
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Browser viewers of `room`.
+    pub async fn viewers(&self, room: RoomCode) -> usize {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Viewers { room, reply })
+            .is_err()
+        {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        for room in self.feeds.live() {
+            self.feeds.release(room);
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// One socket per local IPv4 address when `bind` is unspecified (each a distinct ICE
+/// candidate, and the destination of what arrives is known), all on one port when possible.
+async fn bind_sockets(bind: SocketAddr) -> Result<Vec<Arc<UdpSocket>>, BridgeError> {
+    let ips: Vec<IpAddr> = if bind.ip().is_unspecified() {
+        let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| i.ip())
+            .filter(|ip| ip.is_ipv4())
+            .collect();
+        ips.sort_by_key(|ip| ip.is_loopback());
+        ips.dedup();
+        if ips.is_empty() {
+            ips.push(Ipv4Addr::LOCALHOST.into());
+        }
+        ips
+    } else {
+        vec![bind.ip()]
+    };
+    let mut port = bind.port();
+    let mut out = Vec::new();
+    for ip in ips {
+        let sock = match UdpSocket::bind(SocketAddr::new(ip, port)).await {
+            Ok(s) => s,
+            // The first socket's port is taken on this address: any port will do.
+            Err(_) if !out.is_empty() => match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%ip, "skipping an address for the bridge: {e}");
+                    continue;
+                }
+            },
+            Err(e) => return Err(BridgeError::Bind(SocketAddr::new(ip, port), e)),
+        };
+        if port == 0 {
+            port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+        }
+        out.push(Arc::new(sock));
+    }
+    Ok(out)
+}
+
+async fn receive(socket: Arc<UdpSocket>, to: mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>) {
+    let Ok(local) = socket.local_addr() else {
+        return;
+    };
+    let mut buf = vec![0u8; 2048];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                if to.send((local, from, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            // ICMP errors from a browser that went away surface here; keep serving the rest.
+            Err(e) => tracing::trace!("bridge socket: {e}"),
+        }
+    }
+}
+
+struct Driver {
+    core: BridgeCore,
+    sockets: Vec<Arc<UdpSocket>>,
+    announced: Vec<SocketAddr>,
+    feeds: Arc<Feeds>,
+    idle_since: HashMap<RoomCode, Instant>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut feed: mpsc::UnboundedReceiver<FeedMsg>,
+        mut datagrams: mpsc::Receiver<(SocketAddr, SocketAddr, Vec<u8>)>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let timeout = self.core.poll_timeout();
+            tokio::select! {
+                c = commands.recv() => {
+                    let Some(c) = c else { break };
+                    self.command(c);
+                }
+                Some(m) = feed.recv() => match m {
+                    FeedMsg::Frame(room, au) => {
+                        self.core.handle_access_unit(Instant::now(), room, &au);
+                    }
+                    FeedMsg::Ended(room) => self.core.end_room(room),
+                },
+                Some((local, from, data)) = datagrams.recv() => {
+                    if !self.core.handle_receive(Instant::now(), from, local, &data) {
+                        // Sent to an announced (NATed) address: it arrived on our socket.
+                        let claimed = self.announced.iter().any(|a| {
+                            self.core.handle_receive(Instant::now(), from, *a, &data)
+                        });
+                        if !claimed {
+                            tracing::trace!(%from, "datagram for no browser viewer");
+                        }
+                    }
+                }
+                _ = async {
+                    match timeout {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.core.handle_timeout(Instant::now()),
+                _ = tick.tick() => self.release_idle(),
+            }
+            self.flush().await;
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Offer { room, sdp, reply } => {
+                match self.core.accept_offer(Instant::now(), room, &sdp) {
+                    Ok(ok) => {
+                        self.idle_since.remove(&room);
+                        let _ = reply.send(Ok(ok));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        // A failed offer may have been the room's only reason to be subscribed.
+                        self.idle_since.entry(room).or_insert_with(Instant::now);
+                    }
+                }
+            }
+            Command::Remove { room, peer, reply } => {
+                let _ = reply.send(self.core.remove(room, peer));
+            }
+            Command::Viewers { room, reply } => {
+                let _ = reply.send(self.core.viewers(room));
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(o) = self.core.poll_output() {
+            match o {
+                CoreOutput::Transmit {
+                    source,
+                    destination,
+                    contents,
+                } => {
+                    let socket = self
+                        .sockets
+                        .iter()
+                        .find(|s| s.local_addr().is_ok_and(|a| a == source))
+                        .or_else(|| self.sockets.first());
+                    if let Some(s) = socket {
+                        if let Err(e) = s.send_to(&contents, destination).await {
+                            tracing::trace!(%destination, "bridge send: {e}");
+                        }
+                    }
+                }
+                CoreOutput::WantKeyframe(room) => self.feeds.request_keyframe(room),
+                CoreOutput::Connected { peer, room } => {
+                    tracing::info!(peer, %room, "browser viewer connected");
+                }
+                CoreOutput::Gone { peer, room } => {
+                    tracing::info!(peer, %room, "browser viewer left");
+                    if self.core.viewers(room) == 0 {
+                        self.idle_since.insert(room, Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    fn release_idle(&mut self) {
+        let now = Instant::now();
+        let live = self.feeds.live();
+        self.idle_since.retain(|room, since| {
+            if self.core.viewers(*room) > 0 {
+                return false;
+            }
+            if now.duration_since(*since) < IDLE_GRACE {
+                return true;
+            }
+            if live.contains(room) {
+                self.feeds.release(*room);
+            }
+            false
+        });
+    }
+}
