@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use inclubit_rendezvous::code::RoomCode;
 use inclubit_rendezvous::server::ServerArgs;
+use inclubit_rendezvous::web::WebArgs;
 use inclubit_rendezvous::wire::media::Projection;
 
 use crate::capture::SourceSpec;
@@ -133,6 +134,12 @@ pub struct SendArgs {
     pub frames: Option<u64>,
     #[command(flatten)]
     pub net: NetArgs,
+    /// Serve browser viewers from this PC (WebRTC bridge and viewer page) on ADDR
+    /// (default 0.0.0.0:8080): a LAN needs no server, and the video stays on this PC.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "0.0.0.0:8080")]
+    pub web: Option<SocketAddr>,
+    #[command(flatten)]
+    pub web_opts: WebArgs,
 }
 
 impl SendArgs {

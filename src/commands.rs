@@ -10,6 +10,7 @@ use crate::pipeline::send::{self, SendConfig, SendSession};
 use crate::pipeline::view::{self, Display, FrameSlot, ViewConfig};
 use crate::pipeline::{exit, PipelineError};
 use crate::render::desktop;
+use crate::rendezvous::web::WebService;
 
 /// `println!` that ignores a closed stdout: `inclubit send | head` must not stop a stream.
 macro_rules! say {
@@ -88,6 +89,20 @@ fn send_config(a: &SendArgs, rendezvous: Option<SocketAddr>) -> SendConfig {
     }
 }
 
+/// The host in a link others can open: the bound address, or this PC's LAN address.
+fn link_host(bound: SocketAddr) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.ip().to_string();
+    }
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 fn announce(s: &SendSession) {
     say!("code        {}", s.code);
     let how = if s.embedded_rendezvous {
@@ -103,6 +118,19 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
     let rv = rendezvous_addr(&a.net.rendezvous).await?;
     let mut s = send::start(send_config(&a, rv)).await?;
     announce(&s);
+    let _web = match a.web {
+        Some(addr) => {
+            let web = WebService::start(addr, &a.web_opts, s.rendezvous)
+                .await
+                .map_err(|e| PipelineError::Other(format!("web viewer: {e}")))?;
+            say!(
+                "browser     {}",
+                web.server.room_url(&link_host(addr), s.code)
+            );
+            Some(web)
+        }
+        None => None,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     // One listener for the whole loop: a signal arriving between iterations is not lost.

@@ -8,4 +8,5 @@ pub mod clock;
 pub mod code;
 pub mod peer;
 pub mod server;
+pub mod web;
 pub mod wire;

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod chrome;
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,15 +1,30 @@
-//! The standalone rendezvous for an admin's VPS: no ffmpeg, no GPU.
+//! The standalone rendezvous for an admin's VPS: rooms, relay, the browser bridge, the viewer
+//! page and the download page. No ffmpeg, no GPU.
 
+use std::net::SocketAddr;
+
+use anyhow::Context;
 use clap::Parser;
+use inclubit_rendezvous::server::{Server, ServerArgs};
+use inclubit_rendezvous::web::{WebArgs, WebService};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "inclubit rendezvous: rooms and signalling for inclubit peers"
+    about = "inclubit rendezvous: rooms, signalling and relay for inclubit peers, and the web \
+             side (browser viewers over WebRTC, the download page)"
 )]
 struct Cli {
     #[command(flatten)]
-    server: inclubit_rendezvous::server::ServerArgs,
+    server: ServerArgs,
+    /// HTTP(S) address for browser viewers (`/r/CODE`), WHEP and the download page.
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    http: SocketAddr,
+    /// No web side at all: rooms and relay only.
+    #[arg(long)]
+    no_http: bool,
+    #[command(flatten)]
+    web: WebArgs,
 }
 
 #[tokio::main]
@@ -21,6 +36,25 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    inclubit_rendezvous::server::run(cli.server.config()).await?;
+    let server = Server::bind(cli.server.config()).await?;
+    let udp = server.local_addr();
+    println!("rendezvous listening on udp {udp}");
+    let _web = if cli.no_http {
+        None
+    } else {
+        let web = WebService::start(cli.http, &cli.web, udp)
+            .await
+            .context("starting the web side")?;
+        let scheme = if web.server.https { "https" } else { "http" };
+        println!(
+            "web listening on {scheme}://{} (viewer pages at /r/CODE)",
+            web.server.local_addr
+        );
+        Some(web)
+    };
+    tokio::select! {
+        _ = server.run() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
     Ok(())
 }

@@ -1,0 +1,313 @@
+//! HTTP(S): the browser viewer page at `/r/CODE`, WHEP at `/whep/CODE`, and the download page at
+//! `/`. Static files are compiled in; only the downloads directory is read at run time.
+
+mod downloads;
+pub mod tls;
+mod whep;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::Path;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::bridge::{Bridge, BridgeConfig, BridgeError};
+use crate::code::RoomCode;
+
+const VIEWER_HTML: &str = include_str!("../../../web/viewer.html");
+const VIEWER_JS: &str = include_str!("../../../web/viewer.js");
+const INDEX_HTML: &str = include_str!("../../../web/index.html");
+
+/// Flags shared by `inclubit-rendezvous` and `inclubit send --web`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebArgs {
+    /// TLS certificate chain (PEM). With --tls-key the web server speaks HTTPS.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// HTTPS with a self-signed certificate (a LAN without a domain; browsers warn once).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub self_signed: bool,
+    /// Directory whose files the download page lists (with size and SHA-256).
+    #[arg(long, value_name = "DIR")]
+    pub downloads: Option<PathBuf>,
+    /// UDP address browsers send WebRTC media to (one port for all of them).
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
+    pub webrtc: SocketAddr,
+    /// Extra address to announce to browsers (a server behind 1:1 NAT); repeatable.
+    #[arg(long, value_name = "IP")]
+    pub public_ip: Vec<IpAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("cannot listen for HTTP on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    #[error("downloads directory {0}: {1}")]
+    Downloads(PathBuf, std::io::Error),
+}
+
+/// What the handlers share.
+pub struct WebState {
+    pub bridge: Option<Arc<Bridge>>,
+    pub downloads: Option<downloads::Downloads>,
+    /// The rendezvous's UDP port, for the commands on the download page.
+    pub rendezvous_port: u16,
+}
+
+impl WebState {
+    pub fn new(
+        bridge: Option<Arc<Bridge>>,
+        downloads: Option<PathBuf>,
+        rendezvous_port: u16,
+    ) -> Result<Self, WebError> {
+        let downloads = match downloads {
+            Some(dir) => {
+                Some(downloads::Downloads::open(&dir).map_err(|e| WebError::Downloads(dir, e))?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            bridge,
+            downloads,
+            rendezvous_port,
+        })
+    }
+}
+
+pub fn router(state: Arc<WebState>) -> Router {
+    Router::new()
+        .route("/", get(downloads::index))
+        .route("/dl/{name}", get(downloads::file))
+        .route("/r/{code}", get(viewer_page))
+        .route("/viewer.js", get(viewer_js))
+        .route("/whep/{code}", post(whep::offer).options(whep::options))
+        .route(
+            "/whep/{code}/{session}",
+            axum::routing::delete(whep::delete)
+                .patch(whep::patch)
+                .options(whep::options),
+        )
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// A running web server.
+pub struct WebServer {
+    pub local_addr: SocketAddr,
+    pub https: bool,
+    task: JoinHandle<()>,
+}
+
+impl WebServer {
+    /// Serves `state` on `addr`, over TLS when `tls` is given.
+    pub async fn start(
+        addr: SocketAddr,
+        state: Arc<WebState>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, WebError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| WebError::Bind(addr, e))?;
+        let local_addr = listener.local_addr().map_err(|e| WebError::Bind(addr, e))?;
+        let app = router(state);
+        let https = tls.is_some();
+        let task = match tls {
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::warn!("web server stopped: {e}");
+                }
+            }),
+            Some(cfg) => tokio::spawn(tls::serve(listener, app, cfg)),
+        };
+        tracing::info!(%local_addr, https, "web server listening");
+        Ok(Self {
+            local_addr,
+            https,
+            task,
+        })
+    }
+
+    /// The viewer link for `code`, on `host` (an address or name browsers can reach).
+    pub fn room_url(&self, host: &str, code: RoomCode) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        let host = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => host.to_string(),
+        };
+        format!("{scheme}://{host}:{}/r/{code}", self.local_addr.port())
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The browser side of a server: bridge + web server, as both binaries run it.
+pub struct WebService {
+    pub server: WebServer,
+    pub bridge: Arc<Bridge>,
+}
+
+impl WebService {
+    /// Serves HTTP(S) on `http` with a bridge that joins rooms through `rendezvous`.
+    pub async fn start(
+        http: SocketAddr,
+        args: &WebArgs,
+        rendezvous: SocketAddr,
+    ) -> Result<Self, WebError> {
+        let tls = match (&args.tls_cert, &args.tls_key, args.self_signed) {
+            (Some(c), Some(k), _) => Some(tls::from_pem(c, k)?),
+            (_, _, true) => {
+                let ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| i.ip())
+                    .chain(args.public_ip.iter().copied())
+                    .collect();
+                Some(tls::self_signed(&ips)?)
+            }
+            _ => None,
+        };
+        // An embedded or co-located rendezvous bound to every interface is reached on loopback.
+        let rendezvous = if rendezvous.ip().is_unspecified() {
+            SocketAddr::new([127, 0, 0, 1].into(), rendezvous.port())
+        } else {
+            rendezvous
+        };
+        let bridge = Arc::new(
+            Bridge::start(BridgeConfig {
+                rendezvous,
+                bind: args.webrtc,
+                announce: args.public_ip.clone(),
+            })
+            .await?,
+        );
+        let state = Arc::new(WebState::new(
+            Some(bridge.clone()),
+            args.downloads.clone(),
+            rendezvous.port(),
+        )?);
+        let server = WebServer::start(http, state, tls).await?;
+        Ok(Self { server, bridge })
+    }
+}
+
+fn html(body: String, cache: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, cache),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn viewer_page(Path(code): Path<String>) -> Response {
+    if code.parse::<RoomCode>().is_err() {
+        return not_found().await;
+    }
+    html(VIEWER_HTML.to_string(), "no-cache")
+}
+
+async fn viewer_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        VIEWER_JS,
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "not found\n",
+    )
+        .into_response()
+}
+
+/// `{"error": kind, "message": text}` with `status`.
+fn json_error(status: StatusCode, kind: &str, message: String) -> Response {
+    let body = serde_json::json!({ "error": kind, "message": message }).to_string();
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The host part of the request's `Host` header, for links and commands on pages.
+fn request_host(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    // "[::1]:8080" → "[::1]", "example.org:8080" → "example.org".
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h.into(),
+        _ => host.into(),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_loses_its_port() {
+        let h = |v: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_static(v));
+            request_host(&m)
+        };
+        assert_eq!(h("example.org:8080"), "example.org");
+        assert_eq!(h("example.org"), "example.org");
+        assert_eq!(h("[::1]:8080"), "[::1]");
+        assert_eq!(h("192.0.2.7:80"), "192.0.2.7");
+        assert_eq!(request_host(&HeaderMap::new()), "localhost");
+    }
+
+    #[test]
+    fn page_and_script_stay_small() {
+        // No framework, no CDN: the whole viewer is these two files.
+        let total = VIEWER_HTML.len() + VIEWER_JS.len();
+        assert!(total < 20 * 1024, "viewer is {total} bytes");
+        assert!(!VIEWER_HTML.contains("http://") && !VIEWER_HTML.contains("https://"));
+        assert!(!VIEWER_JS.contains("http://") && !VIEWER_JS.contains("https://"));
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            escape("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
+    }
+}

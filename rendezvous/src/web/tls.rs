@@ -1,0 +1,126 @@
+//! HTTPS: the admin's certificate (PEM files) or a self-signed one for a LAN.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0} holds no certificate")]
+    NoCert(PathBuf),
+    #[error("{0} holds no private key")]
+    NoKey(PathBuf),
+    #[error("TLS setup: {0}")]
+    Rustls(String),
+}
+
+/// A server config from PEM files.
+pub fn from_pem(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read(p.into(), e));
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Read(cert.into(), e))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert(cert.into()));
+    }
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| TlsError::Read(key.into(), e))?
+        .ok_or_else(|| TlsError::NoKey(key.into()))?;
+    config(certs, key)
+}
+
+/// A self-signed certificate for `localhost` and these addresses.
+pub fn self_signed(ips: &[IpAddr]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut names = vec!["localhost".to_string()];
+    names.extend(ips.iter().map(|ip| ip.to_string()));
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    config(vec![ck.cert.der().clone()], key)
+}
+
+fn config(
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts TLS connections and serves `app` on each; a failed handshake closes only its own.
+pub async fn serve(listener: TcpListener, app: Router, cfg: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(cfg);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("accept: {e}");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "HTTPS connection: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_or_empty_pem_files_say_which() {
+        let dir = std::env::temp_dir().join(format!("inclubit-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, b"").unwrap();
+        let missing = dir.join("missing.pem");
+        assert!(matches!(from_pem(&missing, &empty), Err(TlsError::Read(p, _)) if p == missing));
+        assert!(matches!(from_pem(&empty, &empty), Err(TlsError::NoCert(p)) if p == empty));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn self_signed_config_builds() {
+        let cfg = self_signed(&["192.0.2.1".parse().unwrap()]).unwrap();
+        assert_eq!(cfg.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
+}

@@ -1,0 +1,211 @@
+//! WHEP (draft-ietf-wish-whep): `POST /whep/CODE` with an SDP offer → `201 Created`, the answer
+//! and a `Location` to `DELETE` when leaving. The bridge is ICE-lite with every candidate in the
+//! answer, so trickle `PATCH` is answered `405` (the draft allows it).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::{json_error, WebState};
+use crate::bridge::core::OfferError;
+use crate::bridge::feed::FeedError;
+use crate::bridge::BridgeError;
+use crate::code::RoomCode;
+
+/// Largest SDP offer accepted (browsers send 3–10 KB).
+const MAX_OFFER: usize = 64 * 1024;
+
+const ALLOW_ORIGIN: (header::HeaderName, &str) = (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+
+pub async fn offer(
+    State(state): State<Arc<WebState>>,
+    Path(code): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(bridge) = state.bridge.clone() else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_bridge",
+            "this server does not bridge to browsers".into(),
+        );
+    };
+    let Ok(room) = code.parse::<RoomCode>() else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "room_not_found",
+            format!("`{code}` is not a room code"),
+        );
+    };
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype.starts_with("application/sdp") {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_content_type",
+            "send the offer as Content-Type: application/sdp".into(),
+        );
+    }
+    if body.len() > MAX_OFFER {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "offer_too_large",
+            format!("offers are limited to {MAX_OFFER} bytes"),
+        );
+    }
+    let Ok(sdp) = String::from_utf8(body.to_vec()) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+            "the offer is not UTF-8".into(),
+        );
+    };
+    // Reject what cannot parse before subscribing to anything.
+    if let Err(e) = str0m::change::SdpOffer::from_sdp_string(&sdp) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+            format!(
+                "the SDP offer does not parse: {}",
+                sdp_error(&e.to_string())
+            ),
+        );
+    }
+    match bridge.offer(room, sdp).await {
+        Ok(a) => {
+            let mut r = (StatusCode::CREATED, a.sdp).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/sdp"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("/whep/{room}/{}", a.peer)) {
+                h.insert(header::LOCATION, v);
+            }
+            let hello = a.hello;
+            let o = hello.orientation_cdeg;
+            for (k, v) in [
+                ("inclubit-projection", (hello.projection as u8).to_string()),
+                (
+                    "inclubit-orientation",
+                    format!("{},{},{}", o[0], o[1], o[2]),
+                ),
+                ("inclubit-size", format!("{}x{}", hello.width, hello.height)),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(k, v);
+                }
+            }
+            h.insert(ALLOW_ORIGIN.0, HeaderValue::from_static(ALLOW_ORIGIN.1));
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(
+                    "Location, Inclubit-Projection, Inclubit-Orientation, Inclubit-Size",
+                ),
+            );
+            r
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+fn error_response(e: BridgeError) -> Response {
+    let msg = e.to_string();
+    match e {
+        BridgeError::Feed(FeedError::NotFound(_)) => {
+            json_error(StatusCode::NOT_FOUND, "room_not_found", msg)
+        }
+        BridgeError::Feed(FeedError::Offline(..)) => {
+            let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "sender_offline", msg);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            r
+        }
+        BridgeError::Feed(FeedError::Rendezvous(_)) => {
+            json_error(StatusCode::BAD_GATEWAY, "rendezvous_unreachable", msg)
+        }
+        BridgeError::Offer(OfferError::BadSdp(_)) => {
+            json_error(StatusCode::BAD_REQUEST, "bad_sdp", msg)
+        }
+        BridgeError::Offer(OfferError::NoCodec | OfferError::NoVideo) => {
+            json_error(StatusCode::NOT_ACCEPTABLE, "no_usable_codec", msg)
+        }
+        BridgeError::Stopped | BridgeError::Bind(..) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "bridge_stopped", msg)
+        }
+    }
+}
+
+/// str0m's parse errors start with an internal position; keep what tells the user something.
+fn sdp_error(e: &str) -> String {
+    let lines: Vec<&str> = e
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains("PointerOffset"))
+        .collect();
+    lines.join("; ")
+}
+
+pub async fn delete(
+    State(state): State<Arc<WebState>>,
+    Path((code, session)): Path<(String, String)>,
+) -> Response {
+    let (Some(bridge), Ok(room), Ok(peer)) = (
+        state.bridge.as_ref(),
+        code.parse::<RoomCode>(),
+        session.parse::<u64>(),
+    ) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            "no such session".into(),
+        );
+    };
+    if bridge.remove(room, peer).await {
+        (StatusCode::OK, [ALLOW_ORIGIN]).into_response()
+    } else {
+        json_error(
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            "no such session".into(),
+        )
+    }
+}
+
+/// Trickle ICE is not needed: the answer carries every candidate and the bridge learns the
+/// browser's addresses from its connectivity checks.
+pub async fn patch() -> Response {
+    let mut r = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "no_trickle",
+        "trickle ICE is not supported; the answer lists every server candidate".into(),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("DELETE, OPTIONS"));
+    r
+}
+
+/// CORS preflight, so WHEP players on other origins can use the endpoint.
+pub async fn options() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            ALLOW_ORIGIN,
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                "POST, DELETE, PATCH, OPTIONS",
+            ),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type"),
+            (
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                "Location, Inclubit-Projection, Inclubit-Orientation, Inclubit-Size",
+            ),
+        ],
+    )
+        .into_response()
+}

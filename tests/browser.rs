@@ -1,0 +1,311 @@
+//! Browser viewers in real headless Chromium: WHEP through the bridge, the WebGL page, WebXR
+//! emulated by iwer, and the WHEP error paths.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::chrome::{http, page, wait_for, Driver};
+use common::process::Proc;
+use fantoccini::{Client, Locator};
+use inclubit::projection::Face;
+use inclubit::rendezvous::web::{WebArgs, WebService};
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(40);
+
+/// One test's browsers at a time: several software-rendering Chromiums starve 2 cores.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `inclubit send --web` on loopback; returns the process and the room URL it printed.
+fn send_web() -> (Proc, String) {
+    let p = Proc::start(&[
+        "send",
+        "--size",
+        "640x320",
+        "--web",
+        "127.0.0.1:0",
+        "--rendezvous-port",
+        "0",
+        "--bind",
+        "127.0.0.1:0",
+        "--webrtc",
+        "127.0.0.1:0",
+        "--no-upnp",
+    ]);
+    let line = p.line("browser", Duration::from_secs(30));
+    let url = line.split_whitespace().last().unwrap().to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.contains("/r/"),
+        "{line}"
+    );
+    (p, url)
+}
+
+fn close_to(got: &Value, want: [u8; 3], tol: i64) -> bool {
+    let Some(a) = got.as_array() else {
+        return false;
+    };
+    a.len() == 3
+        && a.iter()
+            .zip(want)
+            .all(|(g, w)| g.as_i64().is_some_and(|g| (g - w as i64).abs() <= tol))
+}
+
+/// Chromium drifts pure colours a little through H.264 and its own conversion.
+const TOLERANCE: i64 = 48;
+
+async fn probe(c: &Client, yaw: f32, pitch: f32) -> Value {
+    c.execute(
+        "return inclubit.probe(arguments[0], arguments[1]);",
+        vec![json!(yaw), json!(pitch)],
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_plays_the_testcard_with_each_face_in_its_direction() {
+    let _one = ONE_BROWSER.lock().await;
+    let (_sender, url) = send_web();
+    let mut d = Driver::start();
+    let c = d.browser().await;
+    c.goto(&url).await.unwrap();
+    wait_for(&c, "inclubit.frames >= 15", LONG).await;
+    assert_eq!(page(&c, "phase").await, json!("playing"));
+    for face in Face::ALL {
+        let (yaw, pitch) = face.angles();
+        let px = probe(&c, yaw, pitch.clamp(-89.0, 89.0)).await;
+        assert!(
+            close_to(&px, face.colour(), TOLERANCE),
+            "{face:?}: got {px}, want {:?}",
+            face.colour()
+        );
+    }
+    // The video element stays in the layout (a hidden one would render black).
+    let shown = c
+        .execute(
+            "return getComputedStyle(document.getElementById('v')).display",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_ne!(shown, json!("none"));
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_then_one_leaves_and_the_other_keeps_playing() {
+    let _one = ONE_BROWSER.lock().await;
+    let (_sender, url) = send_web();
+    let mut d = Driver::start();
+    let a = d.browser().await;
+    let b = d.browser().await;
+    a.goto(&url).await.unwrap();
+    b.goto(&url).await.unwrap();
+    wait_for(&a, "inclubit.frames >= 10", LONG).await;
+    wait_for(&b, "inclubit.frames >= 10", LONG).await;
+    // Leaving sends the WHEP DELETE (pagehide).
+    a.goto("about:blank").await.unwrap();
+    a.close().await.unwrap();
+    let before = page(&b, "frames").await.as_u64().unwrap();
+    wait_for(
+        &b,
+        &format!(
+            "inclubit.frames >= {} && inclubit.phase === 'playing'",
+            before + 30
+        ),
+        LONG,
+    )
+    .await;
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enter_vr_with_iwer_renders_both_eyes_and_follows_the_head() {
+    let iwer = std::env::var("INCLUBIT_IWER").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/inclubit-npm/node_modules/iwer/build/iwer.min.js",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let iwer = std::fs::read_to_string(&iwer)
+        .unwrap_or_else(|e| panic!("{iwer}: {e} (scripts/setup.sh installs iwer with npm)"));
+    let _one = ONE_BROWSER.lock().await;
+    let (_sender, url) = send_web();
+    let mut d = Driver::start();
+    let c = d.browser().await;
+    // Software GL renders a Quest 3's eyes slowly: a quarter of the pixels is plenty here.
+    c.goto(&format!("{url}?scale=0.5")).await.unwrap();
+    wait_for(&c, "inclubit.frames >= 10", LONG).await;
+    // A Quest 3 emulated in the page, as iwer installs it.
+    c.execute(
+        &format!(
+            "{iwer}\n;window.__xr = new IWER.XRDevice(IWER.metaQuest3);\
+             window.__xr.installRuntime({{forceInstall: true}}); inclubit.checkXR(); return true;"
+        ),
+        vec![],
+    )
+    .await
+    .unwrap();
+    wait_for(&c, "!document.getElementById('vr').hidden", LONG).await;
+    c.execute("inclubit.probeXr = true; return true;", vec![])
+        .await
+        .unwrap();
+    c.find(Locator::Css("#vr"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &c,
+        "inclubit.xrFrames > 5 && inclubit.xrEyes.length === 2",
+        LONG,
+    )
+    .await;
+    let eyes = page(&c, "xrEyes").await;
+    let front = Face::Front.colour();
+    let both = |eyes: &Value, want: [u8; 3]| {
+        eyes.as_array()
+            .is_some_and(|e| e.len() == 2 && e.iter().all(|px| close_to(px, want, TOLERANCE)))
+    };
+    assert!(
+        both(&eyes, front),
+        "looking ahead: eyes {eyes}, want {front:?}"
+    );
+    // Turn the head 90° right (a rotation of -90° about +Y): both eyes see the right face.
+    c.execute(
+        "__xr.quaternion.set(0, -Math.SQRT1_2, 0, Math.SQRT1_2); inclubit.xrEyes = []; return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let right = Face::Right.colour();
+    let end = std::time::Instant::now() + LONG;
+    loop {
+        let eyes = page(&c, "xrEyes").await;
+        if both(&eyes, right) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "after turning right: eyes {eyes}, want {right:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.close().await.unwrap();
+}
+
+/// A standalone rendezvous with its web side, in this process.
+async fn standalone() -> (SocketAddr, WebService) {
+    let rv = common::rendezvous().await;
+    let args = WebArgs {
+        tls_cert: None,
+        tls_key: None,
+        self_signed: false,
+        downloads: None,
+        webrtc: "127.0.0.1:0".parse().unwrap(),
+        public_ip: Vec::new(),
+    };
+    let web = WebService::start("127.0.0.1:0".parse().unwrap(), &args, rv)
+        .await
+        .unwrap();
+    (rv, web)
+}
+
+async fn post(addr: SocketAddr, path: &str, sdp: String) -> (u16, Vec<(String, String)>, String) {
+    let path = path.to_string();
+    let (s, h, b) = tokio::task::spawn_blocking(move || {
+        http(addr, "POST", &path, Some("application/sdp"), sdp.as_bytes())
+    })
+    .await
+    .unwrap();
+    (s, h, String::from_utf8_lossy(&b).into_owned())
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_errors_and_the_pages_states() {
+    let _one = ONE_BROWSER.lock().await;
+    let (rv, web) = standalone().await;
+    let addr = web.server.local_addr;
+    let mut d = Driver::start();
+    let c = d.browser().await;
+
+    // Real offers from the browser: one it would send, and one with VP8 only.
+    c.goto(&format!("http://{addr}/")).await.unwrap();
+    let offer = |vp8: bool| {
+        format!(
+            "const pc = new RTCPeerConnection(); const t = pc.addTransceiver('video', {{direction: 'recvonly'}});\
+             if ({vp8}) t.setCodecPreferences(RTCRtpReceiver.getCapabilities('video').codecs.filter(c => c.mimeType === 'video/VP8'));\
+             return pc.createOffer().then(o => o.sdp);"
+        )
+    };
+    let h264 = c.execute(&offer(false), vec![]).await.unwrap();
+    let h264 = h264.as_str().unwrap().to_string();
+    let vp8 = c.execute(&offer(true), vec![]).await.unwrap();
+    let vp8 = vp8.as_str().unwrap().to_string();
+
+    // Unknown room: 404 with a JSON body.
+    let (status, h, body) = post(addr, "/whep/AAA-AAA", h264.clone()).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(header(&h, "content-type"), Some("application/json"));
+    let j: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["error"], "room_not_found");
+
+    let sender = common::sender(rv, 640, 320).await;
+    let code = sender.code;
+    let (status, _, body) = post(addr, &format!("/whep/{code}"), "v=0\r\nnonsense".into()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_sdp"));
+    let (status, _, body) = post(addr, &format!("/whep/{code}"), vp8).await;
+    assert_eq!(status, 406, "{body}");
+    assert!(body.contains("H.264"), "{body}");
+
+    // A good offer: 201, an answer, a Location to DELETE.
+    let (status, h, answer) = post(addr, &format!("/whep/{code}"), h264).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(header(&h, "content-type"), Some("application/sdp"));
+    assert!(answer.starts_with("v=0"));
+    assert!(answer.contains("a=ice-lite"));
+    assert!(
+        answer.contains("127.0.0.1"),
+        "a loopback candidate: {answer}"
+    );
+    let location = header(&h, "location").unwrap().to_string();
+    assert!(location.starts_with(&format!("/whep/{code}/")));
+    let loc = location.clone();
+    let (patch, _, _) = tokio::task::spawn_blocking(move || http(addr, "PATCH", &loc, None, b""))
+        .await
+        .unwrap();
+    assert_eq!(patch, 405);
+    let loc = location.clone();
+    let (del, _, _) = tokio::task::spawn_blocking(move || http(addr, "DELETE", &loc, None, b""))
+        .await
+        .unwrap();
+    assert_eq!(del, 200);
+    let (again, _, _) =
+        tokio::task::spawn_blocking(move || http(addr, "DELETE", &location, None, b""))
+            .await
+            .unwrap();
+    assert_eq!(again, 404);
+
+    // The page: a wrong code says so; a live room plays; a stopped sender means "waiting".
+    c.goto(&format!("http://{addr}/r/AAA-AAA")).await.unwrap();
+    wait_for(&c, "inclubit.phase === 'not_found'", LONG).await;
+    c.goto(&format!("http://{addr}/r/{code}")).await.unwrap();
+    wait_for(&c, "inclubit.frames >= 10", LONG).await;
+    sender.stop().await.unwrap();
+    wait_for(
+        &c,
+        "inclubit.phase === 'waiting' && inclubit.status.includes('waiting for the camera')",
+        LONG,
+    )
+    .await;
+    c.close().await.unwrap();
+}
