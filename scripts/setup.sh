@@ -23,6 +23,11 @@ PACKAGES=(
   iproute2 iptables nftables miniupnpd
   curl ca-certificates
 )
+# The browser tests (tests/browser.rs): Debian's Chromium driven over WebDriver.
+if [ "${1:-}" = "test" ]; then
+  PACKAGES+=(chromium chromium-driver)
+  command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -53,6 +58,19 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   export XDG_RUNTIME_DIR="$(mktemp -d /tmp/inclubit-xdg.XXXXXX)"
 fi
 
+# WebXR emulation for the "Enter VR" test: iwer from npm, kept outside the clone.
+IWER_VERSION=2.5.0
+install_iwer() {
+  local prefix="$HOME/.cache/inclubit-npm"
+  if [ ! -f "$prefix/node_modules/iwer/build/iwer.min.js" ] ||
+     ! grep -q "\"version\": \"$IWER_VERSION\"" "$prefix/node_modules/iwer/package.json"; then
+    echo "==> npm: iwer@$IWER_VERSION"
+    mkdir -p "$prefix"
+    npm install --prefix "$prefix" --no-audit --no-fund --silent "iwer@$IWER_VERSION"
+  fi
+  export INCLUBIT_IWER="$prefix/node_modules/iwer/build/iwer.min.js"
+}
+
 case "${1:-}" in
   demo)
     shift
@@ -60,6 +78,7 @@ case "${1:-}" in
     exec "$CARGO_TARGET_DIR/release/inclubit" demo "$@"
     ;;
   test)
+    install_iwer
     echo "==> cargo fmt --check"
     cargo fmt --all -- --check
     echo "==> cargo clippy -D warnings"

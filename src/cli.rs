@@ -51,7 +51,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream a 360 camera, a file or the test card.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
     /// Watch a stream by its code.
     View(ViewArgs),
     /// Run a rendezvous server (rooms and signalling).
