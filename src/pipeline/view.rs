@@ -271,6 +271,34 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             Err(_) => ViewerStats::default(),
         })
     };
+    // The renderer first: a missing GPU fails before the network, and GPU start-up overlaps
+    // the connection instead of delaying the first frames.
+    let render_slot = FrameSlot {
+        metrics: slot.metrics.clone(),
+        ..Default::default()
+    };
+    let render_thread = match &cfg.display {
+        Display::Headless { width, height } => {
+            let (w, h) = (*width, *height);
+            let probes = cfg.probes.clone();
+            let events = cfg.events.clone();
+            let rslot = render_slot.clone();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let t = std::thread::Builder::new()
+                .name("render".into())
+                .spawn(move || render_headless(rslot, w, h, probes, events, ready_tx))
+                .map_err(|e| PipelineError::Other(e.to_string()))?;
+            // Fail early and clearly when there is no GPU at all.
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(PipelineError::Other("render thread ended".into())),
+            }
+            Some(t)
+        }
+        _ => None,
+    };
+
     let sub = subscribe(SubscribeConfig {
         code: cfg.code,
         rendezvous: cfg.rendezvous,
@@ -284,7 +312,15 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         name: cfg.name.clone(),
         stats: Some(stats),
     })
-    .await?;
+    .await;
+    let sub = match sub {
+        Ok(s) => s,
+        Err(e) => {
+            // Let the renderer go (it waits for pictures that will never come).
+            render_slot.close();
+            return Err(e.into());
+        }
+    };
     let remote = sub.remote;
     let (hello, handle, mut sub_events, sub_task) = sub.into_parts();
     if let Ok(mut h) = slot.hello.lock() {
@@ -309,10 +345,6 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     let (to_decoder, decoder_rx) = std::sync::mpsc::channel::<Delivered>();
 
     // Decoder thread.
-    let render_slot = FrameSlot {
-        metrics: slot.metrics.clone(),
-        ..Default::default()
-    };
     let decoder_thread = {
         let events = cfg.events.clone();
         let slot = slot.clone();
@@ -416,31 +448,6 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             })
             .map_err(|e| PipelineError::Other(e.to_string()))?
     };
-    let render_thread = match &cfg.display {
-        Display::Headless { width, height } => {
-            let (w, h) = (*width, *height);
-            let probes = cfg.probes.clone();
-            let events = cfg.events.clone();
-            let rslot = render_slot.clone();
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let t = std::thread::Builder::new()
-                .name("render".into())
-                .spawn(move || render_headless(rslot, w, h, probes, events, ready_tx))
-                .map_err(|e| PipelineError::Other(e.to_string()))?;
-            // Fail early and clearly when there is no GPU at all.
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    handle.stop();
-                    return Err(e.into());
-                }
-                Err(_) => return Err(PipelineError::Other("render thread ended".into())),
-            }
-            Some(t)
-        }
-        _ => None,
-    };
-
     let mut stopping = false;
     loop {
         tokio::select! {
