@@ -13,7 +13,7 @@ const xrScale = Math.min(1, Math.max(0.1, +(query.get('scale') || 1)));
 const S = (window.inclubit = {
   status: '', phase: 'connecting', frames: 0, played: false, projection: 0,
   orient: [0, 0, 0], yaw: 0, pitch: 0, fov: 90, marks: [], xrFrames: 0, pc: null,
-  resource: null, lastFrame: 0, fps: 0, rtt: 0, probeXr: false, xrEyes: [],
+  resource: null, lastFrame: 0, fps: 0, rtt: 0, probeXr: false, xrEyes: [], postAt: 0, joinMs: 0,
 });
 
 function show(phase, msg) {
@@ -59,6 +59,7 @@ async function connect() {
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
   let r;
+  S.postAt = performance.now();
   try {
     r = await fetch('/whep/' + encodeURIComponent(code), {
       method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: offer.sdp,
@@ -115,6 +116,8 @@ function onFrame(now, meta) {
   S.lastFrame = performance.now();
   fresh = true;
   if (!S.played || S.phase !== 'playing') {
+    // Join (WHEP POST) to the first decoded frame on screen.
+    if (!S.played) S.joinMs = now - S.postAt;
     S.played = true;
     show('playing', '');
   }

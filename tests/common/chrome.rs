@@ -1,4 +1,5 @@
 //! Headless Chromium driven over WebDriver (Debian's chromium + chromedriver), and a tiny
+#![allow(dead_code)]
 //! HTTP/1.1 client for status-code checks.
 
 use std::io::{Read, Write};
