@@ -1,6 +1,6 @@
 //! Headless Chromium driven over WebDriver (Debian's chromium + chromedriver), and a tiny
+//! HTTP/1.1 client for status-code checks. Also used by benches/browser.rs (hence the allow).
 #![allow(dead_code)]
-//! HTTP/1.1 client for status-code checks.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

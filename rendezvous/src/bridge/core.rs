@@ -4,7 +4,7 @@
 //! `(now, input) -> outputs` like str0m itself: feed offers, datagrams, access units and
 //! timeouts; drain [`BridgeCore::poll_output`]; sleep until [`BridgeCore::poll_timeout`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +55,10 @@ pub enum CoreOutput {
     Gone { peer: PeerId, room: RoomCode },
 }
 
+/// Most access units kept for a joining browser (a third of a second at 30 fps): older ones
+/// would only delay its first picture.
+const REPLAY_MAX: usize = 10;
+
 /// How long a viewer may take from its offer to a working connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -73,6 +77,9 @@ struct Peer {
 pub struct BridgeCore {
     local: Vec<SocketAddr>,
     peers: Vec<Peer>,
+    /// Per room, the access units since the last keyframe (while few): a browser whose
+    /// connection completes just after a keyframe starts from it instead of waiting for another.
+    recent: HashMap<RoomCode, Vec<AccessUnit>>,
     next_id: PeerId,
     out: VecDeque<CoreOutput>,
 }
@@ -83,6 +90,7 @@ impl BridgeCore {
         Self {
             local,
             peers: Vec::new(),
+            recent: HashMap::new(),
             next_id: 1,
             out: VecDeque::new(),
         }
@@ -144,6 +152,8 @@ impl BridgeCore {
         drive(&mut peer, &mut self.out, |_, _| {});
         tracing::debug!(peer = id, %room, "browser viewer offered");
         self.peers.push(peer);
+        // Ask now: the keyframe is on its way while ICE and DTLS finish, and is replayed then.
+        self.out.push_back(CoreOutput::WantKeyframe(room));
         Ok((id, answer.to_sdp_string()))
     }
 
@@ -160,6 +170,7 @@ impl BridgeCore {
 
     /// The room's stream ended: every viewer of it is let go.
     pub fn end_room(&mut self, room: RoomCode) {
+        self.recent.remove(&room);
         let ids: Vec<_> = self
             .peers
             .iter()
@@ -197,30 +208,28 @@ impl BridgeCore {
         if let Err(e) = self.peers[i].rtc.handle_input(input) {
             tracing::debug!(peer = self.peers[i].id, "bad input from a browser: {e}");
         }
-        self.drive_peer(i);
+        self.drive_peer(now, i);
         true
     }
 
     /// An access unit of `room`'s stream: sent to every connected viewer of the room.
     pub fn handle_access_unit(&mut self, now: Instant, room: RoomCode, au: &AccessUnit) {
-        // 90 kHz RTP clock from the capture time: browsers pace playout by it.
-        let rtp = MediaTime::new(au.capture_us * 9 / 100, Frequency::NINETY_KHZ);
+        let recent = self.recent.entry(room).or_default();
+        if au.keyframe {
+            recent.clear();
+            recent.push(au.clone());
+        } else if !recent.is_empty() && recent.len() < REPLAY_MAX {
+            recent.push(au.clone());
+        } else {
+            recent.clear();
+        }
         for i in 0..self.peers.len() {
             let p = &mut self.peers[i];
             if p.room != room || !p.connected {
                 continue;
             }
-            let (mid, pt) = p.video;
-            if !p.started && !au.keyframe {
-                continue;
-            }
-            p.started = true;
-            if let Some(w) = p.rtc.writer(mid) {
-                if let Err(e) = w.write(pt, now, rtp, au.data.clone()) {
-                    tracing::debug!(peer = p.id, "write failed: {e}");
-                }
-            }
-            self.drive_peer(i);
+            write(p, now, au);
+            self.drive_peer(now, i);
         }
     }
 
@@ -238,7 +247,7 @@ impl BridgeCore {
                 if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!(peer = p.id, "timeout: {e}");
                 }
-                if self.drive_peer(i) {
+                if self.drive_peer(now, i) {
                     continue;
                 }
             }
@@ -268,7 +277,7 @@ impl BridgeCore {
     }
 
     /// Drains peer `i`'s output; true when it was removed (the index now names another peer).
-    fn drive_peer(&mut self, i: usize) -> bool {
+    fn drive_peer(&mut self, now: Instant, i: usize) -> bool {
         let peer = &mut self.peers[i];
         let mut want_keyframe = false;
         let mut became_connected = false;
@@ -283,8 +292,16 @@ impl BridgeCore {
         if became_connected && !peer.connected {
             peer.connected = true;
             self.out.push_back(CoreOutput::Connected { peer: id, room });
-            // First picture fast: ask for a keyframe now rather than waiting for a PLI.
-            want_keyframe = true;
+            // First picture fast: the latest keyframe and what followed it, else a new one.
+            match self.recent.get(&room).filter(|r| !r.is_empty()) {
+                Some(recent) => {
+                    for au in recent {
+                        write(peer, now, au);
+                    }
+                    drive(peer, &mut self.out, |_, _| {});
+                }
+                None => want_keyframe = true,
+            }
         }
         if want_keyframe {
             self.out.push_back(CoreOutput::WantKeyframe(room));
@@ -295,6 +312,22 @@ impl BridgeCore {
             return true;
         }
         false
+    }
+}
+
+/// Sends one access unit to a connected peer, from its first keyframe on.
+fn write(p: &mut Peer, now: Instant, au: &AccessUnit) {
+    if !p.started && !au.keyframe {
+        return;
+    }
+    p.started = true;
+    // 90 kHz RTP clock from the capture time: browsers pace playout by it.
+    let rtp = MediaTime::new(au.capture_us * 9 / 100, Frequency::NINETY_KHZ);
+    let (mid, pt) = p.video;
+    if let Some(w) = p.rtc.writer(mid) {
+        if let Err(e) = w.write(pt, now, rtp, au.data.clone()) {
+            tracing::debug!(peer = p.id, "write failed: {e}");
+        }
     }
 }
 
@@ -531,6 +564,8 @@ mod tests {
         let mut core = BridgeCore::new(vec![BRIDGE.parse().unwrap()]);
         let (mut b, offer, pending) = Browser::offer(now, 2, |c| c);
         let (_, answer) = core.accept_offer(now, room(), &offer).unwrap();
+        // Asked at the offer, and again at connection when nothing arrived meanwhile.
+        assert_eq!(core.poll_output(), Some(CoreOutput::WantKeyframe(room())));
         b.answer(pending, &answer);
         let mut bs = [b];
         let mut ev = run(&mut now, &mut core, &mut bs, |c, _| {
@@ -538,6 +573,25 @@ mod tests {
         });
         ev.extend(std::iter::from_fn(|| core.poll_output()));
         assert!(ev.contains(&CoreOutput::WantKeyframe(room())));
+    }
+
+    #[test]
+    fn a_browser_connecting_after_the_keyframe_starts_from_it() {
+        let mut now = Instant::now();
+        let mut core = BridgeCore::new(vec![BRIDGE.parse().unwrap()]);
+        let (mut b, offer, pending) = Browser::offer(now, 2, |c| c);
+        let (_, answer) = core.accept_offer(now, room(), &offer).unwrap();
+        assert_eq!(core.poll_output(), Some(CoreOutput::WantKeyframe(room())));
+        b.answer(pending, &answer);
+        // The keyframe asked for at the offer arrives before ICE and DTLS are done.
+        core.handle_access_unit(now, room(), &au(7, true));
+        core.handle_access_unit(now, room(), &au(8, false));
+        let mut bs = [b];
+        let ev = run(&mut now, &mut core, &mut bs, |_, b| b[0].frames.len() >= 2);
+        assert_eq!(bs[0].frames[0], au(7, true).data.to_vec());
+        assert_eq!(bs[0].frames[1], au(8, false).data.to_vec());
+        // Replayed, so no second keyframe is needed.
+        assert!(!ev.contains(&CoreOutput::WantKeyframe(room())), "{ev:?}");
     }
 
     #[test]
