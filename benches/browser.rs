@@ -80,6 +80,8 @@ async fn join_to_first_frame(secs: u64) {
     let c = driver.browser().await;
     let url = format!("http://{}/r/{}", web.server.local_addr, sender.code);
     let mut joins = Vec::new();
+    let mut connects = Vec::new();
+    let mut answers = Vec::new();
     let end = Instant::now() + Duration::from_secs(secs.max(5));
     // Fresh page loads; the first one also pays for Chromium's start-up and is left out.
     for i in 0..11 {
@@ -90,6 +92,10 @@ async fn join_to_first_frame(secs: u64) {
         let v = chrome::wait_for(&c, "inclubit.joinMs", Duration::from_secs(30)).await;
         if i > 0 {
             joins.push((v.as_f64().unwrap() * 1000.0) as u64);
+            let conn = chrome::page(&c, "connectMs").await;
+            connects.push((conn.as_f64().unwrap_or(0.0) * 1000.0) as u64);
+            let ans = chrome::page(&c, "answerMs").await;
+            answers.push((ans.as_f64().unwrap_or(0.0) * 1000.0) as u64);
         }
         c.goto("about:blank").await.unwrap();
     }
@@ -99,6 +105,11 @@ async fn join_to_first_frame(secs: u64) {
         ms(percentile(joins.clone(), 50.0)),
         ms(*joins.iter().min().unwrap()),
         ms(*joins.iter().max().unwrap()),
+    );
+    println!(
+        "  WHEP POST to answer: p50 {:.1} ms; to ICE+DTLS connected: p50 {:.1} ms",
+        ms(percentile(answers, 50.0)),
+        ms(percentile(connects, 50.0))
     );
     println!("  goal: <= 1 RTT + one frame (33.3 ms) + decode; field prototype ~156 ms");
     let _ = c.close().await;

@@ -13,7 +13,7 @@ const xrScale = Math.min(1, Math.max(0.1, +(query.get('scale') || 1)));
 const S = (window.inclubit = {
   status: '', phase: 'connecting', frames: 0, played: false, projection: 0,
   orient: [0, 0, 0], yaw: 0, pitch: 0, fov: 90, marks: [], xrFrames: 0, pc: null,
-  resource: null, lastFrame: 0, fps: 0, rtt: 0, probeXr: false, xrEyes: [], postAt: 0, joinMs: 0,
+  resource: null, lastFrame: 0, fps: 0, rtt: 0, probeXr: false, xrEyes: [], postAt: 0, joinMs: 0, connectMs: 0, answerMs: 0,
 });
 
 function show(phase, msg) {
@@ -51,6 +51,7 @@ async function connect() {
   pc.onconnectionstatechange = () => {
     if (S.pc !== pc) return;
     const st = pc.connectionState;
+    if (st === 'connected' && !S.connectMs) S.connectMs = performance.now() - S.postAt;
     if (st === 'failed' || st === 'disconnected') {
       show('reconnecting', 'reconnecting…');
       retry(1000);
@@ -84,6 +85,7 @@ async function connect() {
     show('error', 'error: ' + (err.message || r.status));
     return retry(5000);
   }
+  S.answerMs = performance.now() - S.postAt;
   S.resource = r.headers.get('Location');
   S.projection = +(r.headers.get('Inclubit-Projection') || 0);
   S.orient = (r.headers.get('Inclubit-Orientation') || '0,0,0').split(',').map((x) => +x / 100);
