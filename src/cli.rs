@@ -54,8 +54,8 @@ pub enum Command {
     Send(Box<SendArgs>),
     /// Watch a stream by its code.
     View(ViewArgs),
-    /// Run a rendezvous server (rooms and signalling).
-    Rendezvous(ServerArgs),
+    /// Run a rendezvous server (rooms, signalling, relay; with --http also browser viewers).
+    Rendezvous(RendezvousArgs),
     /// Test card, rendezvous and viewer in one process on this machine.
     Demo(DemoArgs),
 }
@@ -181,6 +181,18 @@ pub struct DemoArgs {
     /// Test card size.
     #[arg(long, default_value = "1920x960", value_parser = parse_size)]
     pub size: (u32, u32),
+}
+
+#[derive(Debug, Args)]
+pub struct RendezvousArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Also serve browser viewers (`/r/CODE`), WHEP and the download page on ADDR, as
+    /// `inclubit-rendezvous` does by default.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    #[command(flatten)]
+    pub web: WebArgs,
 }
 
 /// Network flags shared by `send`, `view` and `demo`.

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::cli::{Cli, Command, DemoArgs, SendArgs, ViewArgs};
+use crate::cli::{Cli, Command, DemoArgs, RendezvousArgs, SendArgs, ViewArgs};
 use crate::net::resolve;
 use crate::pipeline::send::{self, SendConfig, SendSession};
 use crate::pipeline::view::{self, Display, FrameSlot, ViewConfig};
@@ -50,9 +50,20 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-async fn rendezvous_cmd(a: inclubit_rendezvous::server::ServerArgs) -> Result<(), PipelineError> {
-    let server = inclubit_rendezvous::server::Server::bind(a.config()).await?;
+async fn rendezvous_cmd(a: RendezvousArgs) -> Result<(), PipelineError> {
+    let server = inclubit_rendezvous::server::Server::bind(a.server.config()).await?;
     say!("listening on {}", server.local_addr());
+    let _web = match a.http {
+        Some(addr) => {
+            let web = WebService::start(addr, &a.web, server.local_addr())
+                .await
+                .map_err(|e| PipelineError::Other(format!("web side: {e}")))?;
+            let scheme = if web.server.https { "https" } else { "http" };
+            say!("web listening on {scheme}://{}", web.server.local_addr);
+            Some(web)
+        }
+        None => None,
+    };
     tokio::select! {
         _ = server.run() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
