@@ -76,6 +76,8 @@ struct Peer {
 
 pub struct BridgeCore {
     local: Vec<SocketAddr>,
+    /// One DTLS certificate for every browser: generating one per offer delays each answer.
+    cert: Option<str0m::crypto::dtls::DtlsCert>,
     peers: Vec<Peer>,
     /// Per room, the access units since the last keyframe (while few): a browser whose
     /// connection completes just after a keyframe starts from it instead of waiting for another.
@@ -89,6 +91,9 @@ impl BridgeCore {
     pub fn new(local: Vec<SocketAddr>) -> Self {
         Self {
             local,
+            cert: str0m::crypto::from_feature_flags()
+                .dtls_provider
+                .generate_certificate(),
             peers: Vec::new(),
             recent: HashMap::new(),
             next_id: 1,
@@ -105,11 +110,14 @@ impl BridgeCore {
     ) -> Result<(PeerId, String), OfferError> {
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::BadSdp(e.to_string()))?;
-        let mut rtc = RtcConfig::new()
+        let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .clear_codecs()
-            .enable_h264(true)
-            .build(now);
+            .enable_h264(true);
+        if let Some(cert) = &self.cert {
+            config = config.set_dtls_cert(cert.clone());
+        }
+        let mut rtc = config.build(now);
         for addr in &self.local {
             if let Ok(c) = Candidate::host(*addr, "udp") {
                 rtc.add_local_candidate(c);

@@ -13,6 +13,7 @@ use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -126,6 +127,10 @@ impl WebServer {
         let https = tls.is_some();
         let task = match tls {
             None => tokio::spawn(async move {
+                // Answers are small: don't let Nagle hold them back.
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::warn!("web server stopped: {e}");
                 }

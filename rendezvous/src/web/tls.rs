@@ -75,6 +75,7 @@ pub async fn serve(listener: TcpListener, app: Router, cfg: Arc<rustls::ServerCo
                 continue;
             }
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
