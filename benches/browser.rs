@@ -40,12 +40,8 @@ async fn rendezvous() -> SocketAddr {
 
 async fn web(rv: SocketAddr) -> WebService {
     let args = WebArgs {
-        tls_cert: None,
-        tls_key: None,
-        self_signed: false,
-        downloads: None,
         webrtc: "127.0.0.1:0".parse().unwrap(),
-        public_ip: Vec::new(),
+        ..Default::default()
     };
     WebService::start("127.0.0.1:0".parse().unwrap(), &args, rv)
         .await

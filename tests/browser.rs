@@ -202,12 +202,8 @@ async fn enter_vr_with_iwer_renders_both_eyes_and_follows_the_head() {
 async fn standalone() -> (SocketAddr, WebService) {
     let rv = common::rendezvous().await;
     let args = WebArgs {
-        tls_cert: None,
-        tls_key: None,
-        self_signed: false,
-        downloads: None,
         webrtc: "127.0.0.1:0".parse().unwrap(),
-        public_ip: Vec::new(),
+        ..Default::default()
     };
     let web = WebService::start("127.0.0.1:0".parse().unwrap(), &args, rv)
         .await

@@ -64,12 +64,8 @@ async fn a_sender_that_never_answers_is_503_with_retry_after() {
     };
 
     let args = WebArgs {
-        tls_cert: None,
-        tls_key: None,
-        self_signed: false,
-        downloads: None,
         webrtc: "127.0.0.1:0".parse().unwrap(),
-        public_ip: Vec::new(),
+        ..Default::default()
     };
     let web = WebService::start("127.0.0.1:0".parse().unwrap(), &args, rv)
         .await

@@ -48,6 +48,20 @@ pub struct WebArgs {
     pub public_ip: Vec<IpAddr>,
 }
 
+impl Default for WebArgs {
+    /// Plain HTTP, no downloads, WebRTC on any port of every interface.
+    fn default() -> Self {
+        Self {
+            tls_cert: None,
+            tls_key: None,
+            self_signed: false,
+            downloads: None,
+            webrtc: SocketAddr::from(([0, 0, 0, 0], 0)),
+            public_ip: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
     #[error("cannot listen for HTTP on {0}: {1}")]
