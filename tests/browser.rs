@@ -20,7 +20,11 @@ static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `inclubit send --web` on loopback; returns the process and the room URL it printed.
 fn send_web() -> (Proc, String) {
-    let p = Proc::start(&[
+    send_web_with(&[])
+}
+
+fn send_web_with(extra: &[&str]) -> (Proc, String) {
+    let mut args = vec![
         "send",
         "--size",
         "640x320",
@@ -33,7 +37,9 @@ fn send_web() -> (Proc, String) {
         "--webrtc",
         "127.0.0.1:0",
         "--no-upnp",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::start(&args);
     let line = p.line("browser", Duration::from_secs(30));
     let url = line.split_whitespace().last().unwrap().to_string();
     assert!(
@@ -92,6 +98,36 @@ async fn page_plays_the_testcard_with_each_face_in_its_direction() {
         .await
         .unwrap();
     assert_ne!(shown, json!("none"));
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stereo_top_bottom_shows_the_left_eye_half_on_a_flat_screen() {
+    let _one = ONE_BROWSER.lock().await;
+    let (_sender, url) = send_web_with(&["--projection", "equirect-tb"]);
+    let mut d = Driver::start();
+    let c = d.browser().await;
+    c.goto(&url).await.unwrap();
+    wait_for(
+        &c,
+        "inclubit.frames >= 10 && inclubit.projection === 1",
+        LONG,
+    )
+    .await;
+    // The top half (left eye) stretched over the sphere: looking 60° down samples 15° up in
+    // the card (mono would show the floor), 20° up samples 55° up (mono: the front).
+    for (yaw, pitch, face) in [
+        (0.0, -60.0, Face::Front),
+        (90.0, -60.0, Face::Right),
+        (0.0, 20.0, Face::Up),
+    ] {
+        let px = probe(&c, yaw, pitch).await;
+        assert!(
+            close_to(&px, face.colour(), TOLERANCE),
+            "yaw {yaw} pitch {pitch}: got {px}, want {face:?} {:?}",
+            face.colour()
+        );
+    }
     c.close().await.unwrap();
 }
 
