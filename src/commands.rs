@@ -51,7 +51,7 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 async fn rendezvous_cmd(a: RendezvousArgs) -> Result<(), PipelineError> {
-    let server = inclubit_rendezvous::server::Server::bind(a.server.config()).await?;
+    let mut server = inclubit_rendezvous::server::Server::bind(a.server.config()).await?;
     say!("listening on {}", server.local_addr());
     let _web = match a.http {
         Some(addr) => {
@@ -60,6 +60,7 @@ async fn rendezvous_cmd(a: RendezvousArgs) -> Result<(), PipelineError> {
                 .map_err(|e| PipelineError::Other(format!("web side: {e}")))?;
             let scheme = if web.server.https { "https" } else { "http" };
             say!("web listening on {scheme}://{}", web.server.local_addr);
+            server.set_web(web.server.side());
             Some(web)
         }
         None => None,
@@ -97,6 +98,28 @@ fn send_config(a: &SendArgs, rendezvous: Option<SocketAddr>) -> SendConfig {
         impairment: crate::net::netem::Netem::from_env(),
         no_upnp: a.net.no_upnp,
         ..Default::default()
+    }
+}
+
+/// `scheme://HOST[:port]/r/CODE` for a rendezvous given as `HOST[:PORT]`.
+fn browser_link(
+    rendezvous: &str,
+    web: crate::rendezvous::wire::signal::WebSide,
+    code: crate::rendezvous::code::RoomCode,
+) -> String {
+    let host = match rendezvous.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']')) => h,
+        _ => rendezvous,
+    };
+    let (scheme, default) = if web.https {
+        ("https", 443)
+    } else {
+        ("http", 80)
+    };
+    if web.port == default {
+        format!("{scheme}://{host}/r/{code}")
+    } else {
+        format!("{scheme}://{host}:{}/r/{code}", web.port)
     }
 }
 
@@ -140,7 +163,13 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
             );
             Some(web)
         }
-        None => None,
+        None => {
+            // The rendezvous has a web side: the link is on the host we reached it by.
+            if let (Some(web), Some(rv)) = (s.web, &a.net.rendezvous) {
+                say!("browser     {}", browser_link(rv, web, s.code));
+            }
+            None
+        }
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -306,4 +335,32 @@ fn demo_cmd(rt: &tokio::runtime::Runtime, a: DemoArgs, json: bool) -> Result<(),
     };
     let stopped = rt.block_on(sender.stop());
     r.and(stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rendezvous::wire::signal::WebSide;
+
+    #[test]
+    fn browser_links_use_the_rendezvous_host() {
+        let code = "K7F-Q2M".parse().unwrap();
+        let web = |port, https| WebSide { port, https };
+        assert_eq!(
+            browser_link("example.org:7000", web(443, true), code),
+            "https://example.org/r/K7F-Q2M"
+        );
+        assert_eq!(
+            browser_link("example.org", web(8080, false), code),
+            "http://example.org:8080/r/K7F-Q2M"
+        );
+        assert_eq!(
+            browser_link("[2001:db8::1]:7000", web(80, false), code),
+            "http://[2001:db8::1]/r/K7F-Q2M"
+        );
+        assert_eq!(
+            browser_link("192.0.2.1:7000", web(8443, true), code),
+            "https://192.0.2.1:8443/r/K7F-Q2M"
+        );
+    }
 }

@@ -340,3 +340,62 @@ fn force_relay_shows_relay_path_in_stats() {
     let (status, err) = v.wait(Duration::from_secs(20));
     assert_eq!(status, 0, "{err}");
 }
+
+#[test]
+fn sender_prints_the_browser_link_of_a_rendezvous_with_a_web_side() {
+    let r = Proc::start(&[
+        "rendezvous",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--webrtc",
+        "127.0.0.1:0",
+    ]);
+    let l = r.line("listening on ", Duration::from_secs(10));
+    let rv: SocketAddr = l.trim_start_matches("listening on ").parse().unwrap();
+    let web = r.line("web listening on ", Duration::from_secs(10));
+    let web = web
+        .trim_start_matches("web listening on http://")
+        .to_string();
+    let (s, code, _) = sender(Some(rv));
+    let link = s.line("browser ", Duration::from_secs(5));
+    assert_eq!(
+        link.split_whitespace().nth(1),
+        Some(format!("http://{web}/r/{code}").as_str()),
+        "{link}"
+    );
+    // And the page is there.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg(format!("http://{web}/r/{code}"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+}
+
+#[test]
+fn sender_without_a_web_side_prints_no_browser_link() {
+    let (_r, rv) = rendezvous();
+    let (s, _, _) = sender(Some(rv));
+    // The first stats line comes after everything announce prints.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = s
+            .lines
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .expect("a stats line");
+        assert!(!l.starts_with("browser"), "{l}");
+        if l.starts_with("send ") {
+            break;
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::code::RoomCode;
 use crate::wire::signal::{
-    ClientMsg, ErrorKind, Fingerprint, MemberId, ServerMsg, ViewerInfo, SENDER_ID,
+    ClientMsg, ErrorKind, Fingerprint, MemberId, ServerMsg, ViewerInfo, WebSide, SENDER_ID,
 };
 
 #[derive(Debug, Clone)]
@@ -51,6 +51,8 @@ pub enum ClientEvent {
     Opened {
         code: RoomCode,
         reflexive: SocketAddr,
+        /// The server serves browser viewers here (same host, this port).
+        web: Option<WebSide>,
     },
     Joined {
         code: RoomCode,
@@ -231,12 +233,16 @@ impl SignalClient {
                     code,
                     token,
                     reflexive,
+                    web,
                     ..
                 },
             ) if txn == self.txn => {
                 self.become_member(now, code, SENDER_ID, token);
-                self.events
-                    .push_back(ClientEvent::Opened { code, reflexive });
+                self.events.push_back(ClientEvent::Opened {
+                    code,
+                    reflexive,
+                    web,
+                });
             }
             (
                 State::Requesting { .. },
@@ -454,7 +460,10 @@ mod tests {
         let sa: SocketAddr = "198.51.100.1:1".parse().unwrap();
         // Drop the first three datagrams of every kind: retransmission gets through.
         let ev = net.run(&mut [(&mut s, sa)], Duration::from_secs(2), |n| n <= 3);
-        let Some(ClientEvent::Opened { code, reflexive }) = ev[0].first().cloned() else {
+        let Some(ClientEvent::Opened {
+            code, reflexive, ..
+        }) = ev[0].first().cloned()
+        else {
             panic!("{ev:?}")
         };
         assert_eq!(reflexive, sa);
@@ -575,6 +584,7 @@ mod tests {
                 token: 1,
                 reflexive: "203.0.113.9:1".parse().unwrap(),
                 idle_secs: 15,
+                web: None,
             }
             .encode(),
         );

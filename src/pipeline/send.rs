@@ -11,6 +11,7 @@ use inclubit_rendezvous::server::{rooms::RoomsConfig, Server, ServerConfig};
 use inclubit_rendezvous::wire::media::{
     Codec, Control, FrameHeader, Projection, StreamHello, ViewerStats,
 };
+use inclubit_rendezvous::wire::signal::WebSide;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -117,6 +118,8 @@ pub struct SendSession {
     pub rendezvous: SocketAddr,
     /// True when this process runs the rendezvous.
     pub embedded_rendezvous: bool,
+    /// The rendezvous serves browser viewers (same host, this port).
+    pub web: Option<WebSide>,
     pub media_addr: SocketAddr,
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
@@ -189,10 +192,14 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         },
         Some(peer_sink),
     );
-    let code = match events.recv().await {
-        Some(ClientEvent::Opened { code, reflexive }) => {
+    let (code, web) = match events.recv().await {
+        Some(ClientEvent::Opened {
+            code,
+            reflexive,
+            web,
+        }) => {
             tracing::debug!(%code, %reflexive, "room opened");
-            code
+            (code, web)
         }
         Some(ClientEvent::Refused(kind)) => return Err(NetError::Refused(kind).into()),
         _ => return Err(NetError::Unreachable(signal_to).into()),
@@ -283,6 +290,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         code,
         rendezvous: advertised,
         embedded_rendezvous: embedded,
+        web,
         media_addr: local_addr,
         shared,
         endpoint,

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let server = Server::bind(cli.server.config()).await?;
+    let mut server = Server::bind(cli.server.config()).await?;
     let udp = server.local_addr();
     println!("rendezvous listening on udp {udp}");
     let _web = if cli.no_http {
@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         let web = WebService::start(cli.http, &cli.web, udp)
             .await
             .context("starting the web side")?;
+        server.set_web(web.server.side());
         let scheme = if web.server.https { "https" } else { "http" };
         println!(
             "web listening on {scheme}://{} (viewer pages at /r/CODE)",

@@ -86,6 +86,11 @@ impl Server {
         })
     }
 
+    /// Tells senders opening rooms where browsers can watch (after the web side started).
+    pub fn set_web(&mut self, web: crate::wire::signal::WebSide) {
+        self.rooms.set_web(web);
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         // A bound socket always has a local address.
         self.socket

@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::code::RoomCode;
 use crate::wire::signal::{
-    ClientMsg, ErrorKind, Fingerprint, MemberId, ServerMsg, ViewerInfo, MAX_LISTED_VIEWERS,
-    SENDER_ID,
+    ClientMsg, ErrorKind, Fingerprint, MemberId, ServerMsg, ViewerInfo, WebSide,
+    MAX_LISTED_VIEWERS, SENDER_ID,
 };
 
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct RoomsConfig {
     pub relay_bytes_per_ip: f64,
     /// Most relay sessions (viewer memberships) one IP may hold.
     pub relay_sessions_per_ip: usize,
+    /// Told to senders when they open a room, so they can print the browser link.
+    pub web: Option<WebSide>,
 }
 
 impl Default for RoomsConfig {
@@ -53,6 +55,7 @@ impl Default for RoomsConfig {
             relay_packets_per_session: 20_000.0,
             relay_bytes_per_ip: 100e6 / 8.0,
             relay_sessions_per_ip: 32,
+            web: None,
         }
     }
 }
@@ -209,6 +212,11 @@ pub struct Rooms {
 
 impl Rooms {
     /// `seed` makes codes and tokens reproducible in tests; servers pass a random seed.
+    /// The server's web side started (after the UDP socket was bound).
+    pub fn set_web(&mut self, web: WebSide) {
+        self.cfg.web = Some(web);
+    }
+
     pub fn new(cfg: RoomsConfig, seed: u64) -> Self {
         Self {
             cfg,
@@ -423,6 +431,7 @@ impl Rooms {
             token: room.sender.token,
             reflexive: from,
             idle_secs: self.cfg.idle.as_secs().min(u16::MAX as u64) as u16,
+            web: self.cfg.web,
         };
         self.send(from, msg);
     }

@@ -159,6 +159,14 @@ impl WebServer {
         })
     }
 
+    /// What the rendezvous tells senders about this server.
+    pub fn side(&self) -> crate::wire::signal::WebSide {
+        crate::wire::signal::WebSide {
+            port: self.local_addr.port(),
+            https: self.https,
+        }
+    }
+
     /// The viewer link for `code`, on `host` (an address or name browsers can reach).
     pub fn room_url(&self, host: &str, code: RoomCode) -> String {
         let scheme = if self.https { "https" } else { "http" };

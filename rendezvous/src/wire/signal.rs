@@ -35,6 +35,13 @@ pub fn is_signal(datagram: &[u8]) -> bool {
 /// SHA-256 of the sender's self-signed certificate (DER).
 pub type Fingerprint = [u8; 32];
 
+/// Where a rendezvous serves browser viewers: the same host the client reached, this port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSide {
+    pub port: u16,
+    pub https: bool,
+}
+
 /// Identifies a member of a room: 0 is the sender, viewers count up from 1.
 pub type MemberId = u32;
 pub const SENDER_ID: MemberId = 0;
@@ -132,6 +139,8 @@ pub enum ServerMsg {
         reflexive: SocketAddr,
         /// Seconds the room lives without a keepalive.
         idle_secs: u16,
+        /// The server's web side (browser viewers at `/r/CODE`), if it has one.
+        web: Option<WebSide>,
     },
     Joined {
         txn: u64,
@@ -344,6 +353,7 @@ impl ServerMsg {
                 token,
                 reflexive,
                 idle_secs,
+                web,
             } => {
                 header(&mut w, T_OPENED);
                 w.u64(*txn);
@@ -351,6 +361,9 @@ impl ServerMsg {
                 w.u64(*token);
                 w.addr(reflexive);
                 w.u16(*idle_secs);
+                // Port 0: no web side.
+                w.u16(web.map_or(0, |s| s.port));
+                w.u8(web.is_some_and(|s| s.https) as u8);
             }
             Self::Joined {
                 txn,
@@ -422,6 +435,13 @@ impl ServerMsg {
                 token: r.u64()?,
                 reflexive: r.addr()?,
                 idle_secs: r.u16()?,
+                web: match (r.u16()?, r.u8()?) {
+                    (0, _) => None,
+                    (port, flags) => Some(WebSide {
+                        port,
+                        https: flags & 1 == 1,
+                    }),
+                },
             },
             T_JOINED => Self::Joined {
                 txn: r.u64()?,
@@ -627,15 +647,24 @@ mod tests {
             0..=MAX_LISTED_VIEWERS,
         );
         prop_oneof![
-            (any::<u64>(), room(), any::<u64>(), addr(), any::<u16>()).prop_map(
-                |(txn, code, token, reflexive, idle_secs)| ServerMsg::Opened {
-                    txn,
-                    code,
-                    token,
-                    reflexive,
-                    idle_secs
-                }
-            ),
+            (
+                any::<u64>(),
+                room(),
+                any::<u64>(),
+                addr(),
+                any::<u16>(),
+                proptest::option::of((1..=u16::MAX, any::<bool>()))
+            )
+                .prop_map(|(txn, code, token, reflexive, idle_secs, web)| {
+                    ServerMsg::Opened {
+                        txn,
+                        code,
+                        token,
+                        reflexive,
+                        idle_secs,
+                        web: web.map(|(port, https)| WebSide { port, https }),
+                    }
+                }),
             (
                 any::<u64>(),
                 room(),
