@@ -1,15 +1,19 @@
 // Samples a 360° video frame by view direction (no sphere mesh) and converts I420 to RGB.
-// Mirrors src/projection.rs: +X right, +Y up, front is -Z; equirect longitude 0 at u = 0.5.
+// Mirrors src/projection.rs (and web/viewer.js): +X right, +Y up, front is -Z; equirect
+// longitude 0 at u = 0.5; dual fisheye: front lens in the left half, back lens in the right.
 
 struct View {
-    // Camera-to-world rotation (columns are the camera axes in world space).
+    // Camera-to-video rotation (head pose, then the sender's scene correction).
     rot: mat3x3<f32>,
     // tan(fov/2) horizontally and vertically.
     tan_half: vec2<f32>,
-    // 0 equirect mono, 1 equirect stereo top-bottom.
+    // 0 equirect mono, 1 equirect stereo top-bottom, 2 dual fisheye.
     projection: u32,
     // 0 left (top half in stereo), 1 right.
     eye: u32,
+    // Dual fisheye lens: field of view (radians), circle centre x (half-widths), y, radius
+    // (picture heights).
+    lens: vec4<f32>,
 };
 
 @group(0) @binding(0) var<uniform> view: View;
@@ -41,6 +45,25 @@ fn equirect_uv(d: vec3<f32>) -> vec2<f32> {
     return vec2<f32>(0.5 + lon / (2.0 * PI), 0.5 - lat / PI);
 }
 
+// Equidistant fisheye: a lens-local direction (axis +Z) to its half of the picture.
+fn fisheye_uv(l: vec3<f32>, side: f32, aspect: f32) -> vec2<f32> {
+    let theta = acos(clamp(l.z, -1.0, 1.0));
+    let len = length(l.xy);
+    var q = vec2<f32>(0.0, 0.0);
+    if (len > 1e-6) {
+        q = l.xy / len;
+    }
+    let r = theta / (view.lens.x * 0.5) * view.lens.w;
+    return vec2<f32>(0.5 * side + 0.5 * view.lens.y + q.x * r * aspect, view.lens.z - q.y * r);
+}
+
+fn sample_rgb(uv: vec2<f32>) -> vec3<f32> {
+    let y = textureSampleLevel(tex_y, samp, uv, 0.0).r;
+    let u = textureSampleLevel(tex_u, samp, uv, 0.0).r;
+    let v = textureSampleLevel(tex_v, samp, uv, 0.0).r;
+    return yuv_to_rgb(y, u, v);
+}
+
 // BT.709, limited range.
 fn yuv_to_rgb(y: f32, u: f32, v: f32) -> vec3<f32> {
     let l = (y - 16.0 / 255.0) * (255.0 / 219.0);
@@ -56,13 +79,21 @@ fn yuv_to_rgb(y: f32, u: f32, v: f32) -> vec3<f32> {
 @fragment
 fn fs_main(in: VsOut) -> @location(0) vec4<f32> {
     let cam = normalize(vec3<f32>(in.ndc.x * view.tan_half.x, in.ndc.y * view.tan_half.y, -1.0));
-    let d = view.rot * cam;
+    let d = normalize(view.rot * cam);
+    if (view.projection == 2u) {
+        let size = vec2<f32>(textureDimensions(tex_y));
+        let aspect = size.y / size.x;
+        let half_fov = view.lens.x * 0.5;
+        let off_front = acos(clamp(-d.z, -1.0, 1.0));
+        let t = clamp((half_fov - off_front) / (2.0 * half_fov - PI), 0.0, 1.0);
+        let w = t * t * (3.0 - 2.0 * t);
+        let front = sample_rgb(fisheye_uv(vec3<f32>(d.x, d.y, -d.z), 0.0, aspect));
+        let back = sample_rgb(fisheye_uv(vec3<f32>(-d.x, d.y, d.z), 1.0, aspect));
+        return vec4<f32>(mix(back, front, w), 1.0);
+    }
     var uv = equirect_uv(d);
     if (view.projection == 1u) {
         uv.y = uv.y * 0.5 + f32(view.eye) * 0.5;
     }
-    let y = textureSampleLevel(tex_y, samp, uv, 0.0).r;
-    let u = textureSampleLevel(tex_u, samp, uv, 0.0).r;
-    let v = textureSampleLevel(tex_v, samp, uv, 0.0).r;
-    return vec4<f32>(yuv_to_rgb(y, u, v), 1.0);
+    return vec4<f32>(sample_rgb(uv), 1.0);
 }

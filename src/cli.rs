@@ -95,8 +95,24 @@ fn parse_projection(s: &str) -> Result<Projection, String> {
     match s {
         "equirect" | "mono" => Ok(Projection::EquirectMono),
         "equirect-tb" | "stereo-tb" => Ok(Projection::EquirectStereoTopBottom),
-        _ => Err(format!("unknown projection `{s}`: equirect or equirect-tb")),
+        "dual-fisheye" | "fisheye" => Ok(Projection::DualFisheye),
+        _ => Err(format!(
+            "unknown projection `{s}`: equirect, equirect-tb or dual-fisheye"
+        )),
     }
+}
+
+/// `X,Y` as two numbers.
+fn parse_pair(s: &str) -> Result<[f32; 2], String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("`{s}` is not a pair like 0.5,0.5"))?;
+    let n = |v: &str| {
+        v.trim()
+            .parse::<f32>()
+            .map_err(|_| format!("`{v}` is not a number"))
+    };
+    Ok([n(a)?, n(b)?])
 }
 
 fn parse_code(s: &str) -> Result<RoomCode, String> {
@@ -120,9 +136,44 @@ pub struct SendArgs {
     /// Ask the camera for MJPEG (higher sizes and rates over USB 2).
     #[arg(long)]
     pub mjpeg: bool,
-    /// equirect or equirect-tb (stereo, left eye on top)
+    /// equirect, equirect-tb (stereo, left eye on top) or dual-fisheye (two circles side by
+    /// side, front lens left, as 360 cameras give in webcam mode)
     #[arg(long, default_value = "equirect", value_parser = parse_projection)]
     pub projection: Projection,
+    /// Dual fisheye: one lens's field of view in degrees.
+    #[arg(long, default_value_t = 195.0, value_name = "DEG")]
+    pub lens_fov: f32,
+    /// Dual fisheye: circle centre in its half, as fractions of the half's width and height.
+    #[arg(long, default_value = "0.5,0.5", value_parser = parse_pair, value_name = "X,Y")]
+    pub lens_centre: [f32; 2],
+    /// Dual fisheye: circle radius as a fraction of the picture height.
+    #[arg(long, default_value_t = 0.5, value_name = "R")]
+    pub lens_radius: f32,
+    /// Turn the scene so viewers start facing the right way: what the camera saw this many
+    /// degrees to the right is straight ahead.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        allow_negative_numbers = true,
+        value_name = "DEG"
+    )]
+    pub yaw: f32,
+    /// Horizon correction: tilt the scene up (positive) or down, degrees.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        allow_negative_numbers = true,
+        value_name = "DEG"
+    )]
+    pub pitch: f32,
+    /// Horizon correction: roll the scene about the forward axis, degrees.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        allow_negative_numbers = true,
+        value_name = "DEG"
+    )]
+    pub roll: f32,
     /// Port of the embedded rendezvous when --rendezvous is not given.
     #[arg(long, default_value_t = 7000)]
     pub rendezvous_port: u16,

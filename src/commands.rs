@@ -88,6 +88,12 @@ fn send_config(a: &SendArgs, rendezvous: Option<SocketAddr>) -> SendConfig {
         },
         bitrate: a.bitrate,
         projection: a.projection,
+        orientation: [a.yaw, a.pitch, a.roll],
+        lens: crate::projection::FisheyeLens {
+            fov_deg: a.lens_fov.clamp(1.0, 360.0),
+            centre: a.lens_centre,
+            radius: a.lens_radius,
+        },
         bind: a.net.bind,
         rendezvous,
         embedded_port: a.rendezvous_port,

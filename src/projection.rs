@@ -6,6 +6,8 @@
 
 use std::f32::consts::{FRAC_PI_2, PI};
 
+use inclubit_rendezvous::wire::media::Lens;
+
 /// Unit direction → equirect texture coordinate in [0,1]².
 pub fn dir_to_equirect(d: [f32; 3]) -> [f32; 2] {
     let lon = d[0].atan2(-d[2]);
@@ -176,6 +178,118 @@ impl Face {
     }
 }
 
+/// Column-major 3×3 rotation for a scene orientation correction: yaw about +Y (right
+/// positive), then pitch about X (up positive), then roll about the forward axis. Looking at
+/// direction `d` shows the video's direction `R·d`, so `--yaw 30` puts what the camera saw 30° to
+/// the right straight ahead.
+pub fn orientation(yaw_deg: f32, pitch_deg: f32, roll_deg: f32) -> [[f32; 3]; 3] {
+    let r = Pose { yaw_deg, pitch_deg }.rotation();
+    let (sr, cr) = roll_deg.to_radians().sin_cos();
+    mat_mul(r, [[cr, sr, 0.0], [-sr, cr, 0.0], [0.0, 0.0, 1.0]])
+}
+
+/// `a · b` for column-major 3×3 matrices.
+pub fn mat_mul(a: [[f32; 3]; 3], b: [[f32; 3]; 3]) -> [[f32; 3]; 3] {
+    b.map(|col| [0, 1, 2].map(|i| a[0][i] * col[0] + a[1][i] * col[1] + a[2][i] * col[2]))
+}
+
+/// `m · v` for a column-major 3×3 matrix.
+pub fn mat_apply(m: [[f32; 3]; 3], v: [f32; 3]) -> [f32; 3] {
+    [0, 1, 2].map(|i| m[0][i] * v[0] + m[1][i] * v[1] + m[2][i] * v[2])
+}
+
+/// A dual-fisheye lens in picture units (see [`inclubit_rendezvous::wire::media::Lens`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FisheyeLens {
+    pub fov_deg: f32,
+    /// Circle centre in its half: x in half-widths, y in picture heights.
+    pub centre: [f32; 2],
+    /// Circle radius in picture heights.
+    pub radius: f32,
+}
+
+impl Default for FisheyeLens {
+    fn default() -> Self {
+        Self::from_wire(Lens::default())
+    }
+}
+
+impl FisheyeLens {
+    pub fn from_wire(l: Lens) -> Self {
+        Self {
+            fov_deg: l.fov_cdeg as f32 / 100.0,
+            centre: l.centre_e4.map(|c| c as f32 / 10_000.0),
+            radius: l.radius_e4 as f32 / 10_000.0,
+        }
+    }
+
+    pub fn to_wire(self) -> Lens {
+        let e4 = |v: f32| (v * 10_000.0).round().clamp(0.0, u16::MAX as f32) as u16;
+        Lens {
+            fov_cdeg: (self.fov_deg * 100.0).round().clamp(1.0, u16::MAX as f32) as u16,
+            centre_e4: self.centre.map(e4),
+            radius_e4: e4(self.radius),
+        }
+    }
+
+    /// Where a lens-local direction (lens axis +Z, right +X, up +Y) lands in half `side`
+    /// (0 front, left half; 1 back, right half) of a picture whose height/width is `aspect`.
+    /// Equidistant fisheye: distance from the centre grows linearly with the angle off axis.
+    fn uv(&self, l: [f32; 3], side: f32, aspect: f32) -> [f32; 2] {
+        let theta = l[2].clamp(-1.0, 1.0).acos();
+        let len = (l[0] * l[0] + l[1] * l[1]).sqrt();
+        let q = if len > 1e-6 {
+            [l[0] / len, l[1] / len]
+        } else {
+            [0.0, 0.0]
+        };
+        let r = theta / (self.fov_deg.to_radians() * 0.5) * self.radius;
+        [
+            0.5 * side + 0.5 * self.centre[0] + q[0] * r * aspect,
+            self.centre[1] - q[1] * r,
+        ]
+    }
+}
+
+/// Unit direction → (front lens uv, back lens uv, weight of the front lens). The weight falls
+/// from 1 to 0 (smoothstep) across the band both lenses see, so the seam blends.
+pub fn dir_to_dual_fisheye(
+    d: [f32; 3],
+    lens: &FisheyeLens,
+    aspect: f32,
+) -> ([f32; 2], [f32; 2], f32) {
+    let half_fov = lens.fov_deg.to_radians() * 0.5;
+    let off_front = (-d[2]).clamp(-1.0, 1.0).acos();
+    let t = ((half_fov - off_front) / (2.0 * half_fov - std::f32::consts::PI)).clamp(0.0, 1.0);
+    let w = t * t * (3.0 - 2.0 * t);
+    let front = lens.uv([d[0], d[1], -d[2]], 0.0, aspect);
+    let back = lens.uv([-d[0], d[1], d[2]], 1.0, aspect);
+    (front, back, w)
+}
+
+/// The world direction a dual-fisheye picture shows at `uv`, `None` outside both circles.
+pub fn dual_fisheye_to_dir(uv: [f32; 2], lens: &FisheyeLens, aspect: f32) -> Option<[f32; 3]> {
+    let side = if uv[0] < 0.5 { 0.0 } else { 1.0 };
+    let dx = (uv[0] - 0.5 * side - 0.5 * lens.centre[0]) / aspect;
+    let dy = lens.centre[1] - uv[1];
+    let r = (dx * dx + dy * dy).sqrt();
+    let theta = r / lens.radius * lens.fov_deg.to_radians() * 0.5;
+    if r > lens.radius || theta > std::f32::consts::PI {
+        return None;
+    }
+    let (q0, q1) = if r > 1e-9 {
+        (dx / r, dy / r)
+    } else {
+        (0.0, 0.0)
+    };
+    let l = [theta.sin() * q0, theta.sin() * q1, theta.cos()];
+    Some(if side == 0.0 {
+        [l[0], l[1], -l[2]]
+    } else {
+        [-l[0], l[1], l[2]]
+    })
+}
+
 /// Largest per-channel difference between two colours.
 pub fn colour_distance(a: [u8; 3], b: [u8; 3]) -> u8 {
     (0..3).map(|i| a[i].abs_diff(b[i])).max().unwrap_or(0)
@@ -216,6 +330,56 @@ mod tests {
         let p = Pose::new(0.0, 0.0);
         assert!(close(p.apply([1.0, 0.0, 0.0]), [1.0, 0.0, 0.0]));
         assert!(close(p.apply([0.0, 1.0, 0.0]), [0.0, 1.0, 0.0]));
+    }
+
+    #[test]
+    fn dual_fisheye_roundtrip_and_seam() {
+        let lens = FisheyeLens::default();
+        assert_eq!(FisheyeLens::from_wire(lens.to_wire()), lens);
+        // Lens centres look front and back.
+        let (f, b, w) = dir_to_dual_fisheye([0.0, 0.0, -1.0], &lens, 0.5);
+        assert!((f[0] - 0.25).abs() < 1e-6 && (f[1] - 0.5).abs() < 1e-6 && w == 1.0);
+        let (_, b2, w2) = dir_to_dual_fisheye([0.0, 0.0, 1.0], &lens, 0.5);
+        assert!((b2[0] - 0.75).abs() < 1e-6 && w2 == 0.0, "{b:?}");
+        // Right of the front lens is +X; right of the back lens (facing +Z) is -X.
+        let (f, _, _) = dir_to_dual_fisheye(normalize([0.3, 0.0, -1.0]), &lens, 0.5);
+        assert!(f[0] > 0.25);
+        let (_, b, _) = dir_to_dual_fisheye(normalize([-0.3, 0.0, 1.0]), &lens, 0.5);
+        assert!(b[0] > 0.75);
+        // Up is up in both.
+        let (f, b, _) = dir_to_dual_fisheye(normalize([0.0, 1.0, -0.01]), &lens, 0.5);
+        assert!(f[1] < 0.5 && b[1] < 0.5);
+        // Round trips for directions each lens sees.
+        for d in [
+            [0.2, 0.3, -0.9],
+            [0.9, -0.1, 0.1],
+            [-0.5, 0.5, 0.7],
+            [0.0, -1.0, 0.05],
+        ] {
+            let d = normalize(d);
+            let (f, b, w) = dir_to_dual_fisheye(d, &lens, 0.5);
+            let uv = if w >= 0.5 { f } else { b };
+            let back = dual_fisheye_to_dir(uv, &lens, 0.5).unwrap();
+            assert!(close(back, d), "{d:?} -> {uv:?} -> {back:?}");
+        }
+        // The seam blends: at 90° off both axes each lens has half the weight.
+        let (_, _, w) = dir_to_dual_fisheye([1.0, 0.0, 0.0], &lens, 0.5);
+        assert!((w - 0.5).abs() < 1e-5);
+        // Outside the circles there is nothing.
+        assert!(dual_fisheye_to_dir([0.01, 0.01], &lens, 0.5).is_none());
+    }
+
+    #[test]
+    fn orientation_turns_the_scene() {
+        // --yaw 90: looking ahead shows what the camera saw on its right.
+        let o = orientation(90.0, 0.0, 0.0);
+        assert!(close(mat_apply(o, [0.0, 0.0, -1.0]), [1.0, 0.0, 0.0]));
+        // Roll turns the horizon about the forward axis; forward stays forward.
+        let o = orientation(0.0, 0.0, 30.0);
+        assert!(close(mat_apply(o, [0.0, 0.0, -1.0]), [0.0, 0.0, -1.0]));
+        assert!(mat_apply(o, [1.0, 0.0, 0.0])[1].abs() > 0.4);
+        let id = orientation(0.0, 0.0, 0.0);
+        assert!(close(mat_apply(id, [0.3, 0.4, -0.5]), [0.3, 0.4, -0.5]));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The GPU renderer (lavapipe on machines without a GPU) against the CPU reference.
 
 use inclubit::capture::testcard::TestCard;
-use inclubit::projection::{colour_distance, Face, Pose};
+use inclubit::picture::I420;
+use inclubit::projection::{
+    colour_distance, dual_fisheye_to_dir, rgb_to_yuv, Face, FisheyeLens, Pose,
+};
 use inclubit::render::{reference, rgba_at, Offscreen, ViewParams};
-use inclubit::rendezvous::wire::media::Projection;
+use inclubit::rendezvous::wire::media::{Codec, Projection, StreamHello};
 
 fn errors(a: &[u8], b: &[u8]) -> (f64, u8) {
     let mut sum = 0u64;
@@ -83,7 +86,7 @@ fn stereo_top_bottom_eyes_see_their_own_half() {
     // Top half: the test card; bottom half: the same card turned 180° (back where front was).
     let card = TestCard::new(512, 256);
     let a = card.frame(0, 0);
-    let mut stereo = inclubit::picture::I420::new(512, 512);
+    let mut stereo = I420::new(512, 512);
     for p in 0..3 {
         let (w, h) = a.plane_size(p);
         for y in 0..h as usize {
@@ -122,4 +125,125 @@ fn stereo_top_bottom_eyes_see_their_own_half() {
         gpu.render_rgba(&v).unwrap()
     };
     assert_eq!(mono(0), mono(1));
+}
+
+/// A dual-fisheye picture of the test card's cube: each pixel the colour of the face its lens
+/// sees there, black outside the circles.
+fn dual_fisheye_card(w: u32, h: u32, lens: &FisheyeLens) -> I420 {
+    let aspect = h as f32 / w as f32;
+    let colour = |u: f32, v: f32| match dual_fisheye_to_dir([u, v], lens, aspect) {
+        Some(d) => rgb_to_yuv(Face::of(d).colour()),
+        None => rgb_to_yuv([0, 0, 0]),
+    };
+    let mut p = I420::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            let c = colour((x as f32 + 0.5) / w as f32, (y as f32 + 0.5) / h as f32);
+            p.planes[0][(y as usize) * p.strides[0] + x as usize] = c[0];
+        }
+    }
+    let (cw, ch) = I420::chroma_size(w, h);
+    for y in 0..ch {
+        for x in 0..cw {
+            let c = colour((2 * x + 1) as f32 / w as f32, (2 * y + 1) as f32 / h as f32);
+            p.planes[1][(y as usize) * p.strides[1] + x as usize] = c[1];
+            p.planes[2][(y as usize) * p.strides[2] + x as usize] = c[2];
+        }
+    }
+    p
+}
+
+#[test]
+fn dual_fisheye_matches_cpu_reference_and_each_face_is_in_its_direction() {
+    let lens = FisheyeLens::default();
+    let pic = dual_fisheye_card(1024, 512, &lens);
+    let (w, h) = (160, 120);
+    let mut gpu = Offscreen::new(w, h).unwrap();
+    gpu.upload(&pic);
+    // Straight at each lens, across the seam (±90°), up and down through both circles' rims.
+    for (yaw, pitch, fov) in [
+        (0.0, 0.0, 90.0),
+        (180.0, 0.0, 90.0),
+        (90.0, 0.0, 100.0),
+        (-90.0, 20.0, 90.0),
+        (45.0, 60.0, 90.0),
+        (-30.0, -85.0, 70.0),
+    ] {
+        let view = ViewParams {
+            pose: Pose::new(yaw, pitch),
+            fov_y_deg: fov,
+            projection: Projection::DualFisheye,
+            lens,
+            ..Default::default()
+        };
+        let got = gpu.render_rgba(&view).unwrap();
+        let want = reference::render(&pic, &view, w, h);
+        let (mean, max) = errors(&got, &want);
+        assert!(mean < 1.5, "pose {yaw},{pitch}: mean error {mean}");
+        assert!(max < 200, "pose {yaw},{pitch}: max error {max}");
+    }
+    let mut small = Offscreen::new(64, 64).unwrap();
+    small.upload(&pic);
+    for face in Face::ALL {
+        let (yaw, pitch) = face.angles();
+        let rgba = small
+            .render_rgba(&ViewParams {
+                pose: Pose::new(yaw, pitch),
+                fov_y_deg: 20.0,
+                projection: Projection::DualFisheye,
+                lens,
+                ..Default::default()
+            })
+            .unwrap();
+        let c = rgba_at(&rgba, 64, 32, 32);
+        assert!(colour_distance(c, face.colour()) <= 8, "{face:?}: {c:?}");
+    }
+}
+
+#[test]
+fn the_senders_orientation_turns_the_scene() {
+    let card = TestCard::new(640, 320);
+    let pic = card.frame(0, 0);
+    let mut gpu = Offscreen::new(64, 64).unwrap();
+    gpu.upload(&pic);
+    let hello = StreamHello {
+        codec: Codec::H264,
+        width: 640,
+        height: 320,
+        fps_milli: 30_000,
+        projection: Projection::EquirectMono,
+        bitrate: 1,
+        // --yaw 90: what the camera saw on its right is ahead.
+        orientation_cdeg: [9000, 0, 0],
+        next_seq: 0,
+        lens: Default::default(),
+    };
+    let ahead = ViewParams {
+        fov_y_deg: 20.0,
+        ..Default::default()
+    }
+    .with_hello(&hello);
+    let c = rgba_at(&gpu.render_rgba(&ahead).unwrap(), 64, 32, 32);
+    assert!(colour_distance(c, Face::Right.colour()) <= 6, "{c:?}");
+    // Turning the head left by 90° brings the camera's front back.
+    let left = ViewParams {
+        pose: Pose::new(-90.0, 0.0),
+        ..ahead
+    };
+    let c = rgba_at(&gpu.render_rgba(&left).unwrap(), 64, 32, 32);
+    assert!(colour_distance(c, Face::Front.colour()) <= 6, "{c:?}");
+    // GPU and CPU agree with a roll and pitch as well.
+    let tilted = ViewParams {
+        pose: Pose::new(20.0, 10.0),
+        fov_y_deg: 90.0,
+        orientation: [10.0, -15.0, 25.0],
+        ..Default::default()
+    };
+    let mut big = Offscreen::new(160, 120).unwrap();
+    big.upload(&pic);
+    let (mean, _) = errors(
+        &big.render_rgba(&tilted).unwrap(),
+        &reference::render(&pic, &tilted, 160, 120),
+    );
+    assert!(mean < 1.0, "mean error {mean}");
 }

@@ -27,6 +27,7 @@ use crate::net::portmap::{self, PortMapper};
 use crate::net::punch::PunchConfig;
 use crate::net::signal::Signalling;
 use crate::net::{Identity, Impairment, NetError, PathPolicy, PeerEndpoint};
+use crate::projection::FisheyeLens;
 
 #[derive(Clone)]
 pub struct SendConfig {
@@ -35,6 +36,10 @@ pub struct SendConfig {
     /// Bits per second; `None` picks one for the size and rate.
     pub bitrate: Option<u32>,
     pub projection: Projection,
+    /// Scene orientation correction (yaw, pitch, roll degrees), sent to viewers.
+    pub orientation: [f32; 3],
+    /// Lens geometry for dual-fisheye sources.
+    pub lens: FisheyeLens,
     pub bind: SocketAddr,
     /// `None`: run an embedded rendezvous on `embedded_port`.
     pub rendezvous: Option<SocketAddr>,
@@ -61,6 +66,8 @@ impl Default for SendConfig {
             capture: CaptureConfig::default(),
             bitrate: None,
             projection: Projection::EquirectMono,
+            orientation: [0.0; 3],
+            lens: FisheyeLens::default(),
             bind: "[::]:0".parse().expect("valid"),
             rendezvous: None,
             embedded_port: 7000,
@@ -225,8 +232,11 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
             fps_milli: fps * 1000,
             projection: cfg.projection,
             bitrate: enc_cfg.bitrate,
-            orientation_cdeg: [0; 3],
+            orientation_cdeg: cfg
+                .orientation
+                .map(|d| (d * 100.0).round().clamp(-18000.0, 18000.0) as i16),
             next_seq: 0,
+            lens: cfg.lens.to_wire(),
         },
         next_seq: AtomicU64::new(0),
         budget: cfg.latency_budget,

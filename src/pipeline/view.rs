@@ -275,6 +275,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     // the connection instead of delaying the first frames.
     let render_slot = FrameSlot {
         metrics: slot.metrics.clone(),
+        hello: slot.hello.clone(),
         ..Default::default()
     };
     let render_thread = match &cfg.display {
@@ -550,14 +551,20 @@ fn render_headless(
         };
         last = Some(seq);
         off.upload(&picture);
+        // The stream decides projection, orientation and lens; a probe only the pose.
+        let hello = slot.hello.lock().ok().and_then(|h| h.clone());
+        let scene = |v: &ViewParams| match &hello {
+            Some(h) => v.with_hello(h),
+            None => *v,
+        };
         if probes.is_empty() {
-            if let Err(e) = off.render(&ViewParams::default()) {
+            if let Err(e) = off.render(&scene(&ViewParams::default())) {
                 tracing::warn!("render failed: {e}");
                 return;
             }
         }
         for (i, view) in probes.iter().enumerate() {
-            match off.render_rgba(view) {
+            match off.render_rgba(&scene(view)) {
                 Ok(rgba) => {
                     if let Some(tx) = &events {
                         let _ = tx.send(ViewEvent::Rendered {

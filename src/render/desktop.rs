@@ -136,24 +136,20 @@ impl App {
         };
         let view = frame.texture.create_view(&Default::default());
         let mut encoder = gfx.gpu.device.create_command_encoder(&Default::default());
-        let projection = self
-            .slot
-            .hello
-            .lock()
-            .ok()
-            .and_then(|h| h.as_ref().map(|h| h.projection))
-            .unwrap_or_default();
+        let mut params = ViewParams {
+            pose: self.look.pose,
+            fov_y_deg: self.look.fov_y_deg,
+            ..Default::default()
+        };
+        if let Some(h) = self.slot.hello.lock().ok().and_then(|h| h.clone()) {
+            params = params.with_hello(&h);
+        }
         gfx.renderer.draw(
             &gfx.gpu.queue,
             &mut encoder,
             &view,
             (gfx.config.width, gfx.config.height),
-            &ViewParams {
-                pose: self.look.pose,
-                fov_y_deg: self.look.fov_y_deg,
-                projection,
-                eye: 0,
-            },
+            &params,
         );
         gfx.gpu.queue.submit([encoder.finish()]);
         window.pre_present_notify();

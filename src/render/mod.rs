@@ -8,10 +8,10 @@ pub mod reference;
 use std::time::Duration;
 
 use bytemuck::{Pod, Zeroable};
-use inclubit_rendezvous::wire::media::Projection;
+use inclubit_rendezvous::wire::media::{Projection, StreamHello};
 
 use crate::picture::I420;
-use crate::projection::Pose;
+use crate::projection::{mat_mul, orientation, FisheyeLens, Pose};
 
 pub const SHADER: &str = include_str!("../../shaders/equirect.wgsl");
 
@@ -34,6 +34,25 @@ pub struct ViewParams {
     pub projection: Projection,
     /// 0 left, 1 right.
     pub eye: u32,
+    /// The sender's scene correction (yaw, pitch, roll degrees).
+    pub orientation: [f32; 3],
+    pub lens: FisheyeLens,
+}
+
+impl ViewParams {
+    /// Projection, orientation and lens as the sender's hello gives them.
+    pub fn with_hello(mut self, hello: &StreamHello) -> Self {
+        self.projection = hello.projection;
+        self.orientation = hello.orientation_cdeg.map(|c| c as f32 / 100.0);
+        self.lens = FisheyeLens::from_wire(hello.lens);
+        self
+    }
+
+    /// Camera-to-video rotation: the head pose, then the scene correction.
+    pub fn rotation(&self) -> [[f32; 3]; 3] {
+        let [y, p, r] = self.orientation;
+        mat_mul(orientation(y, p, r), self.pose.rotation())
+    }
 }
 
 impl Default for ViewParams {
@@ -43,6 +62,8 @@ impl Default for ViewParams {
             fov_y_deg: 90.0,
             projection: Projection::EquirectMono,
             eye: 0,
+            orientation: [0.0; 3],
+            lens: FisheyeLens::default(),
         }
     }
 }
@@ -54,20 +75,29 @@ struct ViewUniform {
     tan_half: [f32; 2],
     projection: u32,
     eye: u32,
+    /// Dual fisheye: lens field of view (radians), circle centre x, y, radius.
+    lens: [f32; 4],
 }
 
 impl ViewUniform {
     fn new(v: &ViewParams, aspect: f32) -> Self {
-        let r = v.pose.rotation();
+        let r = v.rotation();
         let ty = (v.fov_y_deg.to_radians() / 2.0).tan();
         Self {
             rot: r.map(|c| [c[0], c[1], c[2], 0.0]),
             tan_half: [ty * aspect, ty],
             projection: match v.projection {
+                Projection::EquirectMono => 0,
                 Projection::EquirectStereoTopBottom => 1,
-                _ => 0,
+                Projection::DualFisheye => 2,
             },
             eye: v.eye,
+            lens: [
+                v.lens.fov_deg.to_radians(),
+                v.lens.centre[0],
+                v.lens.centre[1],
+                v.lens.radius,
+            ],
         }
     }
 }

@@ -4,7 +4,9 @@
 
 use super::ViewParams;
 use crate::picture::I420;
-use crate::projection::{dir_to_equirect, pixel_ray, yuv_to_rgb_f};
+use crate::projection::{
+    dir_to_dual_fisheye, dir_to_equirect, mat_apply, normalize, pixel_ray, yuv_to_rgb_f,
+};
 use inclubit_rendezvous::wire::media::Projection;
 
 fn sample(pic: &I420, plane: usize, uv: [f32; 2]) -> f32 {
@@ -24,18 +26,35 @@ fn sample(pic: &I420, plane: usize, uv: [f32; 2]) -> f32 {
     top * (1.0 - fy) + bottom * fy
 }
 
+/// Linear RGB (0..1) at `uv`, converted from bilinearly sampled planes like the GPU does.
+fn sample_rgb(pic: &I420, uv: [f32; 2]) -> [f32; 3] {
+    let yuv = [0, 1, 2].map(|p| sample(pic, p, uv));
+    yuv_to_rgb_f(yuv).map(|c| c as f32 / 255.0)
+}
+
 /// Renders `w`×`h` RGBA, the way the GPU renderer does.
 pub fn render(pic: &I420, view: &ViewParams, w: u32, h: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity((w * h * 4) as usize);
+    let rot = view.rotation();
+    let aspect = pic.height as f32 / pic.width as f32;
     for y in 0..h {
         for x in 0..w {
-            let d = view.pose.apply(pixel_ray(x, y, w, h, view.fov_y_deg));
-            let mut uv = dir_to_equirect(d);
-            if view.projection == Projection::EquirectStereoTopBottom {
-                uv[1] = uv[1] * 0.5 + view.eye as f32 * 0.5;
-            }
-            let yuv = [0, 1, 2].map(|p| sample(pic, p, uv));
-            let rgb = yuv_to_rgb_f(yuv);
+            let d = normalize(mat_apply(rot, pixel_ray(x, y, w, h, view.fov_y_deg)));
+            let rgb = match view.projection {
+                Projection::DualFisheye => {
+                    let (front, back, wf) = dir_to_dual_fisheye(d, &view.lens, aspect);
+                    let (a, b) = (sample_rgb(pic, front), sample_rgb(pic, back));
+                    [0, 1, 2].map(|i| b[i] + (a[i] - b[i]) * wf)
+                }
+                p => {
+                    let mut uv = dir_to_equirect(d);
+                    if p == Projection::EquirectStereoTopBottom {
+                        uv[1] = uv[1] * 0.5 + view.eye as f32 * 0.5;
+                    }
+                    sample_rgb(pic, uv)
+                }
+            };
+            let rgb = rgb.map(|c| (c.clamp(0.0, 1.0) * 255.0).round() as u8);
             out.extend_from_slice(&[rgb[0], rgb[1], rgb[2], 255]);
         }
     }

@@ -119,6 +119,28 @@ impl FrameHeader {
     }
 }
 
+/// A dual-fisheye camera's lens, in integers on the wire. Both circles share it: each sits in
+/// its half of the picture (front lens left, back lens right).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lens {
+    /// Field of view of one lens, centidegrees (19500: 195°, typical of consumer 360 cameras).
+    pub fov_cdeg: u16,
+    /// Circle centre within its half, in 1/10000 of the half's width and the picture's height.
+    pub centre_e4: [u16; 2],
+    /// Circle radius in 1/10000 of the picture's height.
+    pub radius_e4: u16,
+}
+
+impl Default for Lens {
+    fn default() -> Self {
+        Self {
+            fov_cdeg: 19500,
+            centre_e4: [5000, 5000],
+            radius_e4: 5000,
+        }
+    }
+}
+
 /// What the sender says first on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamHello {
@@ -131,6 +153,8 @@ pub struct StreamHello {
     pub bitrate: u32,
     /// Orientation correction in centidegrees (yaw, pitch, roll).
     pub orientation_cdeg: [i16; 3],
+    /// Lens geometry for [`Projection::DualFisheye`] (ignored otherwise).
+    pub lens: Lens,
     /// The frame sequence number the stream starts near.
     pub next_seq: u64,
 }
@@ -192,6 +216,10 @@ impl Control {
                     w.i16(v);
                 }
                 w.u64(h.next_seq);
+                w.u16(h.lens.fov_cdeg);
+                w.u16(h.lens.centre_e4[0]);
+                w.u16(h.lens.centre_e4[1]);
+                w.u16(h.lens.radius_e4);
             }
             Self::KeyframeRequest => w.u8(C_KEYFRAME),
             Self::Skipped { seq } => {
@@ -252,6 +280,11 @@ impl Control {
                 bitrate: r.u32()?,
                 orientation_cdeg: [r.i16()?, r.i16()?, r.i16()?],
                 next_seq: r.u64()?,
+                lens: Lens {
+                    fov_cdeg: r.u16()?,
+                    centre_e4: [r.u16()?, r.u16()?],
+                    radius_e4: r.u16()?,
+                },
             }),
             C_KEYFRAME => Self::KeyframeRequest,
             C_SKIPPED => Self::Skipped { seq: r.u64()? },
@@ -322,10 +355,11 @@ mod tests {
                 projection(),
                 any::<u32>(),
                 any::<[i16; 3]>(),
-                any::<u64>()
+                any::<u64>(),
+                any::<[u16; 4]>()
             )
                 .prop_map(
-                    |(width, height, fps_milli, projection, bitrate, o, next_seq)| {
+                    |(width, height, fps_milli, projection, bitrate, o, next_seq, l)| {
                         Control::Hello(StreamHello {
                             codec: Codec::H264,
                             width,
@@ -335,6 +369,11 @@ mod tests {
                             bitrate,
                             orientation_cdeg: o,
                             next_seq,
+                            lens: Lens {
+                                fov_cdeg: l[0],
+                                centre_e4: [l[1], l[2]],
+                                radius_e4: l[3],
+                            },
                         })
                     }
                 ),
