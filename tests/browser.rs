@@ -20,14 +20,12 @@ static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `inclubit send --web` on loopback; returns the process and the room URL it printed.
 fn send_web() -> (Proc, String) {
-    send_web_with(&[])
+    send_web_with(&["--size", "640x320"])
 }
 
 fn send_web_with(extra: &[&str]) -> (Proc, String) {
     let mut args = vec![
         "send",
-        "--size",
-        "640x320",
         "--web",
         "127.0.0.1:0",
         "--rendezvous-port",
@@ -104,7 +102,7 @@ async fn page_plays_the_testcard_with_each_face_in_its_direction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stereo_top_bottom_shows_the_left_eye_half_on_a_flat_screen() {
     let _one = ONE_BROWSER.lock().await;
-    let (_sender, url) = send_web_with(&["--projection", "equirect-tb"]);
+    let (_sender, url) = send_web_with(&["--size", "640x320", "--projection", "equirect-tb"]);
     let mut d = Driver::start();
     let c = d.browser().await;
     c.goto(&url).await.unwrap();
@@ -129,6 +127,45 @@ async fn stereo_top_bottom_shows_the_left_eye_half_on_a_flat_screen() {
         );
     }
     c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_fisheye_and_the_senders_yaw_reach_the_page() {
+    let _one = ONE_BROWSER.lock().await;
+    let file = std::env::temp_dir().join(format!("inclubit-fisheye-{}.y4m", std::process::id()));
+    let card = common::dual_fisheye_card(640, 320, &Default::default());
+    common::write_y4m(&file, &card, 30);
+    let source = format!("file:{}", file.display());
+    // --yaw 90: the camera's right is ahead.
+    let (_sender, url) = send_web_with(&[
+        "--source",
+        &source,
+        "--projection",
+        "dual-fisheye",
+        "--yaw",
+        "90",
+    ]);
+    let mut d = Driver::start();
+    let c = d.browser().await;
+    c.goto(&url).await.unwrap();
+    wait_for(
+        &c,
+        "inclubit.frames >= 10 && inclubit.projection === 2",
+        LONG,
+    )
+    .await;
+    for face in Face::ALL {
+        let (yaw, pitch) = face.angles();
+        // The page's pose is the viewer's head; the scene is turned 90° by the sender.
+        let px = probe(&c, yaw - 90.0, pitch.clamp(-89.0, 89.0)).await;
+        assert!(
+            close_to(&px, face.colour(), TOLERANCE),
+            "{face:?}: got {px}, want {:?}",
+            face.colour()
+        );
+    }
+    c.close().await.unwrap();
+    let _ = std::fs::remove_file(&file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

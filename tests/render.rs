@@ -1,10 +1,10 @@
 //! The GPU renderer (lavapipe on machines without a GPU) against the CPU reference.
 
+mod common;
+
 use inclubit::capture::testcard::TestCard;
 use inclubit::picture::I420;
-use inclubit::projection::{
-    colour_distance, dual_fisheye_to_dir, rgb_to_yuv, Face, FisheyeLens, Pose,
-};
+use inclubit::projection::{colour_distance, Face, FisheyeLens, Pose};
 use inclubit::render::{reference, rgba_at, Offscreen, ViewParams};
 use inclubit::rendezvous::wire::media::{Codec, Projection, StreamHello};
 
@@ -127,36 +127,10 @@ fn stereo_top_bottom_eyes_see_their_own_half() {
     assert_eq!(mono(0), mono(1));
 }
 
-/// A dual-fisheye picture of the test card's cube: each pixel the colour of the face its lens
-/// sees there, black outside the circles.
-fn dual_fisheye_card(w: u32, h: u32, lens: &FisheyeLens) -> I420 {
-    let aspect = h as f32 / w as f32;
-    let colour = |u: f32, v: f32| match dual_fisheye_to_dir([u, v], lens, aspect) {
-        Some(d) => rgb_to_yuv(Face::of(d).colour()),
-        None => rgb_to_yuv([0, 0, 0]),
-    };
-    let mut p = I420::new(w, h);
-    for y in 0..h {
-        for x in 0..w {
-            let c = colour((x as f32 + 0.5) / w as f32, (y as f32 + 0.5) / h as f32);
-            p.planes[0][(y as usize) * p.strides[0] + x as usize] = c[0];
-        }
-    }
-    let (cw, ch) = I420::chroma_size(w, h);
-    for y in 0..ch {
-        for x in 0..cw {
-            let c = colour((2 * x + 1) as f32 / w as f32, (2 * y + 1) as f32 / h as f32);
-            p.planes[1][(y as usize) * p.strides[1] + x as usize] = c[1];
-            p.planes[2][(y as usize) * p.strides[2] + x as usize] = c[2];
-        }
-    }
-    p
-}
-
 #[test]
 fn dual_fisheye_matches_cpu_reference_and_each_face_is_in_its_direction() {
     let lens = FisheyeLens::default();
-    let pic = dual_fisheye_card(1024, 512, &lens);
+    let pic = common::dual_fisheye_card(1024, 512, &lens);
     let (w, h) = (160, 120);
     let mut gpu = Offscreen::new(w, h).unwrap();
     gpu.upload(&pic);

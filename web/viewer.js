@@ -13,7 +13,7 @@ const xrScale = Math.min(1, Math.max(0.1, +(query.get('scale') || 1)));
 const S = (window.inclubit = {
   status: '', phase: 'connecting', frames: 0, played: false, projection: 0,
   orient: [0, 0, 0], yaw: 0, pitch: 0, fov: 90, marks: [], xrFrames: 0, pc: null,
-  resource: null, lastFrame: 0, fps: 0, rtt: 0, probeXr: false, xrEyes: [], postAt: 0, joinMs: 0, connectMs: 0, answerMs: 0,
+  resource: null, lastFrame: 0, fps: 0, rtt: 0, probeXr: false, xrEyes: [], lens: [195, 0.5, 0.5, 0.5], postAt: 0, joinMs: 0, connectMs: 0, answerMs: 0,
 });
 
 function show(phase, msg) {
@@ -89,6 +89,8 @@ async function connect() {
   S.resource = r.headers.get('Location');
   S.projection = +(r.headers.get('Inclubit-Projection') || 0);
   S.orient = (r.headers.get('Inclubit-Orientation') || '0,0,0').split(',').map((x) => +x / 100);
+  // fov (centidegrees), centre x, y and radius (1/10000), as in the stream hello.
+  S.lens = (r.headers.get('Inclubit-Lens') || '19500,5000,5000,5000').split(',').map((x, i) => +x / (i ? 1e4 : 100));
   await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
   if (!S.played) show('connecting', 'starting the stream…');
 }
@@ -165,19 +167,20 @@ uniform mat3 rot;      // camera to video directions
 uniform vec4 frust;    // ray = (ndc.x*x+z, ndc.y*y+w, -1)
 uniform int proj;      // 0 equirect, 1 stereo top-bottom, 2 dual fisheye
 uniform int eye;       // 0 left / top, 1 right / bottom
-uniform float lensFov; // dual fisheye lens field of view, radians
+uniform vec4 lens;     // dual fisheye: fov (radians), centre x (half-widths), y, radius (heights)
+uniform float aspect;  // picture height / width
 const float PI=3.14159265358979;
 vec2 fish(vec3 l,float side){
   float th=acos(clamp(l.z,-1.,1.));
   vec2 q=length(l.xy)>1e-6?normalize(l.xy):vec2(0);
-  float r=th/(lensFov*.5)*.5;
-  return vec2(.25+.5*side+q.x*r*.5,.5-q.y*r);
+  float r=th/(lens.x*.5)*lens.w;
+  return vec2(.5*side+.5*lens.y+q.x*r*aspect,lens.z-q.y*r);
 }
 void main(){
   vec3 d=normalize(rot*normalize(vec3(ndc.x*frust.x+frust.z,ndc.y*frust.y+frust.w,-1.)));
   if(proj==2){
     float tf=acos(clamp(-d.z,-1.,1.));
-    float t=smoothstep(0.,1.,clamp((lensFov*.5-tf)/(lensFov-PI),0.,1.));
+    float t=smoothstep(0.,1.,clamp((lens.x*.5-tf)/(lens.x-PI),0.,1.));
     vec3 a=texture(tex,fish(vec3(d.x,d.y,-d.z),0.)).rgb;
     vec3 b=texture(tex,fish(vec3(-d.x,d.y,d.z),1.)).rgb;
     o=vec4(mix(b,a,t),1);return;
@@ -198,7 +201,7 @@ gl.attachShader(prog, compile(gl.VERTEX_SHADER, VS));
 gl.attachShader(prog, compile(gl.FRAGMENT_SHADER, FS));
 gl.linkProgram(prog);
 const U = {};
-for (const n of ['tex', 'rot', 'frust', 'proj', 'eye', 'lensFov']) U[n] = gl.getUniformLocation(prog, n);
+for (const n of ['tex', 'rot', 'frust', 'proj', 'eye', 'lens', 'aspect']) U[n] = gl.getUniformLocation(prog, n);
 const tex = gl.createTexture();
 gl.bindTexture(gl.TEXTURE_2D, tex);
 for (const [k, v] of [[gl.TEXTURE_MIN_FILTER, gl.LINEAR], [gl.TEXTURE_MAG_FILTER, gl.LINEAR],
@@ -245,7 +248,8 @@ function draw(rot, frust, eye) {
   gl.uniform4fv(U.frust, frust);
   gl.uniform1i(U.proj, S.projection);
   gl.uniform1i(U.eye, eye);
-  gl.uniform1f(U.lensFov, 195 * rad);
+  gl.uniform4f(U.lens, S.lens[0] * rad, S.lens[1], S.lens[2], S.lens[3]);
+  gl.uniform1f(U.aspect, video.videoWidth ? video.videoHeight / video.videoWidth : 0.5);
   gl.drawArrays(gl.TRIANGLES, 0, 3);
 }
 

@@ -227,3 +227,56 @@ impl inclubit::net::Impairment for Cut {
         self.active()
     }
 }
+
+/// A dual-fisheye picture of the test card's cube: each pixel the colour of the face its lens
+/// sees there, black outside the circles.
+pub fn dual_fisheye_card(
+    w: u32,
+    h: u32,
+    lens: &inclubit::projection::FisheyeLens,
+) -> inclubit::picture::I420 {
+    let aspect = h as f32 / w as f32;
+    let colour =
+        |u: f32, v: f32| match inclubit::projection::dual_fisheye_to_dir([u, v], lens, aspect) {
+            Some(d) => inclubit::projection::rgb_to_yuv(inclubit::projection::Face::of(d).colour()),
+            None => inclubit::projection::rgb_to_yuv([0, 0, 0]),
+        };
+    let mut p = inclubit::picture::I420::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            let c = colour((x as f32 + 0.5) / w as f32, (y as f32 + 0.5) / h as f32);
+            p.planes[0][(y as usize) * p.strides[0] + x as usize] = c[0];
+        }
+    }
+    let (cw, ch) = inclubit::picture::I420::chroma_size(w, h);
+    for y in 0..ch {
+        for x in 0..cw {
+            let c = colour((2 * x + 1) as f32 / w as f32, (2 * y + 1) as f32 / h as f32);
+            p.planes[1][(y as usize) * p.strides[1] + x as usize] = c[1];
+            p.planes[2][(y as usize) * p.strides[2] + x as usize] = c[2];
+        }
+    }
+    p
+}
+
+/// Writes `frames` copies of `pic` as a Y4M file (a source `inclubit send` reads with FFmpeg).
+pub fn write_y4m(path: &std::path::Path, pic: &inclubit::picture::I420, frames: usize) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write!(
+        f,
+        "YUV4MPEG2 W{} H{} F30:1 Ip A1:1 C420jpeg\n",
+        pic.width, pic.height
+    )
+    .unwrap();
+    for _ in 0..frames {
+        f.write_all(b"FRAME\n").unwrap();
+        for p in 0..3 {
+            let (w, h) = pic.plane_size(p);
+            for y in 0..h as usize {
+                f.write_all(&pic.planes[p][y * pic.strides[p]..][..w as usize])
+                    .unwrap();
+            }
+        }
+    }
+}

@@ -96,6 +96,16 @@ pub async fn offer(
                     format!("{},{},{}", o[0], o[1], o[2]),
                 ),
                 ("inclubit-size", format!("{}x{}", hello.width, hello.height)),
+                (
+                    "inclubit-lens",
+                    format!(
+                        "{},{},{},{}",
+                        hello.lens.fov_cdeg,
+                        hello.lens.centre_e4[0],
+                        hello.lens.centre_e4[1],
+                        hello.lens.radius_e4
+                    ),
+                ),
             ] {
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     h.insert(k, v);
@@ -105,7 +115,7 @@ pub async fn offer(
             h.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
                 HeaderValue::from_static(
-                    "Location, Inclubit-Projection, Inclubit-Orientation, Inclubit-Size",
+                    "Location, Inclubit-Projection, Inclubit-Orientation, Inclubit-Size, Inclubit-Lens",
                 ),
             );
             r
@@ -203,7 +213,7 @@ pub async fn options() -> Response {
             (header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type"),
             (
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                "Location, Inclubit-Projection, Inclubit-Orientation, Inclubit-Size",
+                "Location, Inclubit-Projection, Inclubit-Orientation, Inclubit-Size, Inclubit-Lens",
             ),
         ],
     )
