@@ -157,3 +157,52 @@ async fn sender_forcing_direct_refuses_relayed_viewers() {
     assert_eq!(err.exit_code(), inclubit::pipeline::exit::NETWORK, "{err}");
     send.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_senders_yaw_travels_in_the_hello_and_turns_the_viewers_scene() {
+    let rv = rendezvous().await;
+    let mut scfg = testcard_config(rv, 640, 320);
+    scfg.orientation = [90.0, 0.0, 0.0];
+    let send = inclubit::pipeline::send::start(scfg).await.unwrap();
+    let (mut cfg, mut rx) = headless_viewer(send.code, rv, 20);
+    cfg.display = Display::Headless {
+        width: 32,
+        height: 32,
+    };
+    // A viewer looking straight ahead, and one looking 90° left.
+    cfg.probes = [0.0, -90.0]
+        .map(|yaw| ViewParams {
+            pose: Pose::new(yaw, 0.0),
+            fov_y_deg: 20.0,
+            ..Default::default()
+        })
+        .to_vec();
+    let summary = tokio::time::timeout(
+        Duration::from_secs(30),
+        view::run(cfg, FrameSlot::default()),
+    )
+    .await
+    .expect("viewer finishes")
+    .unwrap();
+    assert_eq!(summary.frames, 20);
+    let mut seen = [None, None];
+    while let Ok(e) = rx.try_recv() {
+        match e {
+            ViewEvent::Connected { hello, .. } => assert_eq!(hello.orientation_cdeg, [9000, 0, 0]),
+            ViewEvent::Rendered { probe, rgba, .. } => {
+                seen[probe] = Some(rgba_at(&rgba, 32, 16, 16))
+            }
+            _ => {}
+        }
+    }
+    let [ahead, left] = seen.map(|c| c.expect("a rendered probe"));
+    assert!(
+        colour_distance(ahead, Face::Right.colour()) <= 12,
+        "{ahead:?}"
+    );
+    assert!(
+        colour_distance(left, Face::Front.colour()) <= 12,
+        "{left:?}"
+    );
+    send.stop().await.unwrap();
+}

@@ -263,9 +263,9 @@ pub fn dual_fisheye_card(
 pub fn write_y4m(path: &std::path::Path, pic: &inclubit::picture::I420, frames: usize) {
     use std::io::Write;
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    write!(
+    writeln!(
         f,
-        "YUV4MPEG2 W{} H{} F30:1 Ip A1:1 C420jpeg\n",
+        "YUV4MPEG2 W{} H{} F30:1 Ip A1:1 C420jpeg",
         pic.width, pic.height
     )
     .unwrap();
