@@ -439,6 +439,11 @@ impl Offscreen {
         self.size
     }
 
+    /// The adapter rendering (e.g. "llvmpipe" for lavapipe).
+    pub fn adapter_name(&self) -> String {
+        self.gpu.adapter_name()
+    }
+
     pub fn upload(&mut self, pic: &I420) {
         self.renderer.upload(&self.gpu.device, &self.gpu.queue, pic);
     }

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,10 @@ impl Driver {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
+        // Its own process group: the browsers it starts die with it even when a test panics
+        // before closing its sessions.
         let child = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -89,7 +93,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: signalling the process group we created for chromedriver and its browsers.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
         for p in &self.profiles {
             let _ = std::fs::remove_dir_all(p);
