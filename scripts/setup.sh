@@ -18,7 +18,7 @@ PACKAGES=(
   libvulkan1 mesa-vulkan-drivers
   # Window support (X11/Wayland via winit) and a virtual display for tests
   libxkbcommon-x11-0 libx11-xcb1 libxcursor1 libxrandr2 libxi6 libwayland-client0
-  xvfb xauth
+  xvfb xauth x11-apps
   # The NAT lab (tests/nat.rs): namespaces, NAT, and miniupnpd as a router's NAT-PMP/UPnP
   iproute2 iptables nftables miniupnpd
   curl ca-certificates
