@@ -16,10 +16,12 @@ const AFTER_HELP: &str = "\
 Examples:
   inclubit demo                                        test card -> embedded rendezvous -> viewer
   inclubit send --source testcard                      prints a code and the viewer's command
+  inclubit send --web                                  ...and a link for browsers on this LAN
   inclubit send --source camera:/dev/video0 --size 3840x1920 --fps 30
+  inclubit send --source camera:/dev/video0 --projection dual-fisheye --yaw 90
   inclubit send --source file:talk360.mp4 --rendezvous rv.example.org:7000
   inclubit view --rendezvous rv.example.org:7000 K7F-Q2M
-  inclubit rendezvous --listen 0.0.0.0:7000
+  inclubit rendezvous --listen 0.0.0.0:7000 --http 0.0.0.0:8080
 
 Exit codes:
   0  finished normally (Ctrl-C, --frames reached, or the sender ended the stream)
