@@ -16,6 +16,8 @@ PACKAGES=(
   libavfilter-dev libswresample-dev
   # Vulkan loader + Mesa lavapipe: software rendering on machines with no GPU
   libvulkan1 mesa-vulkan-drivers
+  # The OpenXR loader (opened at run time; with no runtime installed, view uses a window)
+  libopenxr-loader1
   # Window support (X11/Wayland via winit) and a virtual display for tests
   libxkbcommon-x11-0 libx11-xcb1 libxcursor1 libxrandr2 libxi6 libwayland-client0
   xvfb xauth x11-apps

@@ -207,8 +207,14 @@ pub struct ViewArgs {
     #[arg(value_parser = parse_code)]
     pub code: RoomCode,
     /// Render offscreen and print stats (no window).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "xr")]
     pub headless: bool,
+    /// Require a headset (OpenXR): fail instead of opening a desktop window.
+    #[arg(long, conflicts_with = "window")]
+    pub xr: bool,
+    /// The desktop window, without looking for a headset.
+    #[arg(long)]
+    pub window: bool,
     /// Stop after this many frames.
     #[arg(long)]
     pub frames: Option<u64>,

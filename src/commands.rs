@@ -254,6 +254,9 @@ fn view_cmd(rt: &tokio::runtime::Runtime, a: ViewArgs, json: bool) -> Result<(),
     };
     let rv = rt.block_on(resolve(rv))?;
     let (w, h) = a.render_size;
+    if !a.headless && !a.window {
+        headset_or_window(a.xr)?;
+    }
     if a.headless || !desktop::display_available() {
         if !a.headless {
             eprintln!("no display found; rendering headless (use --headless to silence this)");
@@ -272,6 +275,25 @@ fn view_cmd(rt: &tokio::runtime::Runtime, a: ViewArgs, json: bool) -> Result<(),
     let cfg = view_config(&a, rv, Display::Window(slot.clone()));
     let title = format!("inclubit {}", a.code);
     windowed(rt, slot.clone(), &title, view_loop(cfg, slot, json))
+}
+
+/// Looks for a headset. Without one (or with `require`) says why in one line; the caller then
+/// opens the desktop window.
+fn headset_or_window(require: bool) -> Result<(), PipelineError> {
+    let why = match crate::xr::probe() {
+        Ok(rt) => format!(
+            "OpenXR runtime {} with {} found, but this build renders to the desktop window only",
+            rt.runtime, rt.system
+        ),
+        Err(e) => e.to_string(),
+    };
+    if require {
+        return Err(PipelineError::Headset(format!(
+            "{why} (--xr requires a headset)"
+        )));
+    }
+    say!("{why}; opening a desktop window — use --xr to require one");
+    Ok(())
 }
 
 /// Runs `work` on the runtime while the window owns the main thread.

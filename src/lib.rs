@@ -24,3 +24,4 @@ pub mod cli;
 pub mod commands;
 pub mod pipeline;
 pub mod render;
+pub mod xr;

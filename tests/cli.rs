@@ -399,3 +399,45 @@ fn sender_without_a_web_side_prints_no_browser_link() {
         }
     }
 }
+
+#[test]
+fn no_openxr_runtime_falls_back_to_the_window_or_fails_with_xr() {
+    // No runtime on this machine (and none named): the real loader says so.
+    let (_r, rv) = rendezvous();
+    let (_s, code, rv_s) = sender(Some(rv));
+    let run = |extra: &[&str]| {
+        let mut args = vec!["view", "--rendezvous", &rv_s, "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        args.push(&code);
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("XR_RUNTIME_JSON")
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, out, err) = run(&["--frames", "5", "--render-size", "64x64"]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l
+                == "no OpenXR runtime found; opening a desktop window — use --xr to require one"),
+        "{out}"
+    );
+    let (status, _, err) = run(&["--xr"]);
+    assert_eq!(status, Some(6), "{err}");
+    assert_eq!(
+        err.trim(),
+        "error: no OpenXR runtime found (--xr requires a headset)"
+    );
+    let (status, out, err) = run(&["--window", "--frames", "5", "--render-size", "64x64"]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(!out.contains("OpenXR"), "{out}");
+}

@@ -31,6 +31,9 @@ pub enum PipelineError {
     Connection(String),
     #[error("the sender sent something malformed: {0}")]
     Protocol(String),
+    /// `--xr` and no headset to render to.
+    #[error("{0}")]
+    Headset(String),
     #[error("{0}")]
     Other(String),
 }
@@ -63,7 +66,7 @@ impl PipelineError {
             Self::Capture(_) => exit::SOURCE,
             Self::Net(NetError::Refused(ErrorKind::RoomNotFound)) => exit::ROOM_NOT_FOUND,
             Self::Net(_) | Self::Connection(_) | Self::Rendezvous(_) => exit::NETWORK,
-            Self::Render(_) => exit::GRAPHICS,
+            Self::Render(_) | Self::Headset(_) => exit::GRAPHICS,
             _ => exit::FAILURE,
         }
     }

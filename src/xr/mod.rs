@@ -1,0 +1,83 @@
+//! OpenXR: is there a runtime, with a headset, that renders with Vulkan? Asked through the real
+//! loader (`libopenxr_loader.so.1`, loaded at run time, so a machine without it still runs).
+
+use openxr as xr;
+
+/// A runtime with a headset, ready for a Vulkan session.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub runtime: String,
+    pub system: String,
+}
+
+/// Why there is no headset to render to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum XrUnavailable {
+    /// No loader library, or the loader finds no active runtime.
+    #[error("no OpenXR runtime found")]
+    NoRuntime,
+    #[error("the OpenXR runtime {0} sees no headset")]
+    NoHeadset(String),
+    #[error("the OpenXR runtime {0} cannot render with Vulkan (no XR_KHR_vulkan_enable2)")]
+    NoVulkan(String),
+    #[error("OpenXR: {0}")]
+    Other(String),
+}
+
+/// Looks for a runtime and a head-mounted display.
+pub fn probe() -> Result<Runtime, XrUnavailable> {
+    // The loader prints its own diagnostics on stderr unless told otherwise.
+    if std::env::var_os("XR_LOADER_DEBUG").is_none() {
+        std::env::set_var("XR_LOADER_DEBUG", "none");
+    }
+    // SAFETY: loads the system's OpenXR loader, a library made to be loaded this way.
+    let entry = unsafe { xr::Entry::load(&()) }.map_err(|e| {
+        tracing::debug!("OpenXR loader: {e}");
+        XrUnavailable::NoRuntime
+    })?;
+    let available = entry.enumerate_extensions().map_err(|e| match e {
+        xr::sys::Result::ERROR_RUNTIME_UNAVAILABLE | xr::sys::Result::ERROR_RUNTIME_FAILURE => {
+            XrUnavailable::NoRuntime
+        }
+        e => XrUnavailable::Other(e.to_string()),
+    })?;
+    let mut wanted = xr::ExtensionSet::default();
+    wanted.khr_vulkan_enable2 = available.khr_vulkan_enable2;
+    let app = xr::ApplicationInfo {
+        application_name: "inclubit",
+        application_version: 1,
+        engine_name: "inclubit",
+        engine_version: 1,
+        // 1.0: what every runtime and Debian's loader (1.0.20) speak.
+        api_version: xr::Version::new(1, 0, 0),
+    };
+    let instance = entry
+        .create_instance(&app, &wanted, &[], &())
+        .map_err(|e| match e {
+            xr::sys::Result::ERROR_RUNTIME_UNAVAILABLE
+            | xr::sys::Result::ERROR_RUNTIME_FAILURE
+            | xr::sys::Result::ERROR_INSTANCE_LOST => XrUnavailable::NoRuntime,
+            e => XrUnavailable::Other(e.to_string()),
+        })?;
+    let runtime = instance
+        .properties()
+        .map(|p| format!("{} {}", p.runtime_name, p.runtime_version))
+        .unwrap_or_else(|_| "(unnamed)".into());
+    if !available.khr_vulkan_enable2 {
+        return Err(XrUnavailable::NoVulkan(runtime));
+    }
+    let system = instance
+        .system(xr::FormFactor::HEAD_MOUNTED_DISPLAY)
+        .map_err(|e| match e {
+            xr::sys::Result::ERROR_FORM_FACTOR_UNAVAILABLE
+            | xr::sys::Result::ERROR_FORM_FACTOR_UNSUPPORTED => {
+                XrUnavailable::NoHeadset(runtime.clone())
+            }
+            e => XrUnavailable::Other(e.to_string()),
+        })?;
+    let system = instance
+        .system_properties(system)
+        .map(|p| p.system_name)
+        .unwrap_or_default();
+    Ok(Runtime { runtime, system })
+}
