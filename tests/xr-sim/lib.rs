@@ -1,0 +1,224 @@
+//! A simulated OpenXR runtime for tests: a shared library the real OpenXR loader opens through a
+//! manifest named by `XR_RUNTIME_JSON`. It implements the part of OpenXR the viewer uses so far
+//! (instance, properties, system); `INCLUBIT_XR_SIM` picks the machine it pretends to be:
+//! `hmd` (a headset with Vulkan, the default), `no-hmd` (a runtime with no headset plugged in),
+//! `no-vulkan` (a runtime without XR_KHR_vulkan_enable2).
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::ffi::{c_char, CStr};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openxr_sys as sys;
+use openxr_sys::{pfn, Handle};
+
+const RUNTIME_NAME: &str = "inclubit simulated runtime";
+const SYSTEM_NAME: &str = "inclubit simulated headset";
+const SYSTEM_ID: u64 = 1;
+const VULKAN_ENABLE2: &str = "XR_KHR_vulkan_enable2";
+
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+fn mode() -> String {
+    std::env::var("INCLUBIT_XR_SIM").unwrap_or_else(|_| "hmd".into())
+}
+
+fn extensions() -> Vec<&'static str> {
+    if mode() == "no-vulkan" {
+        Vec::new()
+    } else {
+        vec![VULKAN_ENABLE2]
+    }
+}
+
+fn copy_str<const N: usize>(dst: &mut [c_char; N], s: &str) {
+    let n = s.len().min(N - 1);
+    for (d, b) in dst.iter_mut().zip(s.as_bytes()[..n].iter()) {
+        *d = *b as c_char;
+    }
+    dst[n] = 0;
+}
+
+/// The loader's entry point into a runtime.
+#[no_mangle]
+pub unsafe extern "system" fn xrNegotiateLoaderRuntimeInterface(
+    info: *const sys::NegotiateLoaderInfo,
+    request: *mut sys::NegotiateRuntimeRequest,
+) -> sys::Result {
+    if info.is_null() || request.is_null() {
+        return sys::Result::ERROR_INITIALIZATION_FAILED;
+    }
+    let info = &*info;
+    if info.min_interface_version > 1 || info.max_interface_version < 1 {
+        return sys::Result::ERROR_INITIALIZATION_FAILED;
+    }
+    let request = &mut *request;
+    request.runtime_interface_version = 1;
+    request.runtime_api_version = sys::Version::new(1, 0, 0);
+    request.get_instance_proc_addr = Some(get_instance_proc_addr);
+    sys::Result::SUCCESS
+}
+
+unsafe extern "system" fn get_instance_proc_addr(
+    _instance: sys::Instance,
+    name: *const c_char,
+    function: *mut Option<pfn::VoidFunction>,
+) -> sys::Result {
+    if name.is_null() || function.is_null() {
+        return sys::Result::ERROR_VALIDATION_FAILURE;
+    }
+    let f: Option<pfn::VoidFunction> = match CStr::from_ptr(name).to_bytes() {
+        b"xrGetInstanceProcAddr" => Some(std::mem::transmute::<
+            pfn::GetInstanceProcAddr,
+            pfn::VoidFunction,
+        >(get_instance_proc_addr)),
+        b"xrEnumerateInstanceExtensionProperties" => Some(std::mem::transmute::<
+            pfn::EnumerateInstanceExtensionProperties,
+            pfn::VoidFunction,
+        >(enumerate_extensions)),
+        b"xrEnumerateApiLayerProperties" => Some(std::mem::transmute::<
+            pfn::EnumerateApiLayerProperties,
+            pfn::VoidFunction,
+        >(enumerate_layers)),
+        b"xrCreateInstance" => {
+            Some(std::mem::transmute::<pfn::CreateInstance, pfn::VoidFunction>(create_instance))
+        }
+        b"xrDestroyInstance" => {
+            Some(std::mem::transmute::<pfn::DestroyInstance, pfn::VoidFunction>(destroy_instance))
+        }
+        b"xrGetInstanceProperties" => Some(std::mem::transmute::<
+            pfn::GetInstanceProperties,
+            pfn::VoidFunction,
+        >(instance_properties)),
+        b"xrGetSystem" => Some(std::mem::transmute::<pfn::GetSystem, pfn::VoidFunction>(
+            get_system,
+        )),
+        b"xrGetSystemProperties" => Some(std::mem::transmute::<
+            pfn::GetSystemProperties,
+            pfn::VoidFunction,
+        >(system_properties)),
+        // Everything else exists (bindings resolve every core function up front) and answers
+        // that it is not supported here yet.
+        n if n.starts_with(b"xr") => Some(std::mem::transmute::<
+            unsafe extern "system" fn() -> sys::Result,
+            pfn::VoidFunction,
+        >(unsupported)),
+        _ => None,
+    };
+    *function = f;
+    if f.is_some() {
+        sys::Result::SUCCESS
+    } else {
+        sys::Result::ERROR_FUNCTION_UNSUPPORTED
+    }
+}
+
+unsafe extern "system" fn unsupported() -> sys::Result {
+    sys::Result::ERROR_FUNCTION_UNSUPPORTED
+}
+
+unsafe extern "system" fn enumerate_extensions(
+    layer: *const c_char,
+    capacity: u32,
+    count: *mut u32,
+    props: *mut sys::ExtensionProperties,
+) -> sys::Result {
+    if !layer.is_null() {
+        return sys::Result::ERROR_API_LAYER_NOT_PRESENT;
+    }
+    let exts = extensions();
+    *count = exts.len() as u32;
+    if capacity == 0 {
+        return sys::Result::SUCCESS;
+    }
+    if (capacity as usize) < exts.len() {
+        return sys::Result::ERROR_SIZE_INSUFFICIENT;
+    }
+    for (i, e) in exts.iter().enumerate() {
+        let p = &mut *props.add(i);
+        copy_str(&mut p.extension_name, e);
+        p.extension_version = 2;
+    }
+    sys::Result::SUCCESS
+}
+
+unsafe extern "system" fn enumerate_layers(
+    _capacity: u32,
+    count: *mut u32,
+    _props: *mut sys::ApiLayerProperties,
+) -> sys::Result {
+    *count = 0;
+    sys::Result::SUCCESS
+}
+
+unsafe extern "system" fn create_instance(
+    info: *const sys::InstanceCreateInfo,
+    instance: *mut sys::Instance,
+) -> sys::Result {
+    if info.is_null() || instance.is_null() {
+        return sys::Result::ERROR_VALIDATION_FAILURE;
+    }
+    let info = &*info;
+    let supported = extensions();
+    for i in 0..info.enabled_extension_count as usize {
+        let name = CStr::from_ptr(*info.enabled_extension_names.add(i));
+        if !supported.iter().any(|s| s.as_bytes() == name.to_bytes()) {
+            return sys::Result::ERROR_EXTENSION_NOT_PRESENT;
+        }
+    }
+    *instance = sys::Instance::from_raw(NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed));
+    sys::Result::SUCCESS
+}
+
+unsafe extern "system" fn destroy_instance(_instance: sys::Instance) -> sys::Result {
+    sys::Result::SUCCESS
+}
+
+unsafe extern "system" fn instance_properties(
+    _instance: sys::Instance,
+    props: *mut sys::InstanceProperties,
+) -> sys::Result {
+    let p = &mut *props;
+    p.runtime_version = sys::Version::new(0, 1, 0);
+    copy_str(&mut p.runtime_name, RUNTIME_NAME);
+    sys::Result::SUCCESS
+}
+
+unsafe extern "system" fn get_system(
+    _instance: sys::Instance,
+    info: *const sys::SystemGetInfo,
+    system: *mut sys::SystemId,
+) -> sys::Result {
+    if (*info).form_factor != sys::FormFactor::HEAD_MOUNTED_DISPLAY {
+        return sys::Result::ERROR_FORM_FACTOR_UNSUPPORTED;
+    }
+    if mode() == "no-hmd" {
+        return sys::Result::ERROR_FORM_FACTOR_UNAVAILABLE;
+    }
+    *system = sys::SystemId::from_raw(SYSTEM_ID);
+    sys::Result::SUCCESS
+}
+
+unsafe extern "system" fn system_properties(
+    _instance: sys::Instance,
+    system: sys::SystemId,
+    props: *mut sys::SystemProperties,
+) -> sys::Result {
+    if system.into_raw() != SYSTEM_ID {
+        return sys::Result::ERROR_SYSTEM_INVALID;
+    }
+    let p = &mut *props;
+    p.system_id = system;
+    p.vendor_id = 0;
+    copy_str(&mut p.system_name, SYSTEM_NAME);
+    p.graphics_properties = sys::SystemGraphicsProperties {
+        max_swapchain_image_height: 4096,
+        max_swapchain_image_width: 4096,
+        max_layer_count: 16,
+    };
+    p.tracking_properties = sys::SystemTrackingProperties {
+        orientation_tracking: sys::TRUE,
+        position_tracking: sys::TRUE,
+    };
+    sys::Result::SUCCESS
+}
