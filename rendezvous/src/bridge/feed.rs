@@ -41,6 +41,8 @@ enum State {
 }
 
 struct Feed {
+    /// Tells this subscription from a later one for the same room.
+    id: u64,
     state: watch::Receiver<State>,
     handle: Arc<Mutex<Option<SubHandle>>>,
 }
@@ -49,6 +51,7 @@ struct Feed {
 pub struct Feeds {
     rendezvous: SocketAddr,
     feeds: Mutex<HashMap<RoomCode, Feed>>,
+    next_id: std::sync::atomic::AtomicU64,
     to_driver: mpsc::UnboundedSender<FeedMsg>,
 }
 
@@ -57,6 +60,7 @@ impl Feeds {
         Self {
             rendezvous,
             feeds: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
             to_driver,
         }
     }
@@ -70,14 +74,18 @@ impl Feeds {
                 None => {
                     let (tx, rx) = watch::channel(State::Connecting);
                     let handle = Arc::new(Mutex::new(None));
+                    let id = self
+                        .next_id
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     feeds.insert(
                         room,
                         Feed {
+                            id,
                             state: rx.clone(),
                             handle: handle.clone(),
                         },
                     );
-                    tokio::spawn(self.clone().run(room, tx, handle));
+                    tokio::spawn(self.clone().run(room, id, tx, handle));
                     rx
                 }
             }
@@ -105,6 +113,8 @@ impl Feeds {
     pub fn release(&self, room: RoomCode) {
         if let Some(h) = self.handle(room) {
             tracing::info!(%room, "no browser viewers left; leaving the room");
+            // Forgotten now: a browser arriving while this one winds down gets a fresh one.
+            self.forget(room, None);
             h.stop();
         }
     }
@@ -131,6 +141,7 @@ impl Feeds {
     async fn run(
         self: Arc<Self>,
         room: RoomCode,
+        id: u64,
         state: watch::Sender<State>,
         handle_slot: Arc<Mutex<Option<SubHandle>>>,
     ) {
@@ -151,7 +162,7 @@ impl Feeds {
         match result {
             Err(e) => {
                 tracing::info!(%room, "browser bridge cannot subscribe: {e}");
-                self.forget(room);
+                self.forget(room, Some(id));
                 let _ = state.send(State::Failed(e));
             }
             Ok(sub) => {
@@ -176,19 +187,32 @@ impl Feeds {
                 }
                 let end = crate::peer::subscribe::Subscription::finished(task).await;
                 tracing::info!(%room, sender_ended = end.sender_ended, "browser bridge left the room");
-                self.forget(room);
+                let newer = !self.forget(room, Some(id));
                 let _ = state.send(State::Failed(FeedError::Offline(
                     room,
                     "the stream ended".into(),
                 )));
-                let _ = self.to_driver.send(FeedMsg::Ended(room));
+                // A newer subscription to the room serves its browsers now: leave them be.
+                if !newer {
+                    let _ = self.to_driver.send(FeedMsg::Ended(room));
+                }
             }
         }
     }
 
-    fn forget(&self, room: RoomCode) {
-        if let Ok(mut f) = self.feeds.lock() {
-            f.remove(&room);
+    /// Removes `room`'s entry if it is subscription `id` (any, for `None`). False when another
+    /// subscription holds the room.
+    fn forget(&self, room: RoomCode, id: Option<u64>) -> bool {
+        let Ok(mut f) = self.feeds.lock() else {
+            return true;
+        };
+        match f.get(&room) {
+            Some(feed) if id.is_some_and(|id| id != feed.id) => false,
+            Some(_) => {
+                f.remove(&room);
+                true
+            }
+            None => true,
         }
     }
 }
