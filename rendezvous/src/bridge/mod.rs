@@ -27,7 +27,7 @@ pub struct BridgeConfig {
     /// The rendezvous the bridge joins rooms through.
     pub rendezvous: SocketAddr,
     /// UDP address for WebRTC (one port for every browser). An unspecified IP listens on every
-    /// IPv4 interface, each announced as an ICE candidate.
+    /// interface address (IPv4, and IPv6 but link-local), each announced as an ICE candidate.
     pub bind: SocketAddr,
     /// Extra addresses to announce (a VPS's public IP behind 1:1 NAT).
     pub announce: Vec<IpAddr>,
@@ -179,17 +179,22 @@ impl Drop for Bridge {
     }
 }
 
-/// One socket per local IPv4 address when `bind` is unspecified (each a distinct ICE
-/// candidate, and the destination of what arrives is known), all on one port when possible.
+/// One socket per local address when `bind` is unspecified (each a distinct ICE candidate, and
+/// the destination of what arrives is known), all on one port when possible.
 async fn bind_sockets(bind: SocketAddr) -> Result<Vec<Arc<UdpSocket>>, BridgeError> {
     let ips: Vec<IpAddr> = if bind.ip().is_unspecified() {
         let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
             .unwrap_or_default()
             .into_iter()
             .map(|i| i.ip())
-            .filter(|ip| ip.is_ipv4())
+            .filter(|ip| match ip {
+                IpAddr::V4(_) => true,
+                // Link-local needs a scope id that a browser's candidate cannot carry.
+                IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 != 0xfe80,
+            })
             .collect();
-        ips.sort_by_key(|ip| ip.is_loopback());
+        // IPv4 first (its port is the one the others try to share), loopback last.
+        ips.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
         ips.dedup();
         if ips.is_empty() {
             ips.push(Ipv4Addr::LOCALHOST.into());
@@ -363,5 +368,35 @@ impl Driver {
             }
             false
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_interface_address_is_a_candidate_on_one_port() {
+        let sockets = bind_sockets("0.0.0.0:0".parse().unwrap()).await.unwrap();
+        let addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
+        let ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.ip())
+            .collect();
+        assert!(addrs.iter().any(|a| a.ip().is_loopback()), "{addrs:?}");
+        for ip in ips {
+            let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            assert_eq!(
+                addrs.iter().any(|a| a.ip() == ip),
+                !link_local,
+                "{ip} in {addrs:?}"
+            );
+        }
+        let port = addrs[0].port();
+        assert!(addrs.iter().all(|a| a.port() == port), "{addrs:?}");
+        // A fixed address gives that one socket.
+        let one = bind_sockets("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert_eq!(one.len(), 1);
     }
 }
