@@ -59,10 +59,13 @@ fn main() {
             t.elapsed().as_micros() as u64
         })
         .collect();
-    // Warm up, then measure.
+    // Warm up, then measure the two interleaved, so drift in the machine hits both alike.
     time_frames(&mut off, Projection::EquirectMono, 2);
-    let mono = time_frames(&mut off, Projection::EquirectMono, frames);
-    let stereo = time_frames(&mut off, Projection::EquirectStereoTopBottom, frames);
+    let (mut mono, mut stereo) = (Vec::new(), Vec::new());
+    for _ in 0..frames {
+        mono.extend(time_frames(&mut off, Projection::EquirectMono, 1));
+        stereo.extend(time_frames(&mut off, Projection::EquirectStereoTopBottom, 1));
+    }
     let ms = |v: &[u64], q| percentile(v.to_vec(), q) as f64 / 1000.0;
     println!(
         "render cost, 2 eyes × {}×{} on {adapter} ({frames} frames):",
