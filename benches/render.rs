@@ -64,7 +64,11 @@ fn main() {
     let (mut mono, mut stereo) = (Vec::new(), Vec::new());
     for _ in 0..frames {
         mono.extend(time_frames(&mut off, Projection::EquirectMono, 1));
-        stereo.extend(time_frames(&mut off, Projection::EquirectStereoTopBottom, 1));
+        stereo.extend(time_frames(
+            &mut off,
+            Projection::EquirectStereoTopBottom,
+            1,
+        ));
     }
     let ms = |v: &[u64], q| percentile(v.to_vec(), q) as f64 / 1000.0;
     println!(
