@@ -4,22 +4,33 @@
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 const BIN: &str = env!("CARGO_BIN_EXE_inclubit");
 
-/// The simulated runtime's manifest, next to the library `cargo test --all-targets` built.
+/// The simulated runtime (tests/xr-sim), built on first use into its own target directory
+/// (only openxr-sys and itself: seconds), and a manifest naming it.
 fn manifest() -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let lib = dir.join("examples").join("libxr_sim.so");
-    assert!(
-        lib.exists(),
-        "{} missing: build it with `cargo build --example xr_sim` (cargo test --all-targets does)",
-        lib.display()
-    );
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    let lib = LIB.get_or_init(|| {
+        let mut target = std::env::current_exe().unwrap();
+        target.pop();
+        if target.ends_with("deps") {
+            target.pop();
+        }
+        let target_dir = target.join("xr-sim");
+        let root = env!("CARGO_MANIFEST_DIR");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-q", "-p", "inclubit-xr-sim", "--manifest-path"])
+            .arg(format!("{root}/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .status()
+            .expect("cargo, to build the simulated runtime");
+        assert!(status.success(), "building tests/xr-sim failed");
+        target_dir.join("debug").join("libinclubit_xr_sim.so")
+    });
+    assert!(lib.exists(), "{} missing", lib.display());
     let json = std::env::temp_dir().join(format!("inclubit-xr-sim-{}.json", std::process::id()));
     std::fs::write(
         &json,
