@@ -11,36 +11,41 @@ const BIN: &str = env!("CARGO_BIN_EXE_inclubit");
 /// The simulated runtime (tests/xr-sim), built on first use into its own target directory
 /// (only openxr-sys and itself: seconds), and a manifest naming it.
 fn manifest() -> PathBuf {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    let lib = LIB.get_or_init(|| {
-        let mut target = std::env::current_exe().unwrap();
-        target.pop();
-        if target.ends_with("deps") {
+    // Once per process: tests run in parallel, and a manifest rewritten under a starting loader
+    // reads as no runtime at all.
+    static MANIFEST: OnceLock<PathBuf> = OnceLock::new();
+    MANIFEST
+        .get_or_init(|| {
+            let mut target = std::env::current_exe().unwrap();
             target.pop();
-        }
-        let target_dir = target.join("xr-sim");
-        let root = env!("CARGO_MANIFEST_DIR");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-q", "-p", "inclubit-xr-sim", "--manifest-path"])
-            .arg(format!("{root}/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .status()
-            .expect("cargo, to build the simulated runtime");
-        assert!(status.success(), "building tests/xr-sim failed");
-        target_dir.join("debug").join("libinclubit_xr_sim.so")
-    });
-    assert!(lib.exists(), "{} missing", lib.display());
-    let json = std::env::temp_dir().join(format!("inclubit-xr-sim-{}.json", std::process::id()));
-    std::fs::write(
-        &json,
-        format!(
-            r#"{{"file_format_version": "1.0.0", "runtime": {{"name": "inclubit simulated runtime", "library_path": "{}"}}}}"#,
-            lib.display()
-        ),
-    )
-    .unwrap();
-    json
+            if target.ends_with("deps") {
+                target.pop();
+            }
+            let target_dir = target.join("xr-sim");
+            let root = env!("CARGO_MANIFEST_DIR");
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "-q", "-p", "inclubit-xr-sim", "--manifest-path"])
+                .arg(format!("{root}/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .status()
+                .expect("cargo, to build the simulated runtime");
+            assert!(status.success(), "building tests/xr-sim failed");
+            let lib = target_dir.join("debug").join("libinclubit_xr_sim.so");
+            assert!(lib.exists(), "{} missing", lib.display());
+            let json =
+                std::env::temp_dir().join(format!("inclubit-xr-sim-{}.json", std::process::id()));
+            std::fs::write(
+                &json,
+                format!(
+                    r#"{{"file_format_version": "1.0.0", "runtime": {{"name": "inclubit simulated runtime", "library_path": "{}"}}}}"#,
+                    lib.display()
+                ),
+            )
+            .unwrap();
+            json
+        })
+        .clone()
 }
 
 /// `inclubit view` with the simulated runtime in `mode`; the code names no room, so a viewer
