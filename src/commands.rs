@@ -22,6 +22,8 @@ macro_rules! say {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    // Before the runtime's threads exist.
+    crate::xr::quiet_loader();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

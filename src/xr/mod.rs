@@ -24,12 +24,16 @@ pub enum XrUnavailable {
     Other(String),
 }
 
-/// Looks for a runtime and a head-mounted display.
-pub fn probe() -> Result<Runtime, XrUnavailable> {
-    // The loader prints its own diagnostics on stderr unless told otherwise.
+/// Silences the loader's own stderr diagnostics unless the user asked for them. Call it before
+/// any other thread starts: the environment is not safe to change while threads read it.
+pub fn quiet_loader() {
     if std::env::var_os("XR_LOADER_DEBUG").is_none() {
         std::env::set_var("XR_LOADER_DEBUG", "none");
     }
+}
+
+/// Looks for a runtime and a head-mounted display.
+pub fn probe() -> Result<Runtime, XrUnavailable> {
     // SAFETY: loads the system's OpenXR loader, a library made to be loaded this way.
     let entry = unsafe { xr::Entry::load(&()) }.map_err(|e| {
         tracing::debug!("OpenXR loader: {e}");
