@@ -98,10 +98,7 @@ fn parse_xwd(b: &[u8]) -> (u32, u32, Vec<[u8; 3]>) {
 fn window_screenshot_equals_the_headless_render() {
     let (w, h) = (1280, 720);
     let x = Xvfb::start(w, h);
-    let demo = {
-        std::env::set_var("DISPLAY", &x.display);
-        Proc::start(&["demo", "--size", "640x320"])
-    };
+    let demo = Proc::start_with_env(&["demo", "--size", "640x320"], &[("DISPLAY", &x.display)]);
     // Wait until the window has shown frames (the stats line counts them).
     let end = Instant::now() + Duration::from_secs(60);
     loop {
