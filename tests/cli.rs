@@ -409,19 +409,7 @@ fn no_openxr_runtime_falls_back_to_the_window_or_fails_with_xr() {
         let mut args = vec!["view", "--rendezvous", &rv_s, "--bind", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         args.push(&code);
-        let out = Command::new(BIN)
-            .args(&args)
-            .env_remove("XR_RUNTIME_JSON")
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        common::process::output_headless(&args, &[])
     };
     let (status, out, err) = run(&["--frames", "5", "--render-size", "64x64"]);
     assert_eq!(status, Some(0), "{err}");

@@ -3,10 +3,10 @@
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
-const BIN: &str = env!("CARGO_BIN_EXE_inclubit");
+mod common;
 
 /// The simulated runtime (tests/xr-sim), built on first use into its own target directory
 /// (only openxr-sys and itself: seconds), and a manifest naming it.
@@ -58,19 +58,13 @@ fn view(mode: &str, extra: &[&str]) -> (Option<i32>, String, String) {
     let mut args = vec!["view", "--rendezvous", rv.as_str(), "--bind", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     args.push("K7F-Q2M");
-    let out = Command::new(BIN)
-        .args(&args)
-        .env("XR_RUNTIME_JSON", manifest())
-        .env("INCLUBIT_XR_SIM", mode)
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    let manifest = manifest();
+    common::process::output_headless(
+        &args,
+        &[
+            ("XR_RUNTIME_JSON", manifest.as_os_str()),
+            ("INCLUBIT_XR_SIM", mode.as_ref()),
+        ],
     )
 }
 

@@ -85,3 +85,25 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `inclubit` to the end with no display and no OpenXR runtime named but what `env` sets:
+/// (exit code, stdout, stderr).
+pub fn output_headless(
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("XR_RUNTIME_JSON")
+        .envs(env.iter().copied())
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run inclubit");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
