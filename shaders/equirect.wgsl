@@ -5,12 +5,14 @@
 struct View {
     // Camera-to-video rotation (head pose, then the sender's scene correction).
     rot: mat3x3<f32>,
-    // tan(fov/2) horizontally and vertically.
-    tan_half: vec2<f32>,
+    // Tangents of the view's left, right, bottom and top edges (asymmetric for headset eyes).
+    tangents: vec4<f32>,
     // 0 equirect mono, 1 equirect stereo top-bottom, 2 dual fisheye.
     projection: u32,
     // 0 left (top half in stereo), 1 right.
     eye: u32,
+    // 1: the target is sRGB (it encodes what we write), so write linear values.
+    linear_out: u32,
     // Dual fisheye lens: field of view (radians), circle centre x (half-widths), y, radius
     // (picture heights).
     lens: vec4<f32>,
@@ -78,7 +80,26 @@ fn yuv_to_rgb(y: f32, u: f32, v: f32) -> vec3<f32> {
 
 @fragment
 fn fs_main(in: VsOut) -> @location(0) vec4<f32> {
-    let cam = normalize(vec3<f32>(in.ndc.x * view.tan_half.x, in.ndc.y * view.tan_half.y, -1.0));
+    return vec4<f32>(encode(scene(in.ndc)), 1.0);
+}
+
+// The video's R'G'B' as stored bytes: an sRGB target encodes, so hand it linear values.
+fn encode(rgb: vec3<f32>) -> vec3<f32> {
+    if (view.linear_out == 0u) {
+        return rgb;
+    }
+    let lo = rgb / 12.92;
+    let hi = pow((rgb + 0.055) / 1.055, vec3<f32>(2.4));
+    return select(hi, lo, rgb <= vec3<f32>(0.04045));
+}
+
+fn scene(ndc: vec2<f32>) -> vec3<f32> {
+    let f = (ndc + 1.0) * 0.5;
+    let cam = normalize(vec3<f32>(
+        mix(view.tangents.x, view.tangents.y, f.x),
+        mix(view.tangents.z, view.tangents.w, f.y),
+        -1.0,
+    ));
     let d = normalize(view.rot * cam);
     if (view.projection == 2u) {
         let size = vec2<f32>(textureDimensions(tex_y));
@@ -89,11 +110,11 @@ fn fs_main(in: VsOut) -> @location(0) vec4<f32> {
         let w = t * t * (3.0 - 2.0 * t);
         let front = sample_rgb(fisheye_uv(vec3<f32>(d.x, d.y, -d.z), 0.0, aspect));
         let back = sample_rgb(fisheye_uv(vec3<f32>(-d.x, d.y, d.z), 1.0, aspect));
-        return vec4<f32>(mix(back, front, w), 1.0);
+        return mix(back, front, w);
     }
     var uv = equirect_uv(d);
     if (view.projection == 1u) {
         uv.y = uv.y * 0.5 + f32(view.eye) * 0.5;
     }
-    return vec4<f32>(sample_rgb(uv), 1.0);
+    return sample_rgb(uv);
 }

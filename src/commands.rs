@@ -256,8 +256,14 @@ fn view_cmd(rt: &tokio::runtime::Runtime, a: ViewArgs, json: bool) -> Result<(),
     };
     let rv = rt.block_on(resolve(rv))?;
     let (w, h) = a.render_size;
-    if !a.headless && !a.window {
-        headset_or_window(a.xr)?;
+    let headset = !a.headless && !a.window && headset_or_window(a.xr)?;
+    if headset {
+        let slot = FrameSlot::default();
+        let cfg = view_config(&a, rv, Display::Window(slot.clone()));
+        let title = format!("inclubit {}", a.code);
+        return on_main_thread(rt, slot.clone(), view_loop(cfg, slot, json), |slot| {
+            headset_or_fallback(slot, &title, a.xr)
+        });
     }
     if a.headless || !desktop::display_available() {
         if !a.headless {
@@ -279,14 +285,11 @@ fn view_cmd(rt: &tokio::runtime::Runtime, a: ViewArgs, json: bool) -> Result<(),
     windowed(rt, slot.clone(), &title, view_loop(cfg, slot, json))
 }
 
-/// Looks for a headset. Without one (or with `require`) says why in one line; the caller then
-/// opens the desktop window.
-fn headset_or_window(require: bool) -> Result<(), PipelineError> {
+/// Looks for a headset: true when there is one. Without one (or with `require`) says why in
+/// one line; the caller then opens the desktop window.
+fn headset_or_window(require: bool) -> Result<bool, PipelineError> {
     let why = match crate::xr::probe() {
-        Ok(rt) => format!(
-            "OpenXR runtime {} with {} found, but this build renders to the desktop window only",
-            rt.runtime, rt.system
-        ),
+        Ok(_) => return Ok(true),
         Err(e) => e.to_string(),
     };
     if require {
@@ -295,7 +298,44 @@ fn headset_or_window(require: bool) -> Result<(), PipelineError> {
         )));
     }
     say!("{why}; opening a desktop window — use --xr to require one");
-    Ok(())
+    Ok(false)
+}
+
+/// Renders to the headset; if the session cannot even start (and `--xr` was not given), says
+/// why and opens the desktop window instead.
+fn headset_or_fallback(slot: FrameSlot, title: &str, require: bool) -> Result<(), PipelineError> {
+    let (recentre_tx, recentre) = std::sync::mpsc::channel();
+    // `r` + Enter at the terminal recentres; no stdin (a service, CI) just means no command.
+    let _ = std::thread::Builder::new()
+        .name("recentre".into())
+        .spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                if matches!(line.trim(), "r" | "R" | "recentre" | "recenter")
+                    && recentre_tx.send(()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+    let mut started = false;
+    let r = crate::xr::session::run(slot.clone(), recentre, |h| {
+        started = true;
+        say!(
+            "headset     {} on {}, {}×{} per eye; type r + Enter to recentre",
+            h.system,
+            h.runtime,
+            h.eye_size.0,
+            h.eye_size.1
+        );
+    });
+    match r {
+        Err(e) if !started && !require && desktop::display_available() => {
+            say!("the headset did not start ({e}); opening a desktop window");
+            desktop::run_window(slot, title).map_err(PipelineError::from)
+        }
+        r => r.map_err(|e| PipelineError::Headset(e.to_string())),
+    }
 }
 
 /// Runs `work` on the runtime while the window owns the main thread.
@@ -308,8 +348,23 @@ fn windowed<F>(
 where
     F: std::future::Future<Output = Result<(), PipelineError>> + Send + 'static,
 {
+    on_main_thread(rt, slot, work, |slot| {
+        desktop::run_window(slot, title).map_err(PipelineError::from)
+    })
+}
+
+/// Runs `work` on the runtime while `display` (a window or the headset) owns the main thread.
+fn on_main_thread<F>(
+    rt: &tokio::runtime::Runtime,
+    slot: FrameSlot,
+    work: F,
+    display: impl FnOnce(FrameSlot) -> Result<(), PipelineError>,
+) -> Result<(), PipelineError>
+where
+    F: std::future::Future<Output = Result<(), PipelineError>> + Send + 'static,
+{
     let handle = rt.spawn(work);
-    let shown = desktop::run_window(slot.clone(), title);
+    let shown = display(slot.clone());
     slot.close();
     let r = rt.block_on(async {
         match tokio::time::timeout(Duration::from_secs(3), handle).await {

@@ -68,10 +68,20 @@ impl Pose {
 /// Camera-space ray through a pixel centre of a `w`×`h` view with vertical field of view `fov_y`.
 pub fn pixel_ray(x: u32, y: u32, w: u32, h: u32, fov_y_deg: f32) -> [f32; 3] {
     let t = (fov_y_deg.to_radians() / 2.0).tan();
-    let aspect = w as f32 / h as f32;
-    let nx = ((x as f32 + 0.5) / w as f32) * 2.0 - 1.0;
-    let ny = 1.0 - ((y as f32 + 0.5) / h as f32) * 2.0;
-    normalize([nx * t * aspect, ny * t, -1.0])
+    let a = w as f32 / h as f32;
+    pixel_ray_tangents(x, y, w, h, [-t * a, t * a, -t, t])
+}
+
+/// Camera-space ray through a pixel centre of a view whose edges have tangents
+/// `[left, right, bottom, top]` (asymmetric, as headset eyes are).
+pub fn pixel_ray_tangents(x: u32, y: u32, w: u32, h: u32, tan: [f32; 4]) -> [f32; 3] {
+    let u = (x as f32 + 0.5) / w as f32;
+    let v = 1.0 - (y as f32 + 0.5) / h as f32;
+    normalize([
+        tan[0] + (tan[1] - tan[0]) * u,
+        tan[2] + (tan[3] - tan[2]) * v,
+        -1.0,
+    ])
 }
 
 pub fn normalize(v: [f32; 3]) -> [f32; 3] {

@@ -2,51 +2,13 @@
 //! OpenXR loader through an `XR_RUNTIME_JSON` manifest.
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
+use std::time::Duration;
 
 mod common;
 
-/// The simulated runtime (tests/xr-sim), built on first use into its own target directory
-/// (only openxr-sys and itself: seconds), and a manifest naming it.
-fn manifest() -> PathBuf {
-    // Once per process: tests run in parallel, and a manifest rewritten under a starting loader
-    // reads as no runtime at all.
-    static MANIFEST: OnceLock<PathBuf> = OnceLock::new();
-    MANIFEST
-        .get_or_init(|| {
-            let mut target = std::env::current_exe().unwrap();
-            target.pop();
-            if target.ends_with("deps") {
-                target.pop();
-            }
-            let target_dir = target.join("xr-sim");
-            let root = env!("CARGO_MANIFEST_DIR");
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "-q", "-p", "inclubit-xr-sim", "--manifest-path"])
-                .arg(format!("{root}/Cargo.toml"))
-                .arg("--target-dir")
-                .arg(&target_dir)
-                .status()
-                .expect("cargo, to build the simulated runtime");
-            assert!(status.success(), "building tests/xr-sim failed");
-            let lib = target_dir.join("debug").join("libinclubit_xr_sim.so");
-            assert!(lib.exists(), "{} missing", lib.display());
-            let json =
-                std::env::temp_dir().join(format!("inclubit-xr-sim-{}.json", std::process::id()));
-            std::fs::write(
-                &json,
-                format!(
-                    r#"{{"file_format_version": "1.0.0", "runtime": {{"name": "inclubit simulated runtime", "library_path": "{}"}}}}"#,
-                    lib.display()
-                ),
-            )
-            .unwrap();
-            json
-        })
-        .clone()
-}
+use common::xr::{manifest, sender, Headset};
+use inclubit::projection::{colour_distance, Face};
+use inclubit::render::rgba_at;
 
 /// `inclubit view` with the simulated runtime in `mode`; the code names no room, so a viewer
 /// that gets past the headset question ends with exit 3.
@@ -69,15 +31,16 @@ fn view(mode: &str, extra: &[&str]) -> (Option<i32>, String, String) {
 }
 
 #[test]
-fn a_runtime_with_a_headset_is_found_and_named() {
-    let (code, _, err) = view("hmd", &["--xr"]);
-    assert_eq!(code, Some(6), "{err}");
+fn a_runtime_with_a_headset_starts_the_session_before_the_network() {
+    let (code, out, err) = view("hmd", &["--xr"]);
     assert!(
-        err.contains(
-            "OpenXR runtime inclubit simulated runtime 0.1.0 with inclubit simulated headset found"
-        ),
-        "{err}"
+        out.lines().next().is_some_and(|l| l.starts_with(
+            "headset     inclubit simulated headset on inclubit simulated runtime 0.1.0, 64×64 per eye"
+        )),
+        "{out} {err}"
     );
+    // The headset is up; the rendezvous never answers, so the viewer ends as a network failure.
+    assert_eq!(code, Some(4), "{err}");
 }
 
 #[test]
@@ -108,4 +71,195 @@ fn a_runtime_without_vulkan_is_unsupported_graphics() {
     let (code, _, err) = view("no-vulkan", &["--xr"]);
     assert_eq!(code, Some(6), "{err}");
     assert!(err.contains("cannot render with Vulkan"), "{err}");
+}
+
+const EYE: (u32, u32) = (64, 64);
+const START: Duration = Duration::from_secs(90);
+
+/// Angles within half a degree (yaw 180 and -180 are one).
+fn near(a: f32, b: f32) -> bool {
+    ((a - b + 540.0).rem_euclid(360.0) - 180.0).abs() < 0.5
+}
+
+/// The centre pixel of each eye of record `r`.
+fn centres(h: &Headset, r: u64) -> [[u8; 3]; 2] {
+    h.eyes(r).map(|e| rgba_at(&e, EYE.0, EYE.0 / 2, EYE.1 / 2))
+}
+
+/// Waits for a frame looking at `yaw, pitch` whose eyes show video (not the clear colour of a
+/// renderer that has no picture yet), and returns its record.
+fn showing(h: &mut Headset, yaw: f32, pitch: f32) -> u64 {
+    let mut found = None;
+    h.wait_for(
+        &format!("a video frame at yaw {yaw} pitch {pitch}"),
+        START,
+        |h, log| {
+            found = log.frames.iter().rev().find_map(|f| {
+                let r = f.record?;
+                let looks =
+                    f.eyes.len() == 2 && f.eyes.iter().all(|e| near(e.0, yaw) && near(e.1, pitch));
+                (looks && centres(h, r).iter().all(|c| c.iter().any(|v| *v > 60))).then_some(r)
+            });
+            found.is_some()
+        },
+    );
+    found.expect("waited for it")
+}
+
+fn assert_face(h: &Headset, r: u64, face: Face) {
+    assert_faces(h, r, [face, face]);
+}
+
+fn assert_faces(h: &Headset, r: u64, faces: [Face; 2]) {
+    for (eye, (c, face)) in centres(h, r).iter().zip(faces).enumerate() {
+        assert!(
+            colour_distance(*c, face.colour()) <= 40,
+            "eye {eye} of record {r} shows {c:?}, not {face:?} {:?}",
+            face.colour()
+        );
+    }
+}
+
+#[test]
+fn each_eye_shows_the_face_the_head_looks_at() {
+    let (_send, code, rv) = sender(&[]);
+    let mut h = Headset::start(&rv, &code, 90, EYE, true);
+    // Up and down short of the poles, where yaw would be undefined in the runtime's log.
+    for (yaw, pitch, face) in [
+        (0.0, 0.0, Face::Front),
+        (90.0, 0.0, Face::Right),
+        (180.0, 0.0, Face::Back),
+        (-90.0, 0.0, Face::Left),
+        (0.0, 80.0, Face::Up),
+        (30.0, -80.0, Face::Down),
+    ] {
+        h.look(yaw, pitch, 0.0);
+        let r = showing(&mut h, yaw, pitch);
+        assert_face(&h, r, face);
+    }
+    // Mono video: both eyes see the same scene, each through its own (mirrored) lens.
+    let r = showing(&mut h, 0.0, 0.0);
+    let [l, rt] = h.eyes(r);
+    let mirrored = |x: u32, y: u32| {
+        let a = rgba_at(&l, EYE.0, x, y);
+        let b = rgba_at(&rt, EYE.0, EYE.0 - 1 - x, y);
+        colour_distance(a, b)
+    };
+    assert!(mirrored(EYE.0 / 2, EYE.1 / 2) <= 40);
+    let log = h.log();
+    assert_eq!(log.session.first().map(String::as_str), Some("begin"));
+    assert!(
+        log.frames.iter().skip(1).all(|f| f.layers == 1),
+        "every shown frame submits a layer"
+    );
+}
+
+#[test]
+fn each_eye_shows_its_own_half_of_stereo_video() {
+    let (_send, code, rv) = sender(&["--projection", "equirect-tb"]);
+    let mut h = Headset::start(&rv, &code, 90, EYE, true);
+    // The mono test card sent as top-bottom: each eye stretches its half over the sphere, so
+    // looking 60° down the left eye (top half) samples the card 15° up (the front) and the
+    // right eye (bottom half) 75° down (the floor); 60° up: 75° up (the sky) and 15° down.
+    for (yaw, pitch, faces) in [
+        (0.0, -60.0, [Face::Front, Face::Down]),
+        (90.0, 60.0, [Face::Up, Face::Right]),
+    ] {
+        h.look(yaw, pitch, 0.0);
+        let r = showing(&mut h, yaw, pitch);
+        assert_faces(&h, r, faces);
+    }
+}
+
+#[test]
+fn turning_the_head_changes_the_very_next_frame_without_new_video() {
+    let (send, code, rv) = sender(&[]);
+    let mut h = Headset::start(&rv, &code, 90, EYE, true);
+    h.look(0.0, 0.0, 0.0);
+    let r = showing(&mut h, 0.0, 0.0);
+    assert_face(&h, r, Face::Front);
+    // Freeze the sender: no video frame leaves it from now on.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(send.child.id() as i32, libc::SIGSTOP) };
+    // Frames already on their way land within a few XR frames; wait out 30 of them.
+    let before = h.log().frames.len();
+    h.wait_for("30 frames after the sender froze", START, |_, l| {
+        l.frames.len() >= before + 30
+    });
+    h.look(90.0, 0.0, 0.0);
+    let log = h.wait_for("a frame at the new pose", START, |_, l| {
+        l.frames
+            .iter()
+            .any(|f| f.eyes.first().is_some_and(|e| near(e.0, 90.0)))
+    });
+    let turned = log
+        .frames
+        .iter()
+        .position(|f| f.eyes.first().is_some_and(|e| near(e.0, 90.0)))
+        .expect("waited for it");
+    let (prev, first) = (&log.frames[turned - 1], &log.frames[turned]);
+    assert!(prev.eyes.iter().all(|e| near(e.0, 0.0)), "{prev:?}");
+    assert_face(&h, prev.record.expect("kept"), Face::Front);
+    assert_face(&h, first.record.expect("kept"), Face::Right);
+    // SAFETY: as above.
+    unsafe { libc::kill(send.child.id() as i32, libc::SIGCONT) };
+}
+
+#[test]
+fn recentring_turns_the_scene_to_face_the_head() {
+    let (_send, code, rv) = sender(&[]);
+    let mut h = Headset::start(&rv, &code, 90, EYE, true);
+    h.look(90.0, 0.0, 0.0);
+    let r = showing(&mut h, 90.0, 0.0);
+    assert_face(&h, r, Face::Right);
+    h.type_line("r");
+    // The head still turned right, but LOCAL now has its front there: the eyes look at yaw 0
+    // in it, at the scene's front.
+    let r = showing(&mut h, 0.0, 0.0);
+    assert_face(&h, r, Face::Front);
+    let (code, err) = {
+        h.trigger("exit");
+        h.wait_exit(Duration::from_secs(30))
+    };
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn the_session_ends_in_order_when_the_runtime_asks() {
+    let (_send, code, rv) = sender(&[]);
+    let mut h = Headset::start(&rv, &code, 90, EYE, false);
+    h.wait_for("frames", START, |_, l| l.frames.len() >= 10);
+    h.trigger("exit");
+    let (code, err) = h.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("rror"), "{err}");
+    // Asked to stop, the viewer ended the session (xrEndSession) and destroyed it; it did not
+    // ask to exit itself.
+    assert_eq!(h.log().session, ["begin", "end", "destroy"]);
+}
+
+#[test]
+fn the_stream_ending_ends_the_session_in_order() {
+    let (send, code, rv) = sender(&[]);
+    let mut h = Headset::start(&rv, &code, 90, EYE, false);
+    h.wait_for("frames", START, |_, l| l.frames.len() >= 10);
+    send.interrupt();
+    let (code, err) = h.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("the sender ended the stream"), "{err}");
+    assert_eq!(h.log().session, ["begin", "request-exit", "end", "destroy"]);
+}
+
+#[test]
+fn instance_loss_is_a_clear_error() {
+    let (_send, code, rv) = sender(&[]);
+    let mut h = Headset::start(&rv, &code, 90, EYE, false);
+    h.wait_for("frames", START, |_, l| l.frames.len() >= 10);
+    h.trigger("lose");
+    let (code, err) = h.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains("the OpenXR runtime went away (instance lost); restart it and run view again"),
+        "{err}"
+    );
 }

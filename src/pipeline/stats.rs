@@ -113,6 +113,11 @@ pub struct StatsLine {
     pub first_frame_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direct_ms: Option<f64>,
+    /// Viewer in a headset: frames submitted per second, and display periods missed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headset_fps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headset_missed: Option<u64>,
 }
 
 impl StatsLine {
@@ -128,8 +133,14 @@ impl StatsLine {
             (Some(ok), Some(bad)) => format!("  testcard ok {ok} bad {bad}"),
             _ => String::new(),
         };
+        let headset = match (self.headset_fps, self.headset_missed) {
+            (Some(fps), missed) => {
+                format!("  headset {fps:5.1} fps missed {}", missed.unwrap_or(0))
+            }
+            _ => String::new(),
+        };
         format!(
-            "{:<4} fps {:5.1}  bitrate {:6.2} Mbit/s  rtt {:6.1} ms  latency p50 {:5.1} ms p99 {:5.1} ms  dropped {}  frames {}{}  path {}{}",
+            "{:<4} fps {:5.1}  bitrate {:6.2} Mbit/s  rtt {:6.1} ms  latency p50 {:5.1} ms p99 {:5.1} ms  dropped {}  frames {}{}{}  path {}{}",
             self.role,
             self.fps,
             self.bitrate_mbps,
@@ -139,6 +150,7 @@ impl StatsLine {
             self.dropped,
             self.frames,
             viewers,
+            headset,
             self.path,
             verify,
         )
@@ -178,7 +190,20 @@ mod tests {
             ..Default::default()
         };
         assert!(s.render(false).contains("fps  30.0"));
+        assert!(!s.render(false).contains("headset"));
         let v: serde_json::Value = serde_json::from_str(&s.render(true)).unwrap();
         assert_eq!(v["path"], "direct");
+        assert!(v.get("headset_fps").is_none());
+        let h = StatsLine {
+            headset_fps: Some(90.0),
+            headset_missed: Some(2),
+            ..s
+        };
+        assert!(h.render(false).contains("headset  90.0 fps missed 2"));
+        let v: serde_json::Value = serde_json::from_str(&h.render(true)).unwrap();
+        assert_eq!(
+            (v["headset_fps"].as_f64(), v["headset_missed"].as_u64()),
+            (Some(90.0), Some(2))
+        );
     }
 }

@@ -211,6 +211,9 @@ pub struct Metrics {
     pub connected: Option<Duration>,
     pub first_frame: Option<Duration>,
     pub direct: Option<Duration>,
+    /// Frames submitted to a headset, and its display periods that got none.
+    pub headset: Option<RateMeter>,
+    pub headset_missed: u64,
 }
 
 impl Metrics {
@@ -234,6 +237,8 @@ impl Metrics {
             connect_ms: self.connected.map(|d| d.as_secs_f64() * 1000.0),
             first_frame_ms: self.first_frame.map(|d| d.as_secs_f64() * 1000.0),
             direct_ms: self.direct.map(|d| d.as_secs_f64() * 1000.0),
+            headset_fps: self.headset.as_mut().map(|h| h.rates(now).0),
+            headset_missed: self.headset.as_ref().map(|_| self.headset_missed),
         }
     }
 }

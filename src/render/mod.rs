@@ -37,9 +37,33 @@ pub struct ViewParams {
     /// The sender's scene correction (yaw, pitch, roll degrees).
     pub orientation: [f32; 3],
     pub lens: FisheyeLens,
+    /// A headset's full head rotation (column-major, camera to world); replaces `pose`.
+    pub head: Option<[[f32; 3]; 3]>,
+    /// A headset eye's asymmetric field of view; replaces `fov_y_deg` and the target's aspect.
+    pub fov: Option<Fov>,
+}
+
+/// Field-of-view angles in radians, OpenXR's convention: left and down negative.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fov {
+    pub left: f32,
+    pub right: f32,
+    pub up: f32,
+    pub down: f32,
 }
 
 impl ViewParams {
+    /// Tangents of the view's edges: left, right, bottom, top.
+    pub fn tangents(&self, aspect: f32) -> [f32; 4] {
+        match self.fov {
+            Some(f) => [f.left.tan(), f.right.tan(), f.down.tan(), f.up.tan()],
+            None => {
+                let t = (self.fov_y_deg.to_radians() / 2.0).tan();
+                [-t * aspect, t * aspect, -t, t]
+            }
+        }
+    }
+
     /// Projection, orientation and lens as the sender's hello gives them.
     pub fn with_hello(mut self, hello: &StreamHello) -> Self {
         self.projection = hello.projection;
@@ -51,7 +75,8 @@ impl ViewParams {
     /// Camera-to-video rotation: the head pose, then the scene correction.
     pub fn rotation(&self) -> [[f32; 3]; 3] {
         let [y, p, r] = self.orientation;
-        mat_mul(orientation(y, p, r), self.pose.rotation())
+        let head = self.head.unwrap_or_else(|| self.pose.rotation());
+        mat_mul(orientation(y, p, r), head)
     }
 }
 
@@ -64,6 +89,8 @@ impl Default for ViewParams {
             eye: 0,
             orientation: [0.0; 3],
             lens: FisheyeLens::default(),
+            head: None,
+            fov: None,
         }
     }
 }
@@ -72,26 +99,30 @@ impl Default for ViewParams {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct ViewUniform {
     rot: [[f32; 4]; 3],
-    tan_half: [f32; 2],
+    tangents: [f32; 4],
     projection: u32,
     eye: u32,
+    /// 1: the target encodes to sRGB itself, so the shader writes linear values.
+    linear_out: u32,
+    _pad: u32,
     /// Dual fisheye: lens field of view (radians), circle centre x, y, radius.
     lens: [f32; 4],
 }
 
 impl ViewUniform {
-    fn new(v: &ViewParams, aspect: f32) -> Self {
+    fn new(v: &ViewParams, aspect: f32, srgb_target: bool) -> Self {
         let r = v.rotation();
-        let ty = (v.fov_y_deg.to_radians() / 2.0).tan();
         Self {
             rot: r.map(|c| [c[0], c[1], c[2], 0.0]),
-            tan_half: [ty * aspect, ty],
+            tangents: v.tangents(aspect),
             projection: match v.projection {
                 Projection::EquirectMono => 0,
                 Projection::EquirectStereoTopBottom => 1,
                 Projection::DualFisheye => 2,
             },
             eye: v.eye,
+            linear_out: srgb_target as u32,
+            _pad: 0,
             lens: [
                 v.lens.fov_deg.to_radians(),
                 v.lens.centre[0],
@@ -168,6 +199,7 @@ pub struct Renderer {
     sampler: wgpu::Sampler,
     uniform: wgpu::Buffer,
     video: Option<VideoTextures>,
+    srgb_target: bool,
 }
 
 impl Renderer {
@@ -257,6 +289,7 @@ impl Renderer {
             sampler,
             uniform,
             video: None,
+            srgb_target: format.is_srgb(),
         }
     }
 
@@ -361,7 +394,7 @@ impl Renderer {
         queue.write_buffer(
             &self.uniform,
             0,
-            bytemuck::bytes_of(&ViewUniform::new(view, aspect)),
+            bytemuck::bytes_of(&ViewUniform::new(view, aspect, self.srgb_target)),
         );
         let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
             label: Some("equirect"),

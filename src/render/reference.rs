@@ -5,7 +5,7 @@
 use super::ViewParams;
 use crate::picture::I420;
 use crate::projection::{
-    dir_to_dual_fisheye, dir_to_equirect, mat_apply, normalize, pixel_ray, yuv_to_rgb_f,
+    dir_to_dual_fisheye, dir_to_equirect, mat_apply, normalize, pixel_ray_tangents, yuv_to_rgb_f,
 };
 use inclubit_rendezvous::wire::media::Projection;
 
@@ -37,9 +37,10 @@ pub fn render(pic: &I420, view: &ViewParams, w: u32, h: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity((w * h * 4) as usize);
     let rot = view.rotation();
     let aspect = pic.height as f32 / pic.width as f32;
+    let tan = view.tangents(w as f32 / h as f32);
     for y in 0..h {
         for x in 0..w {
-            let d = normalize(mat_apply(rot, pixel_ray(x, y, w, h, view.fov_y_deg)));
+            let d = normalize(mat_apply(rot, pixel_ray_tangents(x, y, w, h, tan)));
             let rgb = match view.projection {
                 Projection::DualFisheye => {
                     let (front, back, wf) = dir_to_dual_fisheye(d, &view.lens, aspect);

@@ -1,5 +1,11 @@
 //! OpenXR: is there a runtime, with a headset, that renders with Vulkan? Asked through the real
-//! loader (`libopenxr_loader.so.1`, loaded at run time, so a machine without it still runs).
+//! loader (`libopenxr_loader.so.1`, loaded at run time, so a machine without it still runs),
+//! and the headset session that renders to it.
+
+pub mod lifecycle;
+pub mod pose;
+pub mod session;
+mod vulkan;
 
 use openxr as xr;
 
@@ -39,6 +45,12 @@ pub fn probe() -> Result<Runtime, XrUnavailable> {
         tracing::debug!("OpenXR loader: {e}");
         XrUnavailable::NoRuntime
     })?;
+    let (_, _, runtime, system) = open(&entry)?;
+    Ok(Runtime { runtime, system })
+}
+
+/// An instance with XR_KHR_vulkan_enable2 and its head-mounted system, with their names.
+fn open(entry: &xr::Entry) -> Result<(xr::Instance, xr::SystemId, String, String), XrUnavailable> {
     let available = entry.enumerate_extensions().map_err(|e| match e {
         xr::sys::Result::ERROR_RUNTIME_UNAVAILABLE | xr::sys::Result::ERROR_RUNTIME_FAILURE => {
             XrUnavailable::NoRuntime
@@ -79,9 +91,9 @@ pub fn probe() -> Result<Runtime, XrUnavailable> {
             }
             e => XrUnavailable::Other(e.to_string()),
         })?;
-    let system = instance
+    let name = instance
         .system_properties(system)
         .map(|p| p.system_name)
         .unwrap_or_default();
-    Ok(Runtime { runtime, system })
+    Ok((instance, system, runtime, name))
 }

@@ -3,6 +3,7 @@
 
 pub mod chrome;
 pub mod process;
+pub mod xr;
 
 use std::net::SocketAddr;
 use std::time::Duration;

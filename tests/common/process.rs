@@ -1,16 +1,18 @@
 //! The real `inclubit` binary as a child process.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_inclubit");
 
-/// A child process killed on drop, with its stdout lines on a channel.
+/// A child process killed on drop, with its stdout lines on a channel and its stderr kept.
 pub struct Proc {
     pub child: Child,
     pub lines: mpsc::Receiver<String>,
+    err: Arc<Mutex<String>>,
+    err_done: Option<std::thread::JoinHandle<()>>,
     args: String,
 }
 
@@ -21,15 +23,24 @@ impl Proc {
 
     /// [`Proc::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
+        Self::start_with(args, env, &[], Stdio::null())
+    }
+
+    /// [`Proc::start`] with variables set, others removed, and the given stdin.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)], remove: &[&str], stdin: Stdio) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        for r in remove {
+            cmd.env_remove(r);
+        }
+        let mut child = cmd
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn inclubit");
-        let out = child.stdout.take().unwrap();
+        let out = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for l in BufReader::new(out).lines().map_while(Result::ok) {
@@ -38,11 +49,37 @@ impl Proc {
                 }
             }
         });
+        let err = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let sink = err.clone();
+        let err_done = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut e) = sink.lock() {
+                    e.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
         Proc {
             child,
             lines,
+            err,
+            err_done: Some(err_done),
             args: args.join(" "),
         }
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.err.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Its exit status if it has exited.
+    pub fn try_status(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
     }
 
     /// The first stdout line starting with `prefix`, within `timeout`.
@@ -65,12 +102,11 @@ impl Proc {
             .wait_timeout(timeout)
             .unwrap()
             .unwrap_or_else(|| panic!("`inclubit {}` did not exit within {timeout:?}", self.args));
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
+        // Its stderr ends with it (unless a child of its own holds the pipe).
+        if let Some(t) = self.err_done.take() {
+            let _ = t.join();
         }
-        (status.code().unwrap_or(-1), err)
+        (status.code().unwrap_or(-1), self.stderr())
     }
 
     pub fn interrupt(&self) {

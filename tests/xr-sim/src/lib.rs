@@ -1,10 +1,18 @@
 //! A simulated OpenXR runtime for tests: a shared library the real OpenXR loader opens through a
 //! manifest named by `XR_RUNTIME_JSON`. It implements the part of OpenXR the viewer uses so far
-//! (instance, properties, system); `INCLUBIT_XR_SIM` picks the machine it pretends to be:
-//! `hmd` (a headset with Vulkan, the default), `no-hmd` (a runtime with no headset plugged in),
-//! `no-vulkan` (a runtime without XR_KHR_vulkan_enable2).
+//! (instance, system, XR_KHR_vulkan_enable2, a session with its lifecycle events, reference
+//! spaces, swapchains of Vulkan images on the application's device, views from a scripted head,
+//! frame pacing at a display rate) and hands the submitted eye images back to the test (see
+//! [`control`]). `INCLUBIT_XR_SIM` picks the machine it pretends to be: `hmd` (a headset with
+//! Vulkan, the default), `no-hmd` (a runtime with no headset plugged in), `no-vulkan` (a runtime
+//! without XR_KHR_vulkan_enable2).
 
 #![allow(clippy::missing_safety_doc)]
+
+mod control;
+mod gpu;
+mod math;
+mod runtime;
 
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,36 +75,89 @@ unsafe extern "system" fn get_instance_proc_addr(
     if name.is_null() || function.is_null() {
         return sys::Result::ERROR_VALIDATION_FAILURE;
     }
+    // The signature is checked against openxr-sys's pointer type before it is erased.
+    macro_rules! f {
+        ($ty:ident, $f:path) => {{
+            let typed: pfn::$ty = $f;
+            Some(std::mem::transmute::<pfn::$ty, pfn::VoidFunction>(typed))
+        }};
+    }
+    let enable2 = !extensions().is_empty();
     let f: Option<pfn::VoidFunction> = match CStr::from_ptr(name).to_bytes() {
-        b"xrGetInstanceProcAddr" => Some(std::mem::transmute::<
-            pfn::GetInstanceProcAddr,
-            pfn::VoidFunction,
-        >(get_instance_proc_addr)),
-        b"xrEnumerateInstanceExtensionProperties" => Some(std::mem::transmute::<
-            pfn::EnumerateInstanceExtensionProperties,
-            pfn::VoidFunction,
-        >(enumerate_extensions)),
-        b"xrEnumerateApiLayerProperties" => Some(std::mem::transmute::<
-            pfn::EnumerateApiLayerProperties,
-            pfn::VoidFunction,
-        >(enumerate_layers)),
-        b"xrCreateInstance" => {
-            Some(std::mem::transmute::<pfn::CreateInstance, pfn::VoidFunction>(create_instance))
+        b"xrGetInstanceProcAddr" => f!(GetInstanceProcAddr, get_instance_proc_addr),
+        b"xrEnumerateInstanceExtensionProperties" => {
+            f!(EnumerateInstanceExtensionProperties, enumerate_extensions)
         }
-        b"xrDestroyInstance" => {
-            Some(std::mem::transmute::<pfn::DestroyInstance, pfn::VoidFunction>(destroy_instance))
+        b"xrEnumerateApiLayerProperties" => f!(EnumerateApiLayerProperties, enumerate_layers),
+        b"xrCreateInstance" => f!(CreateInstance, create_instance),
+        b"xrDestroyInstance" => f!(DestroyInstance, destroy_instance),
+        b"xrGetInstanceProperties" => f!(GetInstanceProperties, instance_properties),
+        b"xrGetSystem" => f!(GetSystem, get_system),
+        b"xrGetSystemProperties" => f!(GetSystemProperties, system_properties),
+        b"xrGetVulkanGraphicsRequirements2KHR" if enable2 => {
+            f!(GetVulkanGraphicsRequirements2KHR, vulkan_requirements)
         }
-        b"xrGetInstanceProperties" => Some(std::mem::transmute::<
-            pfn::GetInstanceProperties,
-            pfn::VoidFunction,
-        >(instance_properties)),
-        b"xrGetSystem" => Some(std::mem::transmute::<pfn::GetSystem, pfn::VoidFunction>(
-            get_system,
-        )),
-        b"xrGetSystemProperties" => Some(std::mem::transmute::<
-            pfn::GetSystemProperties,
-            pfn::VoidFunction,
-        >(system_properties)),
+        b"xrCreateVulkanInstanceKHR" if enable2 => f!(CreateVulkanInstanceKHR, vulkan_instance),
+        b"xrGetVulkanGraphicsDevice2KHR" if enable2 => {
+            f!(GetVulkanGraphicsDevice2KHR, vulkan_physical_device)
+        }
+        b"xrCreateVulkanDeviceKHR" if enable2 => f!(CreateVulkanDeviceKHR, vulkan_device),
+        b"xrCreateSession" => f!(CreateSession, runtime::create_session),
+        b"xrDestroySession" => f!(DestroySession, runtime::destroy_session),
+        b"xrBeginSession" => f!(BeginSession, runtime::begin_session),
+        b"xrEndSession" => f!(EndSession, runtime::end_session),
+        b"xrRequestExitSession" => f!(RequestExitSession, runtime::request_exit_session),
+        b"xrPollEvent" => f!(PollEvent, runtime::poll_event),
+        b"xrEnumerateViewConfigurations" => {
+            f!(
+                EnumerateViewConfigurations,
+                runtime::enumerate_view_configurations
+            )
+        }
+        b"xrGetViewConfigurationProperties" => f!(
+            GetViewConfigurationProperties,
+            runtime::view_configuration_properties
+        ),
+        b"xrEnumerateViewConfigurationViews" => f!(
+            EnumerateViewConfigurationViews,
+            runtime::enumerate_view_configuration_views
+        ),
+        b"xrEnumerateEnvironmentBlendModes" => {
+            f!(
+                EnumerateEnvironmentBlendModes,
+                runtime::enumerate_blend_modes
+            )
+        }
+        b"xrEnumerateReferenceSpaces" => {
+            f!(
+                EnumerateReferenceSpaces,
+                runtime::enumerate_reference_spaces
+            )
+        }
+        b"xrCreateReferenceSpace" => f!(CreateReferenceSpace, runtime::create_reference_space),
+        b"xrDestroySpace" => f!(DestroySpace, runtime::destroy_space),
+        b"xrLocateSpace" => f!(LocateSpace, runtime::locate_space),
+        b"xrLocateViews" => f!(LocateViews, runtime::locate_views),
+        b"xrEnumerateSwapchainFormats" => {
+            f!(
+                EnumerateSwapchainFormats,
+                runtime::enumerate_swapchain_formats
+            )
+        }
+        b"xrCreateSwapchain" => f!(CreateSwapchain, runtime::create_swapchain),
+        b"xrDestroySwapchain" => f!(DestroySwapchain, runtime::destroy_swapchain),
+        b"xrEnumerateSwapchainImages" => {
+            f!(
+                EnumerateSwapchainImages,
+                runtime::enumerate_swapchain_images
+            )
+        }
+        b"xrAcquireSwapchainImage" => f!(AcquireSwapchainImage, runtime::acquire_swapchain_image),
+        b"xrWaitSwapchainImage" => f!(WaitSwapchainImage, runtime::wait_swapchain_image),
+        b"xrReleaseSwapchainImage" => f!(ReleaseSwapchainImage, runtime::release_swapchain_image),
+        b"xrWaitFrame" => f!(WaitFrame, runtime::wait_frame),
+        b"xrBeginFrame" => f!(BeginFrame, runtime::begin_frame),
+        b"xrEndFrame" => f!(EndFrame, runtime::end_frame),
         // Everything else exists (bindings resolve every core function up front) and answers
         // that it is not supported here yet.
         n if n.starts_with(b"xr") => Some(std::mem::transmute::<
@@ -220,5 +281,103 @@ unsafe extern "system" fn system_properties(
         orientation_tracking: sys::TRUE,
         position_tracking: sys::TRUE,
     };
+    sys::Result::SUCCESS
+}
+
+fn system_ok(system: sys::SystemId) -> Result<(), sys::Result> {
+    if system.into_raw() == SYSTEM_ID && mode() != "no-hmd" {
+        Ok(())
+    } else {
+        Err(sys::Result::ERROR_SYSTEM_INVALID)
+    }
+}
+
+unsafe extern "system" fn vulkan_requirements(
+    _instance: sys::Instance,
+    system: sys::SystemId,
+    reqs: *mut sys::GraphicsRequirementsVulkanKHR,
+) -> sys::Result {
+    if let Err(e) = system_ok(system) {
+        return e;
+    }
+    (*reqs).min_api_version_supported = sys::Version::new(1, 0, 0);
+    (*reqs).max_api_version_supported = sys::Version::new(1, 3, 0);
+    sys::Result::SUCCESS
+}
+
+/// The application's `vkGetInstanceProcAddr`, typed for ash.
+unsafe fn app_gipa(f: Option<sys::platform::VkGetInstanceProcAddr>) -> Option<gpu::Gipa> {
+    f.map(|f| std::mem::transmute::<sys::platform::VkGetInstanceProcAddr, gpu::Gipa>(f))
+}
+
+unsafe extern "system" fn vulkan_instance(
+    _instance: sys::Instance,
+    info: *const sys::VulkanInstanceCreateInfoKHR,
+    out: *mut sys::platform::VkInstance,
+    vk_result: *mut sys::platform::VkResult,
+) -> sys::Result {
+    let info = &*info;
+    if let Err(e) = system_ok(info.system_id) {
+        return e;
+    }
+    let Some(gipa) = app_gipa(info.pfn_get_instance_proc_addr) else {
+        return sys::Result::ERROR_VALIDATION_FAILURE;
+    };
+    let create = &*(info.vulkan_create_info as *const ash::vk::InstanceCreateInfo);
+    match gpu::Vk::create_instance(gpu::entry(gipa), create) {
+        Ok(vk) => {
+            *out = ash::vk::Handle::as_raw(vk.instance.handle()) as usize as _;
+            *vk_result = 0;
+            runtime::sim().vk = Some(vk);
+        }
+        Err(e) => *vk_result = e.as_raw(),
+    }
+    sys::Result::SUCCESS
+}
+
+unsafe extern "system" fn vulkan_physical_device(
+    _instance: sys::Instance,
+    info: *const sys::VulkanGraphicsDeviceGetInfoKHR,
+    out: *mut sys::platform::VkPhysicalDevice,
+) -> sys::Result {
+    if let Err(e) = system_ok((*info).system_id) {
+        return e;
+    }
+    let sim = runtime::sim();
+    match &sim.vk {
+        Some(vk)
+            if ash::vk::Handle::as_raw(vk.instance.handle()) == (*info).vulkan_instance as u64 =>
+        {
+            *out = ash::vk::Handle::as_raw(vk.physical) as usize as _;
+            sys::Result::SUCCESS
+        }
+        _ => sys::Result::ERROR_GRAPHICS_DEVICE_INVALID,
+    }
+}
+
+unsafe extern "system" fn vulkan_device(
+    _instance: sys::Instance,
+    info: *const sys::VulkanDeviceCreateInfoKHR,
+    out: *mut sys::platform::VkDevice,
+    vk_result: *mut sys::platform::VkResult,
+) -> sys::Result {
+    let info = &*info;
+    if let Err(e) = system_ok(info.system_id) {
+        return e;
+    }
+    let mut sim = runtime::sim();
+    let Some(vk) = sim.vk.as_mut() else {
+        return sys::Result::ERROR_GRAPHICS_REQUIREMENTS_CALL_MISSING;
+    };
+    let physical =
+        <ash::vk::PhysicalDevice as ash::vk::Handle>::from_raw(info.vulkan_physical_device as u64);
+    let create = &*(info.vulkan_create_info as *const ash::vk::DeviceCreateInfo);
+    match vk.create_device(physical, create) {
+        Ok(d) => {
+            *out = ash::vk::Handle::as_raw(d) as usize as _;
+            *vk_result = 0;
+        }
+        Err(e) => *vk_result = e.as_raw(),
+    }
     sys::Result::SUCCESS
 }
