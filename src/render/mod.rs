@@ -435,7 +435,18 @@ impl Offscreen {
     }
 
     pub fn with_gpu(gpu: Gpu, width: u32, height: u32) -> Result<Self, RenderError> {
-        let renderer = Renderer::new(&gpu.device, OFFSCREEN_FORMAT);
+        Self::with_format(gpu, width, height, OFFSCREEN_FORMAT)
+    }
+
+    /// An offscreen target of an 8-bit RGBA `format`: `Rgba8UnormSrgb` stands in for a
+    /// headset's sRGB swapchain (the bytes read back are what the runtime would get).
+    pub fn with_format(
+        gpu: Gpu,
+        width: u32,
+        height: u32,
+        format: wgpu::TextureFormat,
+    ) -> Result<Self, RenderError> {
+        let renderer = Renderer::new(&gpu.device, format);
         let target = gpu.device.create_texture(&wgpu::TextureDescriptor {
             label: Some("offscreen"),
             size: wgpu::Extent3d {
@@ -446,7 +457,7 @@ impl Offscreen {
             mip_level_count: 1,
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
-            format: OFFSCREEN_FORMAT,
+            format,
             usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
             view_formats: &[],
         });
