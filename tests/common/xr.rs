@@ -49,19 +49,21 @@ pub fn manifest() -> PathBuf {
         .clone()
 }
 
-/// A test-card sender with its own rendezvous on loopback: (process, code, rendezvous).
+/// A test-card sender (640×320 unless `extra` names a size) with its own rendezvous on
+/// loopback: (process, code, rendezvous).
 pub fn sender(extra: &[&str]) -> (Proc, String, String) {
     let mut args = vec![
         "send",
         "--source",
         "testcard",
-        "--size",
-        "640x320",
         "--bind",
         "127.0.0.1:0",
         "--rendezvous-port",
         "0",
     ];
+    if !extra.contains(&"--size") {
+        args.extend(["--size", "640x320"]);
+    }
     args.extend_from_slice(extra);
     let p = Proc::start(&args);
     let code = p.line("code ", Duration::from_secs(20));
