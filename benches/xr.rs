@@ -2,7 +2,8 @@
 //! OpenXR loader) at 72, 90 and 120 Hz, for a small eye and a Quest 2/3 class eye
 //! (1832×1920). Per case: display periods the runtime offered (requested), frames the viewer
 //! submitted (rendered), and their ratio. The baseline, measured in the same run on the same
-//! adapter: the offscreen cost of both eyes at that size, and the rate it allows.
+//! adapter: the offscreen cost of both eyes at that size, the share of the display rate it
+//! allows, and how much of that share the XR loop reaches ("of that").
 //!
 //! Run: `cargo bench --bench xr` (INCLUBIT_BENCH_SECS seconds per case, default 4).
 
@@ -97,8 +98,8 @@ fn main() {
     let (send, code, rv) = xr::sender(&["--size", "1920x960"]);
     println!("sender: test card 1920x960 @ 30 fps, x264; viewer in the simulated headset");
     println!(
-        "{:>10} {:>5} {:>10} {:>9} {:>9} {:>7} {:>14}",
-        "eye", "Hz", "2 eyes ms", "requested", "rendered", "ratio", "render allows"
+        "{:>10} {:>5} {:>10} {:>9} {:>9} {:>7} {:>14} {:>9}",
+        "eye", "Hz", "2 eyes ms", "requested", "rendered", "ratio", "render allows", "of that"
     );
     for (&(w, h), &ms) in eyes.iter().zip(&baselines) {
         for &rate in rates {
@@ -106,14 +107,15 @@ fn main() {
             let ratio = p.rendered as f64 / p.requested.max(1) as f64;
             let allows = (1000.0 / ms / rate as f64).min(1.0);
             println!(
-                "{:>10} {:>5} {:>10.1} {:>9} {:>9} {:>7.2} {:>14.2}",
+                "{:>10} {:>5} {:>10.1} {:>9} {:>9} {:>7.2} {:>14.2} {:>9.2}",
                 format!("{w}x{h}"),
                 rate,
                 ms,
                 p.requested,
                 p.rendered,
                 ratio,
-                allows
+                allows,
+                ratio / allows
             );
         }
     }

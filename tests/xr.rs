@@ -6,6 +6,7 @@ use std::time::Duration;
 
 mod common;
 
+use common::process::Proc;
 use common::xr::{manifest, sender, Headset};
 use inclubit::projection::{colour_distance, Face};
 use inclubit::render::rgba_at;
@@ -224,42 +225,64 @@ fn recentring_turns_the_scene_to_face_the_head() {
     assert_eq!(code, 0, "{err}");
 }
 
-#[test]
-fn the_session_ends_in_order_when_the_runtime_asks() {
-    let (_send, code, rv) = sender(&[]);
+/// A test-card sender and a viewer in the simulated headset, past its first frames.
+fn streaming() -> (Proc, Headset) {
+    let (send, code, rv) = sender(&[]);
     let mut h = Headset::start(&rv, &code, 90, EYE, false);
     h.wait_for("frames", START, |_, l| l.frames.len() >= 10);
-    h.trigger("exit");
+    (send, h)
+}
+
+/// The viewer's exit code, its stderr and the session calls the runtime saw.
+fn exit(mut h: Headset) -> (i32, String, Vec<String>) {
     let (code, err) = h.wait_exit(Duration::from_secs(30));
+    (code, err, h.log().session)
+}
+
+#[test]
+fn the_session_ends_in_order_when_the_runtime_asks() {
+    let (_send, h) = streaming();
+    h.trigger("exit");
+    let (code, err, session) = exit(h);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("rror"), "{err}");
     // Asked to stop, the viewer ended the session (xrEndSession) and destroyed it; it did not
     // ask to exit itself.
-    assert_eq!(h.log().session, ["begin", "end", "destroy"]);
+    assert_eq!(session, ["begin", "end", "destroy"]);
 }
 
 #[test]
 fn the_stream_ending_ends_the_session_in_order() {
-    let (send, code, rv) = sender(&[]);
-    let mut h = Headset::start(&rv, &code, 90, EYE, false);
-    h.wait_for("frames", START, |_, l| l.frames.len() >= 10);
+    let (send, h) = streaming();
     send.interrupt();
-    let (code, err) = h.wait_exit(Duration::from_secs(30));
+    let (code, err, session) = exit(h);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("the sender ended the stream"), "{err}");
-    assert_eq!(h.log().session, ["begin", "request-exit", "end", "destroy"]);
+    assert_eq!(session, ["begin", "request-exit", "end", "destroy"]);
 }
 
 #[test]
 fn instance_loss_is_a_clear_error() {
-    let (_send, code, rv) = sender(&[]);
-    let mut h = Headset::start(&rv, &code, 90, EYE, false);
-    h.wait_for("frames", START, |_, l| l.frames.len() >= 10);
+    let (_send, h) = streaming();
     h.trigger("lose");
-    let (code, err) = h.wait_exit(Duration::from_secs(30));
+    let (code, err, _) = exit(h);
     assert_eq!(code, 6, "{err}");
     assert!(
         err.contains("the OpenXR runtime went away (instance lost); restart it and run view again"),
         "{err}"
     );
+}
+
+#[test]
+fn a_lost_session_is_a_clear_error() {
+    let (_send, h) = streaming();
+    h.trigger("lose-session");
+    let (code, err, session) = exit(h);
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains("the OpenXR runtime lost the headset session (loss pending)"),
+        "{err}"
+    );
+    // Lost, not ended: the session is destroyed without xrEndSession.
+    assert_eq!(session, ["begin", "destroy"]);
 }

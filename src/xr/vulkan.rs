@@ -49,21 +49,17 @@ pub fn create(
     let create = vk::InstanceCreateInfo::default()
         .application_info(&app)
         .enabled_extension_names(&ext_ptrs);
-    let gipa = entry.static_fn().get_instance_proc_addr;
-    // SAFETY: the create info and the loader's vkGetInstanceProcAddr outlive the call; the
-    // pointer types differ only in how openxr-sys and ash spell them.
-    let raw_instance = unsafe {
-        instance.create_vulkan_instance(
-            system,
-            std::mem::transmute::<
-                vk::PFN_vkGetInstanceProcAddr,
-                xr::sys::platform::VkGetInstanceProcAddr,
-            >(gipa),
-            &create as *const _ as *const _,
+    // SAFETY: the same function pointer type, spelt by ash and by openxr-sys.
+    let gipa = unsafe {
+        std::mem::transmute::<vk::PFN_vkGetInstanceProcAddr, xr::sys::platform::VkGetInstanceProcAddr>(
+            entry.static_fn().get_instance_proc_addr,
         )
-    }
-    .map_err(XrError::from_xr)?
-    .map_err(|r| vk_err("creating the Vulkan instance")(vk::Result::from_raw(r)))?;
+    };
+    // SAFETY: the create info and the loader's vkGetInstanceProcAddr outlive the call.
+    let raw_instance =
+        unsafe { instance.create_vulkan_instance(system, gipa, &create as *const _ as *const _) }
+            .map_err(XrError::from_xr)?
+            .map_err(|r| vk_err("creating the Vulkan instance")(vk::Result::from_raw(r)))?;
     let vk_instance = vk::Instance::from_raw(raw_instance as u64);
     // SAFETY: a live instance made with this loader.
     let ash_instance = unsafe { ash::Instance::load(entry.static_fn(), vk_instance) };
@@ -116,10 +112,7 @@ pub fn create(
     let raw_device = unsafe {
         instance.create_vulkan_device(
             system,
-            std::mem::transmute::<
-                vk::PFN_vkGetInstanceProcAddr,
-                xr::sys::platform::VkGetInstanceProcAddr,
-            >(gipa),
+            gipa,
             raw_physical,
             &device_create as *const _ as *const _,
         )

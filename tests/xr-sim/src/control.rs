@@ -6,7 +6,8 @@
 //! - `INCLUBIT_XR_SIM_DIR`: a directory the test shares with the runtime (nothing is read or
 //!   written without it). The runtime reads there, on every frame:
 //!   `pose` ("yaw pitch roll" in degrees: the head), `exit` (present: the runtime asks the
-//!   session to end), `lose` (present: the runtime goes away, instance loss). It writes
+//!   session to end), `lose` (present: the runtime goes away, instance loss), `lose-session` (present: the
+//!   session is lost, XR_SESSION_STATE_LOSS_PENDING). It writes
 //!   `frames.log` (a line per frame) and `eyes.raw` (the submitted eye images, RGBA, one record
 //!   per frame: both eyes, left first) unless `INCLUBIT_XR_SIM_IMAGES=0`.
 

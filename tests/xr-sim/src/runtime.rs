@@ -113,6 +113,11 @@ impl Sim {
             self.loss_announced = true;
             self.events.push_back(Event::LossPending);
         }
+        if s.control.flag("lose-session") && s.state != sys::SessionState::LOSS_PENDING {
+            // The headset is gone (unplugged, the compositor crashed): the session cannot go on.
+            self.set_state(sys::SessionState::LOSS_PENDING);
+            return;
+        }
         let running = matches!(
             s.state,
             sys::SessionState::SYNCHRONIZED
