@@ -30,7 +30,7 @@ Exit codes:
   3  no room with that code
   4  network: rendezvous unreachable, sender unreachable or lost
   5  source: no camera, camera busy, no such file, not a video
-  6  graphics: no GPU adapter or window";
+  6  graphics: no GPU adapter or window; with --xr no headset; the OpenXR runtime lost";
 
 #[derive(Debug, Parser)]
 #[command(
