@@ -330,8 +330,12 @@ fn headset_or_fallback(slot: FrameSlot, title: &str, require: bool) -> Result<()
         );
     });
     match r {
-        Err(e) if !started && !require && desktop::display_available() => {
-            say!("the headset did not start ({e}); opening a desktop window");
+        Err(e) if !started => {
+            let why = format!("the headset did not start: {e}");
+            if require || !desktop::display_available() {
+                return Err(PipelineError::Headset(why));
+            }
+            say!("{why}; opening a desktop window");
             desktop::run_window(slot, title).map_err(PipelineError::from)
         }
         r => r.map_err(|e| PipelineError::Headset(e.to_string())),

@@ -8,6 +8,7 @@ mod common;
 
 use common::process::Proc;
 use common::xr::{manifest, sender, Headset};
+use common::xvfb::Xvfb;
 use inclubit::projection::{colour_distance, Face};
 use inclubit::render::rgba_at;
 
@@ -147,6 +148,14 @@ fn each_eye_shows_the_face_the_head_looks_at() {
         colour_distance(a, b)
     };
     assert!(mirrored(EYE.0 / 2, EYE.1 / 2) <= 40);
+    // The stats line counts the headset's frames beside the video's.
+    let stats = h.view.as_ref().expect("running").line("view ", START);
+    let fps = stats
+        .split_whitespace()
+        .skip_while(|t| *t != "headset")
+        .nth(1)
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(fps.is_some_and(|f| f > 0.0), "{stats}");
     let log = h.log();
     assert_eq!(log.session.first().map(String::as_str), Some("begin"));
     assert!(
@@ -285,4 +294,47 @@ fn a_lost_session_is_a_clear_error() {
     );
     // Lost, not ended: the session is destroyed without xrEndSession.
     assert_eq!(session, ["begin", "destroy"]);
+}
+
+#[test]
+fn a_headset_that_will_not_start_falls_back_to_the_window() {
+    // No display to fall back to: one clear error.
+    let (code, _, err) = view("busy", &[]);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(
+        err.contains("the headset did not start: the OpenXR runtime allows no more sessions"),
+        "{err}"
+    );
+    // With a display: it says why and the window plays the stream.
+    let x = Xvfb::start(640, 480);
+    let (_send, code, rv) = sender(&[]);
+    let manifest = manifest();
+    let v = Proc::start_with(
+        &["view", "--rendezvous", &rv, "--bind", "127.0.0.1:0", &code],
+        &[
+            ("XR_RUNTIME_JSON", &manifest.to_string_lossy()),
+            ("INCLUBIT_XR_SIM", "busy"),
+            ("DISPLAY", &x.display),
+        ],
+        &["WAYLAND_DISPLAY"],
+        std::process::Stdio::null(),
+    );
+    let l = v.line("the headset did not start", START);
+    assert!(l.ends_with("; opening a desktop window"), "{l}");
+    let end = std::time::Instant::now() + START;
+    loop {
+        let l = v.line(
+            "view ",
+            end.saturating_duration_since(std::time::Instant::now()),
+        );
+        let frames = l
+            .split_whitespace()
+            .skip_while(|t| *t != "frames")
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(!l.contains("headset"), "{l}");
+        if frames.is_some_and(|n| n >= 10) {
+            break;
+        }
+    }
 }

@@ -28,6 +28,8 @@ pub enum XrError {
     InstanceLost,
     #[error("the OpenXR runtime lost the headset session (loss pending)")]
     SessionLost,
+    #[error("the OpenXR runtime allows no more sessions (another application holds the headset?)")]
+    Busy,
 }
 
 impl XrError {
@@ -35,6 +37,7 @@ impl XrError {
         match r {
             xr::sys::Result::ERROR_INSTANCE_LOST => Self::InstanceLost,
             xr::sys::Result::ERROR_SESSION_LOST => Self::SessionLost,
+            xr::sys::Result::ERROR_LIMIT_REACHED => Self::Busy,
             r => Self::Runtime(r.to_string()),
         }
     }

@@ -4,6 +4,7 @@
 pub mod chrome;
 pub mod process;
 pub mod xr;
+pub mod xvfb;
 
 use std::net::SocketAddr;
 use std::time::Duration;

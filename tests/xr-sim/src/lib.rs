@@ -5,7 +5,7 @@
 //! frame pacing at a display rate) and hands the submitted eye images back to the test (see
 //! [`control`]). `INCLUBIT_XR_SIM` picks the machine it pretends to be: `hmd` (a headset with
 //! Vulkan, the default), `no-hmd` (a runtime with no headset plugged in), `no-vulkan` (a runtime
-//! without XR_KHR_vulkan_enable2).
+//! without XR_KHR_vulkan_enable2), `busy` (a headset another application holds: no session).
 
 #![allow(clippy::missing_safety_doc)]
 

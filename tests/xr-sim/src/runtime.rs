@@ -181,7 +181,8 @@ pub unsafe extern "system" fn create_session(
 ) -> sys::Result {
     let mut sim = sim();
     check!(sim.alive());
-    if sim.session.is_some() {
+    // `busy`: another application holds the headset.
+    if sim.session.is_some() || crate::mode() == "busy" {
         return sys::Result::ERROR_LIMIT_REACHED;
     }
     let binding = find_in_chain(
