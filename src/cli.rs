@@ -63,6 +63,13 @@ pub enum Command {
 }
 
 /// `WIDTHxHEIGHT`.
+pub fn parse_eye_scale(s: &str) -> Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|v| (0.25..=2.0).contains(v))
+        .ok_or_else(|| format!("`{s}` is not an eye scale from 0.25 to 2"))
+}
+
 pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
@@ -221,6 +228,10 @@ pub struct ViewArgs {
     /// Offscreen render size for --headless.
     #[arg(long, default_value = "1280x720", value_parser = parse_size)]
     pub render_size: (u32, u32),
+    /// Headset eye images at this share of the runtime's recommended size (0.25 to 2): below 1
+    /// keeps the display rate on a GPU too slow for full size (the runtime scales them up).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_eye_scale)]
+    pub eye_scale: f32,
     /// Check each frame's test-card barcode (sender on --source testcard): proves the whole
     /// path end to end; counts show in the stats line.
     #[arg(long)]

@@ -262,7 +262,7 @@ fn view_cmd(rt: &tokio::runtime::Runtime, a: ViewArgs, json: bool) -> Result<(),
         let cfg = view_config(&a, rv, Display::Window(slot.clone()));
         let title = format!("inclubit {}", a.code);
         return on_main_thread(rt, slot.clone(), view_loop(cfg, slot, json), |slot| {
-            headset_or_fallback(slot, &title, a.xr)
+            headset_or_fallback(slot, &title, a.xr, a.eye_scale)
         });
     }
     if a.headless || !desktop::display_available() {
@@ -303,7 +303,12 @@ fn headset_or_window(require: bool) -> Result<bool, PipelineError> {
 
 /// Renders to the headset; if the session cannot even start (and `--xr` was not given), says
 /// why and opens the desktop window instead.
-fn headset_or_fallback(slot: FrameSlot, title: &str, require: bool) -> Result<(), PipelineError> {
+fn headset_or_fallback(
+    slot: FrameSlot,
+    title: &str,
+    require: bool,
+    eye_scale: f32,
+) -> Result<(), PipelineError> {
     let (recentre_tx, recentre) = std::sync::mpsc::channel();
     // `r` + Enter at the terminal recentres; no stdin (a service, CI) just means no command.
     let _ = std::thread::Builder::new()
@@ -319,7 +324,7 @@ fn headset_or_fallback(slot: FrameSlot, title: &str, require: bool) -> Result<()
             }
         });
     let mut started = false;
-    let r = crate::xr::session::run(slot.clone(), recentre, |h| {
+    let r = crate::xr::session::run(slot.clone(), recentre, eye_scale, |h| {
         started = true;
         say!(
             "headset     {} on {}, {}×{} per eye; type r + Enter to recentre",

@@ -85,7 +85,8 @@ fn near(a: f32, b: f32) -> bool {
 
 /// The centre pixel of each eye of record `r`.
 fn centres(h: &Headset, r: u64) -> [[u8; 3]; 2] {
-    h.eyes(r).map(|e| rgba_at(&e, EYE.0, EYE.0 / 2, EYE.1 / 2))
+    let (w, ht) = h.eye;
+    h.eyes(r).map(|e| rgba_at(&e, w, w / 2, ht / 2))
 }
 
 /// Waits for a frame looking at `yaw, pitch` whose eyes show video (not the clear colour of a
@@ -337,4 +338,29 @@ fn a_headset_that_will_not_start_falls_back_to_the_window() {
             break;
         }
     }
+}
+
+#[test]
+fn eye_images_follow_the_eye_scale() {
+    let (_send, code, rv) = sender(&[]);
+    let mut h = Headset::start_with(&rv, &code, 90, (128, 96), true, &["--eye-scale", "0.5"]);
+    // The runtime recommends 128x96; the viewer renders and submits 64x48.
+    h.eye = (64, 48);
+    h.look(90.0, 0.0, 0.0);
+    let r = showing(&mut h, 90.0, 0.0);
+    assert_face(&h, r, Face::Right);
+    let shown: Vec<_> = h
+        .log()
+        .frames
+        .into_iter()
+        .filter(|f| f.layers == 1)
+        .collect();
+    assert!(shown.iter().all(|f| f.size == (64, 48)), "{shown:?}");
+}
+
+#[test]
+fn an_eye_scale_out_of_range_is_a_command_line_error() {
+    let (code, _, err) = view("hmd", &["--eye-scale", "5"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is not an eye scale from 0.25 to 2"), "{err}");
 }

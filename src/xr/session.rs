@@ -82,6 +82,15 @@ fn session_state(s: xr::SessionState) -> Option<SessionState> {
     })
 }
 
+/// The runtime's recommended eye size scaled, within what it allows.
+fn eye_size(v: &xr::ViewConfigurationView, scale: f32) -> (u32, u32) {
+    let side = |rec: u32, max: u32| ((rec as f32 * scale).round() as u32).clamp(1, max.max(1));
+    (
+        side(v.recommended_image_rect_width, v.max_image_rect_width),
+        side(v.recommended_image_rect_height, v.max_image_rect_height),
+    )
+}
+
 /// Display periods between two frames' predicted display times that had no frame of ours.
 fn missed_periods(prev: xr::Time, now: xr::Time, period: xr::Duration) -> u64 {
     let (gap, p) = (now.as_nanos() - prev.as_nanos(), period.as_nanos());
@@ -93,9 +102,11 @@ fn missed_periods(prev: xr::Time, now: xr::Time, period: xr::Duration) -> u64 {
 
 /// Runs the headset on this thread until the runtime or the stream ends it. `started` hears
 /// about the headset once the session exists; `recentre` turns the scene to face the head.
+/// `eye_scale` sizes the eye images against the runtime's recommendation.
 pub fn run(
     slot: FrameSlot,
     recentre: Receiver<()>,
+    eye_scale: f32,
     started: impl FnOnce(&Headset),
 ) -> Result<(), XrError> {
     // SAFETY: loads the system's OpenXR loader, a library made to be loaded this way.
@@ -118,10 +129,7 @@ pub fn run(
         .map_err(XrError::from_xr)?;
     let mut eyes = Vec::new();
     for v in &views {
-        let size = (
-            v.recommended_image_rect_width,
-            v.recommended_image_rect_height,
-        );
+        let size = eye_size(v, eye_scale);
         let swapchain = session
             .create_swapchain(&xr::SwapchainCreateInfo {
                 create_flags: xr::SwapchainCreateFlags::EMPTY,
@@ -342,6 +350,21 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eye_sizes_scale_within_the_runtimes_limits() {
+        let v = xr::ViewConfigurationView {
+            recommended_image_rect_width: 1832,
+            recommended_image_rect_height: 1920,
+            max_image_rect_width: 2048,
+            max_image_rect_height: 2048,
+            recommended_swapchain_sample_count: 1,
+            max_swapchain_sample_count: 1,
+        };
+        assert_eq!(eye_size(&v, 1.0), (1832, 1920));
+        assert_eq!(eye_size(&v, 0.5), (916, 960));
+        assert_eq!(eye_size(&v, 2.0), (2048, 2048));
+    }
 
     #[test]
     fn missed_periods_count_display_periods_without_a_frame() {

@@ -82,6 +82,8 @@ pub fn sender(extra: &[&str]) -> (Proc, String, String) {
 pub struct Frame {
     pub n: u64,
     pub layers: u32,
+    /// The submitted image size.
+    pub size: (u32, u32),
     /// Index of its eye images in `eyes.raw`, when they were kept.
     pub record: Option<u64>,
     /// Where each submitted eye looked (yaw, pitch degrees).
@@ -125,9 +127,17 @@ impl Log {
                             }
                         }
                     }
+                    let size = t
+                        .iter()
+                        .position(|w| *w == "size")
+                        .and_then(|i| t.get(i + 1))
+                        .and_then(|v| v.split_once('x'))
+                        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                        .unwrap_or((0, 0));
                     log.frames.push(Frame {
                         n: field("frame").unwrap_or(0),
                         layers: field("layers").unwrap_or(0) as u32,
+                        size,
                         record: field("record"),
                         eyes,
                     });
@@ -153,6 +163,18 @@ impl Headset {
     /// `rate` is the display's refresh rate, `eye` its eye image size; `images` keeps the
     /// submitted eye images.
     pub fn start(rv: &str, code: &str, rate: u32, eye: (u32, u32), images: bool) -> Headset {
+        Self::start_with(rv, code, rate, eye, images, &[])
+    }
+
+    /// [`Headset::start`] with more `view` flags (`eye` is the size the runtime recommends).
+    pub fn start_with(
+        rv: &str,
+        code: &str,
+        rate: u32,
+        eye: (u32, u32),
+        images: bool,
+        flags: &[&str],
+    ) -> Headset {
         let dir = std::env::temp_dir().join(format!(
             "inclubit-xr-{}-{}",
             std::process::id(),
@@ -178,8 +200,11 @@ impl Headset {
             ),
         ];
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut args = vec!["view", "--rendezvous", rv, "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        args.push(code);
         h.view = Some(Proc::start_with(
-            &["view", "--rendezvous", rv, "--bind", "127.0.0.1:0", code],
+            &args,
             &env,
             &["DISPLAY", "WAYLAND_DISPLAY"],
             Stdio::piped(),
