@@ -213,25 +213,14 @@ pub struct ViewArgs {
     /// The code the sender printed, e.g. K7F-Q2M.
     #[arg(value_parser = parse_code)]
     pub code: RoomCode,
-    /// Render offscreen and print stats (no window).
-    #[arg(long, conflicts_with = "xr")]
-    pub headless: bool,
-    /// Require a headset (OpenXR): fail instead of opening a desktop window.
-    #[arg(long, conflicts_with = "window")]
-    pub xr: bool,
-    /// The desktop window, without looking for a headset.
-    #[arg(long)]
-    pub window: bool,
+    #[command(flatten)]
+    pub display: DisplayArgs,
     /// Stop after this many frames.
     #[arg(long)]
     pub frames: Option<u64>,
     /// Offscreen render size for --headless.
     #[arg(long, default_value = "1280x720", value_parser = parse_size)]
     pub render_size: (u32, u32),
-    /// Headset eye images at this share of the runtime's recommended size (0.25 to 2): below 1
-    /// keeps the display rate on a GPU too slow for full size (the runtime scales them up).
-    #[arg(long, default_value_t = 1.0, value_parser = parse_eye_scale)]
-    pub eye_scale: f32,
     /// Check each frame's test-card barcode (sender on --source testcard): proves the whole
     /// path end to end; counts show in the stats line.
     #[arg(long)]
@@ -240,11 +229,29 @@ pub struct ViewArgs {
     pub net: NetArgs,
 }
 
+/// Where a viewer shows the stream: the headset, a window, or offscreen. Shared by `view` and
+/// `demo`.
+#[derive(Debug, Args)]
+pub struct DisplayArgs {
+    /// Render offscreen and print stats (no headset, no window).
+    #[arg(long, conflicts_with = "xr")]
+    pub headless: bool,
+    /// Require a headset (OpenXR): fail instead of opening a desktop window.
+    #[arg(long, conflicts_with = "window")]
+    pub xr: bool,
+    /// The desktop window, without looking for a headset.
+    #[arg(long)]
+    pub window: bool,
+    /// Headset eye images at this share of the runtime's recommended size (0.25 to 2): below 1
+    /// keeps the display rate on a GPU too slow for full size (the runtime scales them up).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_eye_scale)]
+    pub eye_scale: f32,
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// No window even if a display is available.
-    #[arg(long)]
-    pub headless: bool,
+    #[command(flatten)]
+    pub display: DisplayArgs,
     /// Stop after this many frames (default: run until Ctrl-C).
     #[arg(long)]
     pub frames: Option<u64>,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::cli::{Cli, Command, DemoArgs, RendezvousArgs, SendArgs, ViewArgs};
+use crate::cli::{Cli, Command, DemoArgs, DisplayArgs, RendezvousArgs, SendArgs, ViewArgs};
 use crate::net::resolve;
 use crate::pipeline::send::{self, SendConfig, SendSession};
 use crate::pipeline::view::{self, Display, FrameSlot, ViewConfig};
@@ -255,34 +255,41 @@ fn view_cmd(rt: &tokio::runtime::Runtime, a: ViewArgs, json: bool) -> Result<(),
         ));
     };
     let rv = rt.block_on(resolve(rv))?;
-    let (w, h) = a.render_size;
-    let headset = !a.headless && !a.window && headset_or_window(a.xr)?;
-    if headset {
+    let cfg = view_config(&a, rv, Display::None);
+    let title = format!("inclubit {}", a.code);
+    show(rt, &a.display, cfg, &title, a.render_size, json)
+}
+
+/// Runs a viewer on what `d` asks for: the headset when there is one, else a window when there
+/// is a display, else offscreen at `headless_size` with a stats line.
+fn show(
+    rt: &tokio::runtime::Runtime,
+    d: &DisplayArgs,
+    mut cfg: ViewConfig,
+    title: &str,
+    headless_size: (u32, u32),
+    json: bool,
+) -> Result<(), PipelineError> {
+    if !d.headless && !d.window && headset_or_window(d.xr)? {
         let slot = FrameSlot::default();
-        let cfg = view_config(&a, rv, Display::Window(slot.clone()));
-        let title = format!("inclubit {}", a.code);
+        cfg.display = Display::Window(slot.clone());
         return on_main_thread(rt, slot.clone(), view_loop(cfg, slot, json), |slot| {
-            headset_or_fallback(slot, &title, a.xr, a.eye_scale)
+            headset_or_fallback(slot, title, d.xr, d.eye_scale)
         });
     }
-    if a.headless || !desktop::display_available() {
-        if !a.headless {
+    if d.headless || !desktop::display_available() {
+        if !d.headless {
             eprintln!("no display found; rendering headless (use --headless to silence this)");
         }
-        let cfg = view_config(
-            &a,
-            rv,
-            Display::Headless {
-                width: w,
-                height: h,
-            },
-        );
+        cfg.display = Display::Headless {
+            width: headless_size.0,
+            height: headless_size.1,
+        };
         return rt.block_on(view_loop(cfg, FrameSlot::default(), json));
     }
     let slot = FrameSlot::default();
-    let cfg = view_config(&a, rv, Display::Window(slot.clone()));
-    let title = format!("inclubit {}", a.code);
-    windowed(rt, slot.clone(), &title, view_loop(cfg, slot, json))
+    cfg.display = Display::Window(slot.clone());
+    windowed(rt, slot.clone(), title, view_loop(cfg, slot, json))
 }
 
 /// Looks for a headset: true when there is one. Without one (or with `require`) says why in
@@ -408,25 +415,7 @@ fn demo_cmd(rt: &tokio::runtime::Runtime, a: DemoArgs, json: bool) -> Result<(),
     let mut vcfg = ViewConfig::new(sender.code, sender.rendezvous);
     vcfg.bind = loopback;
     vcfg.max_frames = a.frames;
-    let r = if a.headless || !desktop::display_available() {
-        if !a.headless {
-            say!("no display found: running headless with a stats line");
-        }
-        vcfg.display = Display::Headless {
-            width: 1280,
-            height: 720,
-        };
-        rt.block_on(view_loop(vcfg, FrameSlot::default(), json))
-    } else {
-        let slot = FrameSlot::default();
-        vcfg.display = Display::Window(slot.clone());
-        windowed(
-            rt,
-            slot.clone(),
-            "inclubit demo",
-            view_loop(vcfg, slot, json),
-        )
-    };
+    let r = show(rt, &a.display, vcfg, "inclubit demo", (1280, 720), json);
     let stopped = rt.block_on(sender.stop());
     r.and(stopped)
 }

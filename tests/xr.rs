@@ -364,3 +364,14 @@ fn an_eye_scale_out_of_range_is_a_command_line_error() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("is not an eye scale from 0.25 to 2"), "{err}");
 }
+
+#[test]
+fn the_demo_plays_in_the_headset_when_there_is_one() {
+    let mut h = Headset::launch(&["demo", "--size", "640x320"], 90, EYE, true);
+    h.look(-90.0, 0.0, 0.0);
+    let r = showing(&mut h, -90.0, 0.0);
+    assert_face(&h, r, Face::Left);
+    h.trigger("exit");
+    let (code, err) = h.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+}

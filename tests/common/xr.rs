@@ -175,6 +175,14 @@ impl Headset {
         images: bool,
         flags: &[&str],
     ) -> Headset {
+        let mut args = vec!["view", "--rendezvous", rv, "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        args.push(code);
+        Self::launch(&args, rate, eye, images)
+    }
+
+    /// `inclubit ARGS` with the simulated headset as the system's and no display.
+    pub fn launch(args: &[&str], rate: u32, eye: (u32, u32), images: bool) -> Headset {
         let dir = std::env::temp_dir().join(format!(
             "inclubit-xr-{}-{}",
             std::process::id(),
@@ -200,11 +208,8 @@ impl Headset {
             ),
         ];
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut args = vec!["view", "--rendezvous", rv, "--bind", "127.0.0.1:0"];
-        args.extend_from_slice(flags);
-        args.push(code);
         h.view = Some(Proc::start_with(
-            &args,
+            args,
             &env,
             &["DISPLAY", "WAYLAND_DISPLAY"],
             Stdio::piped(),
