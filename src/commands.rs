@@ -331,26 +331,50 @@ fn headset_or_fallback(
             }
         });
     let mut started = false;
-    let r = crate::xr::session::run(slot.clone(), recentre, eye_scale, |h| {
-        started = true;
-        say!(
-            "headset     {} on {}, {}×{} per eye; type r + Enter to recentre",
-            h.system,
-            h.runtime,
-            h.eye_size.0,
-            h.eye_size.1
-        );
-    });
-    match r {
-        Err(e) if !started => {
-            let why = format!("the headset did not start: {e}");
-            if require || !desktop::display_available() {
-                return Err(PipelineError::Headset(why));
+    loop {
+        let r = crate::xr::session::run(slot.clone(), &recentre, eye_scale, |h| {
+            started = true;
+            say!(
+                "headset     {} on {}, {}×{} per eye; type r + Enter to recentre",
+                h.system,
+                h.runtime,
+                h.eye_size.0,
+                h.eye_size.1
+            );
+        });
+        return match r {
+            Err(crate::xr::session::XrError::SessionLost) => {
+                say!("the headset session was lost; waiting for the headset to come back");
+                if wait_for_headset(&slot) {
+                    continue;
+                }
+                Ok(())
             }
-            say!("{why}; opening a desktop window");
-            desktop::run_window(slot, title).map_err(PipelineError::from)
+            Err(e) if !started => {
+                let why = format!("the headset did not start: {e}");
+                if require || !desktop::display_available() {
+                    return Err(PipelineError::Headset(why));
+                }
+                say!("{why}; opening a desktop window");
+                desktop::run_window(slot, title).map_err(PipelineError::from)
+            }
+            r => r.map_err(|e| PipelineError::Headset(e.to_string())),
+        };
+    }
+}
+
+/// Asks the runtime for a headset once a second until there is one (true) or the stream ends.
+fn wait_for_headset(slot: &FrameSlot) -> bool {
+    loop {
+        if slot.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
         }
-        r => r.map_err(|e| PipelineError::Headset(e.to_string())),
+        if crate::xr::probe().is_ok() {
+            return true;
+        }
+        if slot.wait_closed(Duration::from_secs(1)) {
+            return false;
+        }
     }
 }
 

@@ -284,17 +284,31 @@ fn instance_loss_is_a_clear_error() {
 }
 
 #[test]
-fn a_lost_session_is_a_clear_error() {
-    let (_send, h) = streaming();
+fn a_lost_session_comes_back_with_the_headset() {
+    let (_send, mut h) = streaming();
+    // Unplugged: the session is lost and for a while there is no headset at all.
+    h.trigger("unplugged");
     h.trigger("lose-session");
-    let (code, err, session) = exit(h);
-    assert_eq!(code, 6, "{err}");
-    assert!(
-        err.contains("the OpenXR runtime lost the headset session (loss pending)"),
-        "{err}"
+    let view = h.view.as_ref().expect("running");
+    view.line(
+        "the headset session was lost; waiting for the headset to come back",
+        START,
     );
-    // Lost, not ended: the session is destroyed without xrEndSession.
-    assert_eq!(session, ["begin", "destroy"]);
+    // The stream goes on meanwhile (two more stats lines), with no new session.
+    view.line("view ", START);
+    view.line("view ", START);
+    assert_eq!(h.log().session, ["begin", "destroy"]);
+    std::fs::remove_file(h.dir.join("unplugged")).expect("plug it back in");
+    // A new session, rendering again: frames after the second begin.
+    let log = h.wait_for("frames in a new session", START, |_, l| {
+        l.session.len() >= 3 && l.since_begin >= 10
+    });
+    assert_eq!(log.session[..3], ["begin", "destroy", "begin"]);
+    h.trigger("exit");
+    let (code, err, session) = exit(h);
+    assert_eq!(code, 0, "{err}");
+    // Lost, not ended: the first session was destroyed without xrEndSession.
+    assert_eq!(session, ["begin", "destroy", "begin", "end", "destroy"]);
 }
 
 #[test]

@@ -88,6 +88,18 @@ impl FrameSlot {
             .cloned()
     }
 
+    /// Waits up to `timeout` for [`FrameSlot::close`]; true once closed.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let Ok(g) = self.inner.0.lock() else {
+            return true;
+        };
+        let _ = self
+            .inner
+            .1
+            .wait_timeout_while(g, timeout, |_| !self.closed.load(Ordering::Relaxed));
+        self.closed.load(Ordering::Relaxed)
+    }
+
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.inner.1.notify_all();

@@ -105,7 +105,7 @@ fn missed_periods(prev: xr::Time, now: xr::Time, period: xr::Duration) -> u64 {
 /// `eye_scale` sizes the eye images against the runtime's recommendation.
 pub fn run(
     slot: FrameSlot,
-    recentre: Receiver<()>,
+    recentre: &Receiver<()>,
     eye_scale: f32,
     started: impl FnOnce(&Headset),
 ) -> Result<(), XrError> {
@@ -183,7 +183,7 @@ pub fn run(
         let mut actions = Vec::new();
         loop {
             match instance.poll_event(&mut events) {
-                Ok(Some(xr::Event::SessionStateChanged(e))) => {
+                Ok(Some(xr::Event::SessionStateChanged(e))) if e.session() == session.as_raw() => {
                     tracing::debug!(state = ?e.state(), "XR session state");
                     actions.extend(session_state(e.state()).and_then(|s| life.on_state(s)));
                 }

@@ -98,6 +98,8 @@ pub struct Log {
     pub missed: u64,
     /// The session calls the viewer made, in order: begin, request-exit, end, destroy.
     pub session: Vec<String>,
+    /// Frames submitted since the last session began.
+    pub since_begin: usize,
 }
 
 impl Log {
@@ -110,7 +112,12 @@ impl Log {
                     log.waits += 1;
                     log.missed += t.get(3).and_then(|m| m.parse::<u64>().ok()).unwrap_or(0);
                 }
-                Some(&"session") => log.session.extend(t.get(1).map(|w| w.to_string())),
+                Some(&"session") => {
+                    log.session.extend(t.get(1).map(|w| w.to_string()));
+                    if t.get(1) == Some(&"begin") {
+                        log.since_begin = 0;
+                    }
+                }
                 Some(&"frame") if line.ends_with(|c: char| c.is_ascii_digit()) => {
                     let field = |k: &str| {
                         t.iter()
@@ -134,6 +141,7 @@ impl Log {
                         .and_then(|v| v.split_once('x'))
                         .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
                         .unwrap_or((0, 0));
+                    log.since_begin += 1;
                     log.frames.push(Frame {
                         n: field("frame").unwrap_or(0),
                         layers: field("layers").unwrap_or(0) as u32,

@@ -6,8 +6,8 @@
 //! - `INCLUBIT_XR_SIM_DIR`: a directory the test shares with the runtime (nothing is read or
 //!   written without it). The runtime reads there, on every frame:
 //!   `pose` ("yaw pitch roll" in degrees: the head), `exit` (present: the runtime asks the
-//!   session to end), `lose` (present: the runtime goes away, instance loss), `lose-session` (present: the
-//!   session is lost, XR_SESSION_STATE_LOSS_PENDING). It writes
+//!   session to end), `lose` (present: the runtime goes away, instance loss), `lose-session` (one-shot, removed
+//!   when seen: the session is lost, XR_SESSION_STATE_LOSS_PENDING; a new one can be made). It writes
 //!   `frames.log` (a line per frame) and `eyes.raw` (the submitted eye images, RGBA, one record
 //!   per frame: both eyes, left first) unless `INCLUBIT_XR_SIM_IMAGES=0`.
 
@@ -15,6 +15,12 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The test's `unplugged` file: no headset while it is there.
+pub fn unplugged() -> bool {
+    std::env::var_os("INCLUBIT_XR_SIM_DIR")
+        .is_some_and(|d| PathBuf::from(d).join("unplugged").exists())
+}
 
 pub struct Control {
     pub period: Duration,
@@ -84,6 +90,13 @@ impl Control {
 
     pub fn flag(&self, name: &str) -> bool {
         self.dir.as_ref().is_some_and(|d| d.join(name).exists())
+    }
+
+    /// A one-shot trigger: true (and gone) if the test left it.
+    pub fn take(&self, name: &str) -> bool {
+        self.dir
+            .as_ref()
+            .is_some_and(|d| std::fs::remove_file(d.join(name)).is_ok())
     }
 
     pub fn log(&mut self, line: std::fmt::Arguments<'_>) {

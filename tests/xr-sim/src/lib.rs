@@ -253,7 +253,7 @@ unsafe extern "system" fn get_system(
     if (*info).form_factor != sys::FormFactor::HEAD_MOUNTED_DISPLAY {
         return sys::Result::ERROR_FORM_FACTOR_UNSUPPORTED;
     }
-    if mode() == "no-hmd" {
+    if mode() == "no-hmd" || control::unplugged() {
         return sys::Result::ERROR_FORM_FACTOR_UNAVAILABLE;
     }
     *system = sys::SystemId::from_raw(SYSTEM_ID);

@@ -113,8 +113,9 @@ impl Sim {
             self.loss_announced = true;
             self.events.push_back(Event::LossPending);
         }
-        if s.control.flag("lose-session") && s.state != sys::SessionState::LOSS_PENDING {
-            // The headset is gone (unplugged, the compositor crashed): the session cannot go on.
+        if s.state != sys::SessionState::LOSS_PENDING && s.control.take("lose-session") {
+            // The headset is gone for a moment (unplugged, the compositor restarting): this
+            // session cannot go on; a new one can.
             self.set_state(sys::SessionState::LOSS_PENDING);
             return;
         }
@@ -230,6 +231,8 @@ pub unsafe extern "system" fn destroy_session(session: sys::Session) -> sys::Res
     }
     if let Some(mut s) = sim.session.take() {
         s.control.log(format_args!("session destroy"));
+        sim.events
+            .retain(|e| !matches!(e, Event::State(h, _) if *h == s.handle));
         for (_, sc) in sim.swapchains.drain() {
             sc.images.destroy(&s.queue);
         }
