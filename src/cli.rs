@@ -21,6 +21,7 @@ Examples:
   inclubit send --source camera:/dev/video0 --projection dual-fisheye --yaw 90
   inclubit send --source file:talk360.mp4 --rendezvous rv.example.org:7000
   inclubit view --rendezvous rv.example.org:7000 K7F-Q2M
+  inclubit view --rendezvous rv.example.org:7000 --xr --eye-scale 0.7 K7F-Q2M   headset, slower GPU
   inclubit rendezvous --listen 0.0.0.0:7000 --http 0.0.0.0:8080
 
 Exit codes:
