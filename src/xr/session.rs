@@ -234,8 +234,9 @@ pub fn run(
             }
         }
         if !life.running() {
-            // Between sessions the runtime only talks through events.
-            std::thread::sleep(Duration::from_millis(10));
+            // Between sessions the runtime only talks through events (OpenXR has no blocking
+            // wait for them): look again in 10 ms, or at once when the stream ends.
+            slot.wait_closed(Duration::from_millis(10));
             continue;
         }
         let frame = match waiter.wait() {
