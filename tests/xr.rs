@@ -197,6 +197,19 @@ fn turning_the_head_changes_the_very_next_frame_without_new_video() {
     h.wait_for("30 frames after the sender froze", START, |_, l| {
         l.frames.len() >= before + 30
     });
+    // The viewer's decoded-frame count before the turn and after it: equal, so the turned
+    // frame was drawn from a picture it already had.
+    let decoded = |h: &Headset| {
+        let view = h.view.as_ref().expect("running");
+        let l = view.line("view ", START);
+        l.split_whitespace()
+            .skip_while(|t| *t != "frames")
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no frame count in {l}"))
+    };
+    for _ in h.view.as_ref().expect("running").lines.try_iter() {}
+    let before_turn = decoded(&h);
     h.look(90.0, 0.0, 0.0);
     let log = h.wait_for("a frame at the new pose", START, |_, l| {
         l.frames
@@ -212,6 +225,11 @@ fn turning_the_head_changes_the_very_next_frame_without_new_video() {
     assert!(prev.eyes.iter().all(|e| near(e.0, 0.0)), "{prev:?}");
     assert_face(&h, prev.record.expect("kept"), Face::Front);
     assert_face(&h, first.record.expect("kept"), Face::Right);
+    assert_eq!(
+        decoded(&h),
+        before_turn,
+        "a video frame was decoded meanwhile"
+    );
     // SAFETY: as above.
     unsafe { libc::kill(send.child.id() as i32, libc::SIGCONT) };
 }
