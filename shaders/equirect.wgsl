@@ -18,7 +18,9 @@ struct View {
     lens: vec4<f32>,
 };
 
-@group(0) @binding(0) var<uniform> view: View;
+// A read-only storage buffer, not a uniform: lavapipe (Mesa 22.3) specialises shaders on uniform
+// values used in branches and recompiled (and leaked) one variant per draw (issue 11).
+@group(0) @binding(0) var<storage, read> view: View;
 @group(0) @binding(1) var tex_y: texture_2d<f32>;
 @group(0) @binding(2) var tex_u: texture_2d<f32>;
 @group(0) @binding(3) var tex_v: texture_2d<f32>;

@@ -15,6 +15,8 @@ use crate::picture::I420;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
     TestCard,
+    /// The test card under moving fine detail: encodes at camera-like rates (`testcard:busy`).
+    BusyTestCard,
     File(PathBuf),
     Camera(PathBuf),
 }
@@ -24,12 +26,13 @@ impl FromStr for SourceSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s.split_once(':') {
             _ if s == "testcard" => Self::TestCard,
+            _ if s == "testcard:busy" => Self::BusyTestCard,
             _ if s == "camera" => Self::Camera("/dev/video0".into()),
             Some(("file", p)) if !p.is_empty() => Self::File(p.into()),
             Some(("camera", p)) if !p.is_empty() => Self::Camera(p.into()),
             _ => {
                 return Err(format!(
-                    "unknown source `{s}`: use testcard, file:PATH or camera:/dev/videoN"
+                    "unknown source `{s}`: use testcard, testcard:busy, file:PATH or camera:/dev/videoN"
                 ))
             }
         })
@@ -40,6 +43,7 @@ impl std::fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::TestCard => f.write_str("testcard"),
+            Self::BusyTestCard => f.write_str("testcard:busy"),
             Self::File(p) => write!(f, "file:{}", p.display()),
             Self::Camera(p) => write!(f, "camera:{}", p.display()),
         }
@@ -99,9 +103,13 @@ pub trait FrameSource: Send {
 
 pub fn open(spec: &SourceSpec, cfg: &CaptureConfig) -> Result<Box<dyn FrameSource>, CaptureError> {
     match spec {
-        SourceSpec::TestCard => {
+        SourceSpec::TestCard | SourceSpec::BusyTestCard => {
             let (w, h) = cfg.size.unwrap_or((1920, 960));
-            Ok(Box::new(TestCardSource::new(w, h, cfg.fps)))
+            let mut src = TestCardSource::new(w, h, cfg.fps);
+            if *spec == SourceSpec::BusyTestCard {
+                src.card = src.card.busy();
+            }
+            Ok(Box::new(src))
         }
         SourceSpec::File(p) => Ok(Box::new(ffmpeg_input::FfmpegSource::file(p, cfg)?)),
         SourceSpec::Camera(p) => Ok(Box::new(ffmpeg_input::FfmpegSource::camera(p, cfg)?)),

@@ -15,7 +15,19 @@ pub struct TestCard {
     base: I420,
     width: u32,
     height: u32,
+    /// Busy: two layers of fine luma detail drifting against each other (see [`TestCard::busy`]).
+    detail: Option<Detail>,
 }
+
+/// Zero-mean luma noise, each row twice the picture width so a shifted window is one slice.
+struct Detail {
+    a: Vec<i8>,
+    b: Vec<i8>,
+}
+
+/// Peak luma change of each detail layer: keeps each face's mean colour (what tests read by
+/// direction) while no block of the picture is flat.
+const DETAIL_AMPLITUDE: i32 = 18;
 
 /// Side of one barcode cell in pixels, a multiple of 8 so cells sit on codec blocks.
 fn cell(width: u32) -> u32 {
@@ -61,12 +73,32 @@ impl TestCard {
             base,
             width,
             height,
+            detail: None,
         }
     }
 
+    /// Camera-like content: fine detail everywhere, in two layers drifting in opposite
+    /// directions at different speeds, so no single motion vector predicts a block and the
+    /// encoder needs camera rates (a 360 camera gives 15–40 Mbit/s at 3840×1920). Barcode,
+    /// clock and the face colours (on average) stay readable.
+    pub fn busy(mut self) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x1c1b_17);
+        let len = 2 * self.width as usize * self.height as usize;
+        let amp = DETAIL_AMPLITUDE as i8;
+        let mut layer = || -> Vec<i8> { (0..len).map(|_| rng.gen_range(-amp..=amp)).collect() };
+        self.detail = Some(Detail {
+            a: layer(),
+            b: layer(),
+        });
+        self
+    }
     /// Frame `n`, stamped with the wall-clock time `clock_ms` (milliseconds of the day).
     pub fn frame(&self, n: u64, clock_ms: u64) -> I420 {
         let mut p = self.base.clone();
+        if let Some(d) = &self.detail {
+            self.add_detail(&mut p, d, n);
+        }
         let c = cell(self.width);
         let word = ((n as u32 & 0xFF_FFFF) << 8) | checksum(n as u32 & 0xFF_FFFF);
         let top = band_top(self.height, BARCODE_V, c);
@@ -97,6 +129,25 @@ impl TestCard {
             (c / 4).max(2),
         );
         p
+    }
+}
+
+impl TestCard {
+    fn add_detail(&self, p: &mut I420, d: &Detail, n: u64) {
+        let w = self.width as usize;
+        // Layer a drifts right 3 px a frame, layer b left 5 px and down 1 px.
+        let sa = (n as usize * 3) % w;
+        let sb = w - 1 - (n as usize * 5) % w;
+        let stride = p.strides[0];
+        for y in 0..self.height as usize {
+            let yb = (y + n as usize) % self.height as usize;
+            let a = &d.a[y * 2 * w + sa..][..w];
+            let b = &d.b[yb * 2 * w + sb..][..w];
+            let row = &mut p.planes[0][y * stride..][..w];
+            for ((px, da), db) in row.iter_mut().zip(a).zip(b) {
+                *px = (*px as i32 + *da as i32 + *db as i32).clamp(16, 235) as u8;
+            }
+        }
     }
 }
 

@@ -38,7 +38,18 @@ pub enum OfferError {
     NoCodec,
     #[error("the offer has no video to receive")]
     NoVideo,
+    /// Parses, but is not an offer this bridge serves (checked before str0m sees it).
+    #[error("the offer cannot be served: {0}")]
+    Unsupported(String),
+    /// str0m failed on the offer (a panic inside it, caught): this offer only is refused.
+    #[error("the offer could not be negotiated: {0}")]
+    Internal(String),
 }
+
+/// Most media sections in an offer: a WHEP viewer needs one video (and perhaps one audio).
+const MAX_MEDIA_LINES: usize = 8;
+/// Most payload types on one media line (Chromium offers about 20 for video).
+const MAX_PAYLOAD_TYPES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreOutput {
@@ -72,6 +83,8 @@ struct Peer {
     started: bool,
     created: Instant,
     timeout: Option<Instant>,
+    /// str0m panicked inside this peer's session: it is removed at the next drive.
+    failed: bool,
 }
 
 pub struct BridgeCore {
@@ -108,42 +121,10 @@ impl BridgeCore {
         room: RoomCode,
         offer: &str,
     ) -> Result<(PeerId, String), OfferError> {
-        let offer =
+        let parsed =
             SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::BadSdp(e.to_string()))?;
-        let mut config = RtcConfig::new()
-            .set_ice_lite(true)
-            .clear_codecs()
-            .enable_h264(true);
-        if let Some(cert) = &self.cert {
-            config = config.set_dtls_cert(cert.clone());
-        }
-        let mut rtc = config.build(now);
-        for addr in &self.local {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
-                rtc.add_local_candidate(c);
-            }
-        }
-        let mids: Vec<Mid> = offer.media_lines.iter().map(|l| l.mid()).collect();
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| OfferError::BadSdp(e.to_string()))?;
-        let videos: Vec<Mid> = mids
-            .into_iter()
-            .filter(|mid| {
-                rtc.media(*mid).is_some_and(|m| {
-                    m.kind() == MediaKind::Video
-                        && matches!(m.direction(), Direction::SendOnly | Direction::SendRecv)
-                })
-            })
-            .collect();
-        if videos.is_empty() {
-            return Err(OfferError::NoVideo);
-        }
-        let video = videos
-            .iter()
-            .find_map(|mid| pick_h264(&mut rtc, *mid).map(|pt| (*mid, pt)))
-            .ok_or(OfferError::NoCodec)?;
+        check_offer(offer)?;
+        let (rtc, video, answer) = self.negotiate(now, parsed)?;
         let id = self.next_id;
         self.next_id += 1;
         let mut peer = Peer {
@@ -155,6 +136,7 @@ impl BridgeCore {
             started: false,
             created: now,
             timeout: None,
+            failed: false,
         };
         // ICE-lite sends nothing before the browser does; this only learns the first timeout.
         drive(&mut peer, &mut self.out, |_, _| {});
@@ -162,7 +144,55 @@ impl BridgeCore {
         self.peers.push(peer);
         // Ask now: the keyframe is on its way while ICE and DTLS finish, and is replayed then.
         self.out.push_back(CoreOutput::WantKeyframe(room));
-        Ok((id, answer.to_sdp_string()))
+        Ok((id, answer))
+    }
+
+    /// str0m's half of an offer, with any panic inside str0m caught: the offer is refused and
+    /// nothing else is touched.
+    fn negotiate(
+        &self,
+        now: Instant,
+        offer: SdpOffer,
+    ) -> Result<(Rtc, (Mid, Pt), String), OfferError> {
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_h264(true);
+        if let Some(cert) = &self.cert {
+            config = config.set_dtls_cert(cert.clone());
+        }
+        let local = self.local.clone();
+        guarded("accept_offer", move || {
+            let mut rtc = config.build(now);
+            for addr in &local {
+                if let Ok(c) = Candidate::host(*addr, "udp") {
+                    rtc.add_local_candidate(c);
+                }
+            }
+            let mids: Vec<Mid> = offer.media_lines.iter().map(|l| l.mid()).collect();
+            let answer = rtc
+                .sdp_api()
+                .accept_offer(offer)
+                .map_err(|e| OfferError::BadSdp(e.to_string()))?;
+            let videos: Vec<Mid> = mids
+                .into_iter()
+                .filter(|mid| {
+                    rtc.media(*mid).is_some_and(|m| {
+                        m.kind() == MediaKind::Video
+                            && matches!(m.direction(), Direction::SendOnly | Direction::SendRecv)
+                    })
+                })
+                .collect();
+            if videos.is_empty() {
+                return Err(OfferError::NoVideo);
+            }
+            let video = videos
+                .iter()
+                .find_map(|mid| pick_h264(&mut rtc, *mid).map(|pt| (*mid, pt)))
+                .ok_or(OfferError::NoCodec)?;
+            Ok((rtc, video, answer.to_sdp_string()))
+        })
+        .map_err(OfferError::Internal)?
     }
 
     /// The viewer left (WHEP `DELETE`). False when there is no such viewer in `room`.
@@ -171,7 +201,9 @@ impl BridgeCore {
             return false;
         };
         let mut p = self.peers.swap_remove(i);
-        p.rtc.disconnect();
+        if !p.failed {
+            let _ = guarded("disconnect", || p.rtc.disconnect());
+        }
         self.out.push_back(CoreOutput::Gone { peer: id, room });
         true
     }
@@ -210,13 +242,29 @@ impl BridgeCore {
                 contents,
             },
         );
-        let Some(i) = self.peers.iter().position(|p| p.rtc.accepts(&input)) else {
+        let mut claimed = None;
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            match guarded("accepts", || p.rtc.accepts(&input)) {
+                Ok(true) => {
+                    claimed = Some(i);
+                    break;
+                }
+                Ok(false) => {}
+                Err(_) => p.failed = true,
+            }
+        }
+        let Some(i) = claimed else {
+            self.reap_failed();
             return false;
         };
-        if let Err(e) = self.peers[i].rtc.handle_input(input) {
-            tracing::debug!(peer = self.peers[i].id, "bad input from a browser: {e}");
+        let p = &mut self.peers[i];
+        match guarded("handle_input", || p.rtc.handle_input(input)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(peer = p.id, "bad input from a browser: {e}"),
+            Err(_) => p.failed = true,
         }
         self.drive_peer(now, i);
+        self.reap_failed();
         true
     }
 
@@ -239,6 +287,7 @@ impl BridgeCore {
             write(p, now, au);
             self.drive_peer(now, i);
         }
+        self.reap_failed();
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -252,14 +301,26 @@ impl BridgeCore {
                 continue;
             }
             if p.timeout.is_some_and(|t| t <= now) {
-                if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
-                    tracing::debug!(peer = p.id, "timeout: {e}");
+                match guarded("timeout", || p.rtc.handle_input(Input::Timeout(now))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(peer = p.id, "timeout: {e}"),
+                    Err(_) => p.failed = true,
                 }
                 if self.drive_peer(now, i) {
                     continue;
                 }
             }
             i += 1;
+        }
+        self.reap_failed();
+    }
+
+    /// Removes the viewers whose session panicked inside str0m; the others go on.
+    fn reap_failed(&mut self) {
+        while let Some(p) = self.peers.iter().find(|p| p.failed) {
+            let (room, id) = (p.room, p.id);
+            tracing::warn!(peer = id, %room, "browser viewer dropped: its WebRTC session failed");
+            self.remove(room, id);
         }
     }
 
@@ -314,7 +375,8 @@ impl BridgeCore {
         if want_keyframe {
             self.out.push_back(CoreOutput::WantKeyframe(room));
         }
-        if gone || !peer.rtc.is_alive() {
+        let alive = !peer.failed && guarded("is_alive", || peer.rtc.is_alive()).unwrap_or(false);
+        if gone || !alive {
             tracing::debug!(peer = id, "browser viewer disconnected");
             self.remove(room, id);
             return true;
@@ -332,17 +394,32 @@ fn write(p: &mut Peer, now: Instant, au: &AccessUnit) {
     // 90 kHz RTP clock from the capture time: browsers pace playout by it.
     let rtp = MediaTime::new(au.capture_us * 9 / 100, Frequency::NINETY_KHZ);
     let (mid, pt) = p.video;
-    if let Some(w) = p.rtc.writer(mid) {
-        if let Err(e) = w.write(pt, now, rtp, au.data.clone()) {
-            tracing::debug!(peer = p.id, "write failed: {e}");
-        }
+    let rtc = &mut p.rtc;
+    let written = guarded("write", || {
+        rtc.writer(mid)
+            .map(|w| w.write(pt, now, rtp, au.data.clone()))
+    });
+    match written {
+        Ok(Some(Err(e))) => tracing::debug!(peer = p.id, "write failed: {e}"),
+        Ok(_) => {}
+        Err(_) => p.failed = true,
     }
 }
 
 /// Polls an [`Rtc`] until it only has a timeout left; transmits go to `out`, events to `on`.
 fn drive(peer: &mut Peer, out: &mut VecDeque<CoreOutput>, mut on: impl FnMut(&mut Peer, Event)) {
     loop {
-        match peer.rtc.poll_output() {
+        if peer.failed {
+            peer.timeout = None;
+            return;
+        }
+        let rtc = &mut peer.rtc;
+        let Ok(polled) = guarded("poll_output", || rtc.poll_output()) else {
+            peer.failed = true;
+            peer.timeout = None;
+            return;
+        };
+        match polled {
             Ok(Output::Timeout(t)) => {
                 peer.timeout = Some(t);
                 return;
@@ -361,6 +438,63 @@ fn drive(peer: &mut Peer, out: &mut VecDeque<CoreOutput>, mut on: impl FnMut(&mu
             }
         }
     }
+}
+
+/// Runs a call into str0m, turning a panic inside it into an error: one browser's session
+/// fails, never the bridge.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        tracing::error!("str0m panicked in {what}: {msg}");
+        msg
+    })
+}
+
+/// Refuses, before str0m sees it, an offer this bridge cannot serve: more than one video
+/// section, a payload type claimed twice, or absurd sizes. Reads the `m=` lines of the text.
+fn check_offer(sdp: &str) -> Result<(), OfferError> {
+    let unsupported = |why: String| Err(OfferError::Unsupported(why));
+    let mut sections = 0;
+    let mut videos = 0;
+    let mut seen = std::collections::HashSet::new();
+    for line in sdp.lines().filter_map(|l| l.trim_end().strip_prefix("m=")) {
+        sections += 1;
+        if sections > MAX_MEDIA_LINES {
+            return unsupported(format!("more than {MAX_MEDIA_LINES} media sections"));
+        }
+        let mut fields = line.split_ascii_whitespace();
+        let (kind, port) = (fields.next(), fields.next());
+        let formats: Vec<&str> = fields.skip(1).collect();
+        // Port 0 is a section the offerer turned off.
+        if kind == Some("video") && port != Some("0") {
+            videos += 1;
+            if videos > 1 {
+                return unsupported("more than one video section; a viewer receives one".into());
+            }
+        }
+        if formats.len() > MAX_PAYLOAD_TYPES {
+            return unsupported(format!(
+                "{} payload types in one section (at most {MAX_PAYLOAD_TYPES})",
+                formats.len()
+            ));
+        }
+        let mut own = std::collections::HashSet::new();
+        for f in formats {
+            if !own.insert(f) {
+                return unsupported(format!("payload type {f} listed twice in one section"));
+            }
+            if !seen.insert(f) {
+                return unsupported(format!(
+                    "payload type {f} used by more than one media section"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The negotiated H.264 payload type, preferring Constrained Baseline (what the sender encodes).
@@ -688,5 +822,148 @@ mod tests {
         let from: SocketAddr = "198.51.100.9:1".parse().unwrap();
         assert!(!core.handle_receive(now, from, BRIDGE.parse().unwrap(), b"\x00\x01junk"));
         assert!(!core.handle_receive(now, from, BRIDGE.parse().unwrap(), &[]));
+    }
+
+    /// The offer from issue 16: two BUNDLEd video sections both on payload type 96, the second
+    /// without `a=fmtp`. str0m 0.25 panics on it ("Pt locked multiple times: 96").
+    const TWO_VIDEOS_ONE_PT: &str = "v=0\r\n\
+o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0 1\r\n\
+a=msid-semantic: WMS\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\n\
+a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=fingerprint:sha-256 3B:3A:6E:41:8E:4B:0D:1B:8C:A6:2B:61:5E:5E:63:C0:7A:2D:86:05:4C:2D:6F:2C:0E:32:5F:AC:44:7A:7E:21\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=recvonly\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:96 H264/90000\r\n\
+a=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=mid:1\r\n\
+a=recvonly\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:96 H264/90000\r\n";
+
+    /// Upstream reproducer (str0m's public API only): accepting this offer panics inside
+    /// str0m. Kept so a str0m upgrade that fixes it shows here.
+    #[test]
+    fn str0m_panics_on_two_video_sections_sharing_a_payload_type() {
+        let offer = SdpOffer::from_sdp_string(TWO_VIDEOS_ONE_PT).expect("the offer parses");
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_h264(true)
+            .build(Instant::now());
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = rtc.sdp_api().accept_offer(offer);
+        }));
+        std::panic::set_hook(hook);
+        assert!(
+            r.is_err(),
+            "str0m no longer panics: the guard may be simplified"
+        );
+    }
+
+    #[test]
+    fn the_crafted_offer_is_refused_and_the_bridge_plays_on() {
+        let mut now = Instant::now();
+        let mut core = BridgeCore::new(vec![BRIDGE.parse().unwrap()]);
+        let (first, _) = connect(&mut now, &mut core, 2);
+        let err = core
+            .accept_offer(now, room(), TWO_VIDEOS_ONE_PT)
+            .unwrap_err();
+        assert!(matches!(err, OfferError::Unsupported(_)), "{err:?}");
+        assert!(err.to_string().contains("video section"), "{err}");
+        // str0m itself, were the check missed: the panic costs this offer only.
+        let parsed = SdpOffer::from_sdp_string(TWO_VIDEOS_ONE_PT).unwrap();
+        let err = core.negotiate(now, parsed).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(err, OfferError::Internal(ref m) if m.contains("Pt locked")),
+            "{err:?}"
+        );
+        // The viewer already playing and a new one both get pictures.
+        let (second, _) = connect(&mut now, &mut core, 3);
+        assert_eq!(core.viewers(room()), 2);
+        let mut bs = [first, second];
+        core.handle_access_unit(now, room(), &au(20, true));
+        run(&mut now, &mut core, &mut bs, |_, b| {
+            b.iter().all(|b| b.frames.len() == 1)
+        });
+    }
+
+    #[test]
+    fn offers_with_reused_payload_types_or_absurd_sizes_are_refused() {
+        let (_b, good, _) = Browser::offer(Instant::now(), 2, |c| c);
+        assert_eq!(check_offer(&good), Ok(()));
+        let audio_reuses_96 = format!("{good}m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:9\r\n");
+        assert!(check_offer(&audio_reuses_96)
+            .unwrap_err()
+            .to_string()
+            .contains("payload type 96 used by more than one"));
+        let twice = "m=video 9 UDP/TLS/RTP/SAVPF 96 96\r\n";
+        assert!(check_offer(twice).is_err());
+        let many = format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF {}\r\n",
+            (0..100)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        assert!(check_offer(&many).is_err());
+        let sections = "m=audio 0 RTP/AVP 0\r\n".repeat(MAX_MEDIA_LINES + 1);
+        assert!(check_offer(&sections).is_err());
+        // A turned-off second video section (port 0) is no second viewer.
+        assert_eq!(check_offer("m=video 9 X 96\r\nm=video 0 X 97\r\n"), Ok(()));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Offer intake fuzzing: lines of a real offer dropped, repeated, swapped and bytes
+        /// changed, through the real core. No panic escapes, and the bridge still serves.
+        #[test]
+        fn mutated_offers_never_break_the_bridge(
+            edits in proptest::collection::vec((0u8..4, 0usize..64, 0usize..64, 0u8..=255), 1..8)
+        ) {
+            let mut now = Instant::now();
+            let mut core = BridgeCore::new(vec![BRIDGE.parse().unwrap()]);
+            let (_b, good, _) = Browser::offer(now, 2, |c| c);
+            let mut lines: Vec<String> = good.lines().map(String::from).collect();
+            lines.push(TWO_VIDEOS_ONE_PT.lines().nth(6).unwrap().into());
+            for (op, a, b, byte) in edits {
+                let n = lines.len();
+                let (a, b) = (a % n, b % n);
+                match op {
+                    0 => { lines.remove(a); }
+                    1 => { let l = lines[a].clone(); lines.insert(b, l); }
+                    2 => lines.swap(a, b),
+                    _ => {
+                        let mut bytes = lines[a].clone().into_bytes();
+                        if !bytes.is_empty() {
+                            let i = b % bytes.len();
+                            bytes[i] = byte;
+                        }
+                        lines[a] = String::from_utf8_lossy(&bytes).into_owned();
+                    }
+                }
+                if lines.is_empty() { break; }
+            }
+            let offer = lines.join("\r\n") + "\r\n";
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                core.accept_offer(now, room(), &offer).map(|_| ())
+            }));
+            proptest::prop_assert!(r.is_ok(), "a panic escaped the core on:\n{offer}");
+            let (second, _) = connect(&mut now, &mut core, 3);
+            let mut bs = [second];
+            core.handle_access_unit(now, room(), &au(1, true));
+            run(&mut now, &mut core, &mut bs, |_, b| b[0].frames.len() == 1);
+        }
     }
 }

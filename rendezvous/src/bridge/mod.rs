@@ -111,6 +111,7 @@ impl Bridge {
         let driver = Driver {
             // Announced addresses arrive on the socket bound to the port: treat them as its own.
             core: BridgeCore::new(local.clone()),
+            local: local.clone(),
             sockets,
             announced: local[announce_from..].to_vec(),
             feeds: feeds.clone(),
@@ -246,6 +247,8 @@ async fn receive(socket: Arc<UdpSocket>, to: mpsc::Sender<(SocketAddr, SocketAdd
 
 struct Driver {
     core: BridgeCore,
+    /// The core's candidates, to rebuild it after a panic.
+    local: Vec<SocketAddr>,
     sockets: Vec<Arc<UdpSocket>>,
     announced: Vec<SocketAddr>,
     feeds: Arc<Feeds>,
@@ -269,19 +272,21 @@ impl Driver {
                 }
                 Some(m) = feed.recv() => match m {
                     FeedMsg::Frame(room, au) => {
-                        self.core.handle_access_unit(Instant::now(), room, &au);
+                        self.with_core(|c| c.handle_access_unit(Instant::now(), room, &au));
                     }
-                    FeedMsg::Ended(room) => self.core.end_room(room),
+                    FeedMsg::Ended(room) => self.with_core(|c| c.end_room(room)).unwrap_or(()),
                 },
                 Some((local, from, data)) = datagrams.recv() => {
-                    if !self.core.handle_receive(Instant::now(), from, local, &data) {
-                        // Sent to an announced (NATed) address: it arrived on our socket.
-                        let claimed = self.announced.iter().any(|a| {
-                            self.core.handle_receive(Instant::now(), from, *a, &data)
-                        });
-                        if !claimed {
-                            tracing::trace!(%from, "datagram for no browser viewer");
-                        }
+                    let announced = self.announced.clone();
+                    let claimed = self.with_core(|c| {
+                        c.handle_receive(Instant::now(), from, local, &data)
+                            // Sent to an announced (NATed) address: it arrived on our socket.
+                            || announced
+                                .iter()
+                                .any(|a| c.handle_receive(Instant::now(), from, *a, &data))
+                    });
+                    if claimed == Some(false) {
+                        tracing::trace!(%from, "datagram for no browser viewer");
                     }
                 }
                 _ = async {
@@ -289,17 +294,44 @@ impl Driver {
                         Some(t) => tokio::time::sleep_until(t.into()).await,
                         None => std::future::pending().await,
                     }
-                } => self.core.handle_timeout(Instant::now()),
+                } => self.with_core(|c| c.handle_timeout(Instant::now())).unwrap_or(()),
                 _ = tick.tick() => self.release_idle(),
             }
             self.flush().await;
         }
     }
 
+    /// Runs `f` on the core. The core already survives panics inside str0m; should one escape
+    /// anyway (a bug of ours), the core is rebuilt empty: its browsers reconnect, the bridge,
+    /// its rooms and its port go on.
+    fn with_core<T>(&mut self, f: impl FnOnce(&mut BridgeCore) -> T) -> Option<T> {
+        let core = &mut self.core;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(core))) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::error!(
+                    "browser bridge core failed; rebuilding it (its viewers reconnect)"
+                );
+                self.core = BridgeCore::new(self.local.clone());
+                for room in self.feeds.live() {
+                    self.idle_since.entry(room).or_insert_with(Instant::now);
+                }
+                None
+            }
+        }
+    }
+
     fn command(&mut self, c: Command) {
         match c {
             Command::Offer { room, sdp, reply } => {
-                match self.core.accept_offer(Instant::now(), room, &sdp) {
+                let accepted = self
+                    .with_core(|c| c.accept_offer(Instant::now(), room, &sdp))
+                    .unwrap_or_else(|| {
+                        Err(OfferError::Internal(
+                            "the bridge failed on this offer".into(),
+                        ))
+                    });
+                match accepted {
                     Ok(ok) => {
                         self.idle_since.remove(&room);
                         let _ = reply.send(Ok(ok));
@@ -312,7 +344,8 @@ impl Driver {
                 }
             }
             Command::Remove { room, peer, reply } => {
-                let _ = reply.send(self.core.remove(room, peer));
+                let removed = self.with_core(|c| c.remove(room, peer));
+                let _ = reply.send(removed.unwrap_or(false));
             }
             Command::Viewers { room, reply } => {
                 let _ = reply.send(self.core.viewers(room));

@@ -50,8 +50,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    // Cubic collapses under random loss at video rates; BBR holds (FIELD-NOTES).
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    // Cubic collapses under random loss at video rates; BBR holds (FIELD-NOTES). Ours also
+    // follows an RTT that rises mid-stream, which quinn's BBR alone does not (congestion.rs).
+    t.congestion_controller_factory(Arc::new(super::congestion::LiveBbrConfig::default()));
     t.max_concurrent_uni_streams(512u32.into());
     t.stream_receive_window((16u32 << 20).into());
     t.receive_window((64u32 << 20).into());

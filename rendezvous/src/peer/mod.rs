@@ -2,6 +2,7 @@
 //! QUIC media and rendezvous signalling.
 
 pub mod candidates;
+pub mod congestion;
 pub mod control;
 pub mod endpoint;
 pub mod netem;

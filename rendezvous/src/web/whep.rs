@@ -139,8 +139,12 @@ fn error_response(e: BridgeError) -> Response {
         BridgeError::Feed(FeedError::Rendezvous(_)) => {
             json_error(StatusCode::BAD_GATEWAY, "rendezvous_unreachable", msg)
         }
-        BridgeError::Offer(OfferError::BadSdp(_)) => {
+        BridgeError::Offer(OfferError::BadSdp(_) | OfferError::Unsupported(_)) => {
             json_error(StatusCode::BAD_REQUEST, "bad_sdp", msg)
+        }
+        // str0m failed on this offer only (caught): the offer's fault, not the server's.
+        BridgeError::Offer(OfferError::Internal(_)) => {
+            json_error(StatusCode::BAD_REQUEST, "offer_failed", msg)
         }
         BridgeError::Offer(OfferError::NoCodec | OfferError::NoVideo) => {
             json_error(StatusCode::NOT_ACCEPTABLE, "no_usable_codec", msg)
