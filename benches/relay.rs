@@ -222,6 +222,7 @@ fn main() {
             txn: 1,
             hosts: vec![],
             fingerprint: [0; 32],
+            claim: None,
         }
         .encode(),
     )

@@ -193,6 +193,10 @@ pub struct SendArgs {
     /// Stop after this many frames.
     #[arg(long)]
     pub frames: Option<u64>,
+    /// Keep this code from an earlier run (its ticket is kept on this machine), so viewers'
+    /// links and pages keep working across a restart of the sender.
+    #[arg(long, value_parser = parse_code, value_name = "CODE")]
+    pub code: Option<RoomCode>,
     #[command(flatten)]
     pub net: NetArgs,
     /// Serve browser viewers from this PC (WebRTC bridge and viewer page) on ADDR

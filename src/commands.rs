@@ -10,6 +10,7 @@ use crate::pipeline::send::{self, SendConfig, SendSession};
 use crate::pipeline::view::{self, Display, FrameSlot, ViewConfig};
 use crate::pipeline::{exit, PipelineError};
 use crate::render::desktop;
+use crate::rendezvous::state::{ticket_key, Tickets};
 use crate::rendezvous::web::WebService;
 
 /// `println!` that ignores a closed stdout: `inclubit send | head` must not stop a stream.
@@ -156,10 +157,79 @@ fn announce(s: &SendSession) {
     say!("viewer      {}", s.view_command());
 }
 
+/// Room tickets and the embedded rendezvous's key, kept in the user's state directory so a
+/// restarted sender keeps its code (`--code`).
+struct SenderState {
+    tickets: Option<Tickets>,
+    /// Which rendezvous the tickets are for.
+    rendezvous: String,
+}
+
+impl SenderState {
+    fn load(a: &SendArgs, cfg: &mut SendConfig) -> Result<Self, PipelineError> {
+        let dir = crate::rendezvous::state::default_dir("inclubit");
+        let rendezvous = a
+            .net
+            .rendezvous
+            .clone()
+            .unwrap_or_else(|| format!("embedded:{}", a.rendezvous_port));
+        let tickets = match dir.as_deref().map(Tickets::load) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                tracing::warn!("{e}; this code cannot be kept across restarts");
+                None
+            }
+            None => None,
+        };
+        if cfg.rendezvous.is_none() {
+            // The embedded rendezvous keeps its key too, or no ticket would survive it.
+            match dir.as_deref().map(|d| ticket_key(&d.join("rendezvous"))) {
+                Some(Ok(k)) => cfg.ticket_key = Some(k),
+                Some(Err(e)) => tracing::warn!("{e}; codes will not survive a restart"),
+                None => {}
+            }
+        }
+        if let Some(code) = a.code {
+            cfg.claim = tickets.as_ref().and_then(|t| t.claim(&rendezvous, code));
+            if cfg.claim.is_none() {
+                return Err(PipelineError::Other(format!(
+                    "--code {code}: this machine holds no ticket for that code at {rendezvous} \
+                     (kept in {}); run without --code for a new one",
+                    tickets
+                        .as_ref()
+                        .map(|t| t.path().display().to_string())
+                        .unwrap_or_else(|| "no state directory".into())
+                )));
+            }
+        }
+        Ok(Self {
+            tickets,
+            rendezvous,
+        })
+    }
+
+    fn remember(&mut self, s: &SendSession) {
+        if let Some(t) = &mut self.tickets {
+            if let Err(e) = t.remember(&self.rendezvous, s.code, s.ticket) {
+                tracing::warn!("{e}; this code cannot be kept across restarts");
+            }
+        }
+    }
+}
+
 async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
     let rv = rendezvous_addr(&a.net.rendezvous).await?;
-    let mut s = send::start(send_config(&a, rv)).await?;
+    let mut cfg = send_config(&a, rv);
+    let mut state = SenderState::load(&a, &mut cfg)?;
+    let mut s = send::start(cfg).await?;
+    state.remember(&s);
     announce(&s);
+    if a.code.is_none() {
+        say!(
+            "keep        restart with --code {} to keep this code",
+            s.code
+        );
+    }
     let _web = match a.web {
         Some(addr) => {
             let web = WebService::start(addr, &a.web_opts, s.rendezvous)

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::code::RoomCode;
 use crate::wire::signal::{
-    ClientMsg, ErrorKind, Fingerprint, MemberId, ServerMsg, ViewerInfo, WebSide, SENDER_ID,
+    Claim, ClientMsg, ErrorKind, Fingerprint, MemberId, RoomTicket, ServerMsg, ViewerInfo, WebSide,
+    SENDER_ID,
 };
 
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub enum Role {
     Sender {
         hosts: Vec<SocketAddr>,
         fingerprint: Fingerprint,
+        /// Re-open this code (a restarted sender keeping its link).
+        claim: Option<Claim>,
     },
     Viewer {
         code: RoomCode,
@@ -48,11 +51,15 @@ pub enum Role {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
+    /// The room is open. Comes again after a rendezvous restart, when the sender re-opened
+    /// its code with the ticket (or, if the server no longer knows the ticket, a new code).
     Opened {
         code: RoomCode,
         reflexive: SocketAddr,
         /// The server serves browser viewers here (same host, this port).
         web: Option<WebSide>,
+        /// Proof of ownership of `code`, to re-open it later.
+        ticket: RoomTicket,
     },
     Joined {
         code: RoomCode,
@@ -77,14 +84,16 @@ pub enum ClientEvent {
     Lost,
     /// Keepalives are answered again.
     Restored,
-    /// The room is gone (sender left or expired), seen in a keepalive answer.
+    /// The room is gone (sender left or expired), seen in a keepalive answer. A sender that
+    /// holds the room's ticket re-opens it at once ([`ClientEvent::Opened`] follows).
     RoomGone,
 }
 
 #[derive(Debug)]
 enum State {
     Requesting {
-        deadline: Instant,
+        /// `None`: retry until answered (re-opening a room the server forgot).
+        deadline: Option<Instant>,
         retry: Duration,
     },
     Member {
@@ -117,7 +126,7 @@ impl SignalClient {
             role,
             txn,
             state: State::Requesting {
-                deadline: now + cfg.request_timeout,
+                deadline: Some(now + cfg.request_timeout),
                 retry: cfg.first_retry,
             },
             cfg,
@@ -158,10 +167,15 @@ impl SignalClient {
 
     fn request(&self) -> ClientMsg {
         match &self.role {
-            Role::Sender { hosts, fingerprint } => ClientMsg::Open {
+            Role::Sender {
+                hosts,
+                fingerprint,
+                claim,
+            } => ClientMsg::Open {
                 txn: self.txn,
                 hosts: hosts.clone(),
                 fingerprint: *fingerprint,
+                claim: *claim,
             },
             Role::Viewer { code, hosts } => ClientMsg::Join {
                 txn: self.txn,
@@ -177,7 +191,7 @@ impl SignalClient {
         }
         match &mut self.state {
             State::Requesting { deadline, retry } => {
-                if now >= *deadline {
+                if deadline.is_some_and(|d| now >= d) {
                     self.state = State::Done;
                     self.events.push_back(ClientEvent::Unreachable);
                     return;
@@ -234,15 +248,33 @@ impl SignalClient {
                     token,
                     reflexive,
                     web,
+                    ticket,
                     ..
                 },
             ) if txn == self.txn => {
+                if let Role::Sender { claim, .. } = &mut self.role {
+                    *claim = Some(Claim { code, ticket });
+                }
                 self.become_member(now, code, SENDER_ID, token);
                 self.events.push_back(ClientEvent::Opened {
                     code,
                     reflexive,
                     web,
+                    ticket,
                 });
+            }
+            // A claim the server does not recognise (it restarted with a new key): a new room.
+            (
+                State::Requesting { .. },
+                ServerMsg::Error {
+                    txn,
+                    kind: ErrorKind::BadTicket,
+                },
+            ) if txn == self.txn && matches!(self.role, Role::Sender { claim: Some(_), .. }) => {
+                if let Role::Sender { claim, .. } = &mut self.role {
+                    *claim = None;
+                }
+                self.request_again(now);
             }
             (
                 State::Requesting { .. },
@@ -303,14 +335,34 @@ impl SignalClient {
                         kind: ErrorKind::RoomNotFound | ErrorKind::NotMember,
                         ..
                     } => {
-                        self.state = State::Done;
                         self.events.push_back(ClientEvent::RoomGone);
+                        if matches!(self.role, Role::Sender { claim: Some(_), .. }) {
+                            self.request_again(now);
+                        } else {
+                            self.state = State::Done;
+                        }
                     }
                     _ => {}
                 }
             }
             _ => {}
         }
+    }
+
+    /// Asks again with a new transaction, retrying until answered: the server is there (it
+    /// just answered), and a sender must not give up its room.
+    fn request_again(&mut self, now: Instant) {
+        // A new txn (the old one is tied to the old answer); splitmix64 keeps it unpredictable.
+        let mut z = self.txn.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        self.txn = z ^ (z >> 31);
+        self.state = State::Requesting {
+            deadline: None,
+            retry: self.cfg.first_retry,
+        };
+        self.next_send = now;
+        self.handle_timeout(now);
     }
 
     fn become_member(&mut self, now: Instant, code: RoomCode, member: MemberId, token: u64) {
@@ -447,6 +499,7 @@ mod tests {
             Role::Sender {
                 hosts: vec![],
                 fingerprint: [1; 32],
+                claim: None,
             },
             77,
             ClientConfig::default(),
@@ -585,6 +638,7 @@ mod tests {
                 reflexive: "203.0.113.9:1".parse().unwrap(),
                 idle_secs: 15,
                 web: None,
+                ticket: [0; 16],
             }
             .encode(),
         );

@@ -8,5 +8,6 @@ pub mod clock;
 pub mod code;
 pub mod peer;
 pub mod server;
+pub mod state;
 pub mod web;
 pub mod wire;

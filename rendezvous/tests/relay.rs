@@ -42,6 +42,7 @@ fn only_members_relay_to_each_other() {
                 txn: 1,
                 hosts: vec![],
                 fingerprint: [0; 32],
+                claim: None,
             }
             .encode(),
         )

@@ -53,6 +53,7 @@ async fn a_sender_that_never_answers_is_503_with_retry_after() {
         Role::Sender {
             hosts: vec![ep.local_addr],
             fingerprint: [7; 32],
+            claim: None,
         },
         None,
     );

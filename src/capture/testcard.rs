@@ -83,7 +83,7 @@ impl TestCard {
     /// clock and the face colours (on average) stay readable.
     pub fn busy(mut self) -> Self {
         use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0x1c1b_17);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x001c_1b17);
         let len = 2 * self.width as usize * self.height as usize;
         let amp = DETAIL_AMPLITUDE as i8;
         let mut layer = || -> Vec<i8> { (0..len).map(|_| rng.gen_range(-amp..=amp)).collect() };

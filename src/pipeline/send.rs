@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use inclubit_rendezvous::client::{ClientEvent, Role};
 use inclubit_rendezvous::code::RoomCode;
-use inclubit_rendezvous::server::{rooms::RoomsConfig, Server, ServerConfig};
+use inclubit_rendezvous::server::rooms::{RoomsConfig, TicketKey};
+use inclubit_rendezvous::server::{Server, ServerConfig};
 use inclubit_rendezvous::wire::media::{
     Codec, Control, FrameHeader, Projection, StreamHello, ViewerStats,
 };
-use inclubit_rendezvous::wire::signal::WebSide;
+use inclubit_rendezvous::wire::signal::{Claim, RoomTicket, WebSide};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -57,6 +58,10 @@ pub struct SendConfig {
     pub no_upnp: bool,
     /// A record per encoded frame, for benchmarks.
     pub frame_log: Option<mpsc::UnboundedSender<FrameLog>>,
+    /// Re-open this code (a restarted sender keeping its viewers' links).
+    pub claim: Option<Claim>,
+    /// The embedded rendezvous's ticket key (kept across restarts by the caller).
+    pub ticket_key: Option<TicketKey>,
 }
 
 impl Default for SendConfig {
@@ -79,6 +84,8 @@ impl Default for SendConfig {
             punch: PunchConfig::default(),
             no_upnp: false,
             frame_log: None,
+            claim: None,
+            ticket_key: None,
         }
     }
 }
@@ -121,6 +128,8 @@ impl Shared {
 /// A running sender.
 pub struct SendSession {
     pub code: RoomCode,
+    /// Proof of ownership of `code` at this rendezvous: keep it to re-open the code later.
+    pub ticket: RoomTicket,
     /// The rendezvous viewers should use.
     pub rendezvous: SocketAddr,
     /// True when this process runs the rendezvous.
@@ -164,7 +173,8 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     let (rendezvous, embedded, server_task) = match cfg.rendezvous {
         Some(addr) => (addr, false, None),
         None => {
-            let (addr, task) = embed_rendezvous(cfg.bind, cfg.embedded_port).await?;
+            let (addr, task) =
+                embed_rendezvous(cfg.bind, cfg.embedded_port, cfg.ticket_key).await?;
             (addr, true, Some(task))
         }
     };
@@ -196,17 +206,26 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         Role::Sender {
             hosts: hosts.clone(),
             fingerprint: identity.fingerprint(),
+            claim: cfg.claim,
         },
         Some(peer_sink),
     );
-    let (code, web) = match events.recv().await {
+    let (code, web, ticket) = match events.recv().await {
         Some(ClientEvent::Opened {
             code,
             reflexive,
             web,
+            ticket,
         }) => {
             tracing::debug!(%code, %reflexive, "room opened");
-            (code, web)
+            if let Some(c) = cfg.claim.filter(|c| c.code != code) {
+                tracing::warn!(
+                    "the rendezvous does not recognise the ticket of {} (it restarted with a new \
+                     key); this stream has a new code",
+                    c.code
+                );
+            }
+            (code, web, ticket)
         }
         Some(ClientEvent::Refused(kind)) => return Err(NetError::Refused(kind).into()),
         _ => return Err(NetError::Unreachable(signal_to).into()),
@@ -280,8 +299,15 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
                 ClientEvent::Lost => tracing::warn!("rendezvous not answering; streams go on"),
                 ClientEvent::Restored => tracing::info!("rendezvous answering again"),
                 ClientEvent::RoomGone => {
-                    tracing::warn!("the rendezvous forgot this room; new viewers cannot join")
+                    tracing::warn!("the rendezvous forgot this room (restarted?); re-opening it")
                 }
+                ClientEvent::Opened { code: again, .. } if again == code => {
+                    tracing::info!(%code, "room re-opened at the rendezvous; viewers can join again")
+                }
+                ClientEvent::Opened { code: other, .. } => tracing::warn!(
+                    "the rendezvous no longer knows this room's ticket: new code {other}; \
+                     viewers need the new code"
+                ),
                 _ => {}
             }
         }
@@ -298,6 +324,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     tasks.extend(server_task);
     Ok(SendSession {
         code,
+        ticket,
         rendezvous: advertised,
         embedded_rendezvous: embedded,
         web,
@@ -316,10 +343,14 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
 async fn embed_rendezvous(
     bind: SocketAddr,
     port: u16,
+    ticket_key: Option<TicketKey>,
 ) -> Result<(SocketAddr, JoinHandle<()>), PipelineError> {
     let cfg = |port| ServerConfig {
         listen: SocketAddr::new(bind.ip(), port),
-        rooms: RoomsConfig::default(),
+        rooms: RoomsConfig {
+            ticket_key,
+            ..Default::default()
+        },
     };
     let server = match Server::bind(cfg(port)).await {
         Ok(s) => s,

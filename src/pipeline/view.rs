@@ -334,8 +334,12 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     let sub = match sub {
         Ok(s) => s,
         Err(e) => {
-            // Let the renderer go (it waits for pictures that will never come).
+            // Let the renderer go (it waits for pictures that will never come), and wait for
+            // it: exiting while it holds the GPU device crashed lavapipe (exit 139).
             render_slot.close();
+            if let Some(t) = render_thread {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
             return Err(e.into());
         }
     };

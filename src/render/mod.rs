@@ -184,6 +184,12 @@ impl Gpu {
 pub fn default_instance_descriptor() -> wgpu::InstanceDescriptor {
     let mut d = wgpu::InstanceDescriptor::new_without_display_handle();
     d.backends = wgpu::Backends::PRIMARY;
+    // Debug builds default to DEBUG, which embeds the WGSL source in the SPIR-V (OpSource WGSL):
+    // older Vulkan validation layers (Debian 12's) reject that source language, so a debug
+    // build printed validation errors for a valid shader. WGPU_DEBUG=1 still turns it on.
+    if std::env::var_os("WGPU_DEBUG").is_none() {
+        d.flags.remove(wgpu::InstanceFlags::DEBUG);
+    }
     d.with_env()
 }
 

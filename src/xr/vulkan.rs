@@ -11,7 +11,7 @@ use wgpu::hal::{self, api::Vulkan};
 use super::session::XrError;
 use crate::render::Gpu;
 
-/// The Vulkan version asked for: what lavapipe and every desktop driver has.
+/// The least Vulkan version asked for: what lavapipe and every desktop driver has.
 const VK_VERSION: u32 = vk::API_VERSION_1_2;
 
 fn vk_err(what: &str) -> impl Fn(vk::Result) -> XrError + '_ {
@@ -36,8 +36,23 @@ pub fn create(
     // SAFETY: loads the system's Vulkan loader, made to be loaded this way.
     let entry = unsafe { ash::Entry::load() }
         .map_err(|e| XrError::Vulkan(format!("no Vulkan loader: {e}")))?;
+    // wgpu picks the SPIR-V version from the *device's* Vulkan version (1.6 on a 1.3 device);
+    // an instance of a lower version makes that SPIR-V invalid (validation: InconsistentSpirv).
+    // Ask for 1.3 when the runtime and the loader allow it.
+    // SAFETY: a plain query of the loader.
+    let loader = unsafe { entry.try_enumerate_instance_version() }
+        .ok()
+        .flatten()
+        .unwrap_or(vk::API_VERSION_1_0);
+    let vk_version = if reqs.max_api_version_supported >= xr::Version::new(1, 3, 0)
+        && loader >= vk::API_VERSION_1_3
+    {
+        vk::API_VERSION_1_3
+    } else {
+        VK_VERSION
+    };
     let flags = wgpu::InstanceFlags::empty().with_env();
-    let extensions = hal::vulkan::Instance::desired_extensions(&entry, VK_VERSION, flags)
+    let extensions = hal::vulkan::Instance::desired_extensions(&entry, vk_version, flags)
         .map_err(|e| XrError::Vulkan(e.to_string()))?;
     let ext_ptrs: Vec<*const c_char> = extensions.iter().map(|e| e.as_ptr()).collect();
     let app = vk::ApplicationInfo::default()
@@ -45,7 +60,7 @@ pub fn create(
         .application_version(1)
         .engine_name(c"inclubit")
         .engine_version(1)
-        .api_version(VK_VERSION);
+        .api_version(vk_version);
     let create = vk::InstanceCreateInfo::default()
         .application_info(&app)
         .enabled_extension_names(&ext_ptrs);
@@ -69,7 +84,7 @@ pub fn create(
         hal::vulkan::Instance::from_raw(
             entry.clone(),
             ash_instance.clone(),
-            VK_VERSION,
+            vk_version,
             0,
             None,
             extensions,

@@ -27,15 +27,35 @@ pub struct ServerArgs {
     /// Most viewers in one room.
     #[arg(long, default_value_t = 16)]
     pub max_viewers: usize,
+    /// Where the room-ticket key is kept, so senders keep their codes across a restart of this
+    /// server. Default: $STATE_DIRECTORY, else ~/.local/state/inclubit-rendezvous.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl ServerArgs {
     pub fn config(&self) -> ServerConfig {
+        let dir = self
+            .state_dir
+            .clone()
+            .or_else(|| crate::state::default_dir("inclubit-rendezvous"));
+        let ticket_key = match dir.as_deref().map(crate::state::ticket_key) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                tracing::warn!("{e}; rooms will not survive a restart of this server");
+                None
+            }
+            None => {
+                tracing::warn!("no state directory; rooms will not survive a restart");
+                None
+            }
+        };
         ServerConfig {
             listen: self.listen,
             rooms: RoomsConfig {
                 idle: Duration::from_secs(self.room_idle_secs),
                 max_viewers: self.max_viewers,
+                ticket_key,
                 ..Default::default()
             },
         }

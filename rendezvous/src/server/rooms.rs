@@ -7,14 +7,20 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sha2::Sha256;
 
 use crate::code::RoomCode;
 use crate::wire::signal::{
-    ClientMsg, ErrorKind, Fingerprint, MemberId, ServerMsg, ViewerInfo, WebSide,
+    Claim, ClientMsg, ErrorKind, Fingerprint, MemberId, RoomTicket, ServerMsg, ViewerInfo, WebSide,
     MAX_LISTED_VIEWERS, SENDER_ID,
 };
+
+/// Key of the MACs that make room tickets. A server keeps it across restarts (its state dir) so
+/// senders re-open their codes; without one it draws a new key at start.
+pub type TicketKey = [u8; 32];
 
 #[derive(Debug, Clone)]
 pub struct RoomsConfig {
@@ -38,6 +44,8 @@ pub struct RoomsConfig {
     pub relay_sessions_per_ip: usize,
     /// Told to senders when they open a room, so they can print the browser link.
     pub web: Option<WebSide>,
+    /// Signs room tickets; `None`: a random key for this run only.
+    pub ticket_key: Option<TicketKey>,
 }
 
 impl Default for RoomsConfig {
@@ -56,6 +64,7 @@ impl Default for RoomsConfig {
             relay_bytes_per_ip: 100e6 / 8.0,
             relay_sessions_per_ip: 32,
             web: None,
+            ticket_key: None,
         }
     }
 }
@@ -75,6 +84,8 @@ pub enum CloseReason {
     SenderGone,
     /// The room reached its maximum age.
     Expired,
+    /// Its sender came back (a new process with the room's ticket) and took the code over.
+    Reclaimed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +217,7 @@ pub struct Rooms {
     relay_ip: HashMap<IpAddr, Bucket>,
     relay_stats: RelayStats,
     rng: StdRng,
+    ticket_key: TicketKey,
     out: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -218,7 +230,10 @@ impl Rooms {
     }
 
     pub fn new(cfg: RoomsConfig, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let ticket_key = cfg.ticket_key.unwrap_or_else(|| rng.gen());
         Self {
+            ticket_key,
             cfg,
             rooms: HashMap::new(),
             opens: HashMap::new(),
@@ -227,7 +242,7 @@ impl Rooms {
             relays: HashMap::new(),
             relay_ip: HashMap::new(),
             relay_stats: RelayStats::default(),
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -337,7 +352,8 @@ impl Rooms {
                 txn,
                 hosts,
                 fingerprint,
-            } => self.open(now, from, txn, hosts, fingerprint),
+                claim,
+            } => self.open(now, from, txn, hosts, fingerprint, claim),
             ClientMsg::Join { txn, code, hosts } => self.join(now, from, txn, code, hosts),
             ClientMsg::Keepalive {
                 code,
@@ -381,25 +397,34 @@ impl Rooms {
         txn: u64,
         hosts: Vec<SocketAddr>,
         fingerprint: Fingerprint,
+        claim: Option<Claim>,
     ) {
         let code = match self.opens.get(&(from, txn)) {
             Some(code) if self.rooms.contains_key(code) => *code,
             _ => {
+                if let Some(c) = claim {
+                    if !self.ticket_valid(&c) {
+                        let kind = ErrorKind::BadTicket;
+                        self.send(from, ServerMsg::Error { txn, kind });
+                        return;
+                    }
+                    // The same sender again (a new process, or this server restarted): the
+                    // old room's viewers were connected to the old sender and join again.
+                    self.close(c.code, CloseReason::Reclaimed);
+                }
                 if self.rooms.len() >= self.cfg.max_rooms {
-                    self.send(
-                        from,
-                        ServerMsg::Error {
-                            txn,
-                            kind: ErrorKind::ServerFull,
-                        },
-                    );
+                    let kind = ErrorKind::ServerFull;
+                    self.send(from, ServerMsg::Error { txn, kind });
                     return;
                 }
-                let code = loop {
-                    let c = RoomCode::random(&mut self.rng);
-                    if !self.rooms.contains_key(&c) {
-                        break c;
-                    }
+                let code = match claim {
+                    Some(c) => c.code,
+                    None => loop {
+                        let c = RoomCode::random(&mut self.rng);
+                        if !self.rooms.contains_key(&c) {
+                            break c;
+                        }
+                    },
                 };
                 let token = self.rng.gen();
                 self.rooms.insert(
@@ -432,8 +457,33 @@ impl Rooms {
             reflexive: from,
             idle_secs: self.cfg.idle.as_secs().min(u16::MAX as u64) as u16,
             web: self.cfg.web,
+            ticket: self.ticket(code),
         };
         self.send(from, msg);
+    }
+
+    fn ticket_mac(&self, code: RoomCode) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.ticket_key).expect("HMAC takes any key length");
+        mac.update(b"inclubit room ticket");
+        mac.update(&code.bits().to_be_bytes());
+        mac
+    }
+
+    /// The ticket of `code` under this server's key.
+    pub fn ticket(&self, code: RoomCode) -> RoomTicket {
+        let full = self.ticket_mac(code).finalize().into_bytes();
+        let mut t = RoomTicket::default();
+        let n = t.len();
+        t.copy_from_slice(&full[..n]);
+        t
+    }
+
+    /// Constant-time check of a claim's ticket.
+    fn ticket_valid(&self, claim: &Claim) -> bool {
+        self.ticket_mac(claim.code)
+            .verify_truncated_left(&claim.ticket)
+            .is_ok()
     }
 
     fn join(
@@ -778,6 +828,7 @@ mod tests {
                     txn: 1,
                     hosts: vec![addr("192.0.2.10:5000")],
                     fingerprint: FP,
+                    claim: None,
                 },
             );
             match &out[..] {

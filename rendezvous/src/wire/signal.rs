@@ -13,7 +13,8 @@ use super::codec::{Reader, WireError, Writer};
 use crate::code::RoomCode;
 
 pub const SIGNAL_MAGIC: u8 = 0x21;
-pub const SIGNAL_VERSION: u8 = 1;
+/// 2: rooms carry a ticket (reclaiming a code after a restart).
+pub const SIGNAL_VERSION: u8 = 2;
 /// Upper bound of a signalling datagram other than relay data; fits the QUIC minimum MTU.
 pub const MAX_SIGNAL_LEN: usize = 1200;
 /// Largest QUIC packet carried by the relay (quinn's MTU discovery stops at 1452).
@@ -35,6 +36,17 @@ pub fn is_signal(datagram: &[u8]) -> bool {
 /// SHA-256 of the sender's self-signed certificate (DER).
 pub type Fingerprint = [u8; 32];
 
+/// Proof that a sender opened a room: a MAC of the code under the rendezvous's key, handed to the
+/// sender only. With it the sender re-opens the same code after the rendezvous or itself restarts.
+pub type RoomTicket = [u8; 16];
+
+/// A code and the ticket that proves it is ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub code: RoomCode,
+    pub ticket: RoomTicket,
+}
+
 /// Where a rendezvous serves browser viewers: the same host the client reached, this port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WebSide {
@@ -48,11 +60,13 @@ pub const SENDER_ID: MemberId = 0;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMsg {
-    /// A sender asks for a room. Retries carry the same `txn` and get the same room.
+    /// A sender asks for a room. Retries carry the same `txn` and get the same room. With a
+    /// claim, the room with that code (its ticket checked): made again, or taken over.
     Open {
         txn: u64,
         hosts: Vec<SocketAddr>,
         fingerprint: Fingerprint,
+        claim: Option<Claim>,
     },
     /// A viewer joins a room by code.
     Join {
@@ -100,6 +114,8 @@ pub enum ErrorKind {
     NotMember = 4,
     /// The server has too many rooms.
     ServerFull = 5,
+    /// A claim whose ticket this rendezvous does not recognise.
+    BadTicket = 6,
 }
 
 impl ErrorKind {
@@ -110,6 +126,7 @@ impl ErrorKind {
             3 => Self::RateLimited,
             4 => Self::NotMember,
             5 => Self::ServerFull,
+            6 => Self::BadTicket,
             _ => return Err(WireError::Invalid("error kind")),
         })
     }
@@ -125,6 +142,9 @@ impl std::fmt::Display for ErrorKind {
             Self::RateLimited => "too many requests; try again in a few seconds",
             Self::NotMember => "not a member of this room",
             Self::ServerFull => "the rendezvous has no room left",
+            Self::BadTicket => {
+                "the rendezvous does not recognise this room's ticket (it restarted with a new key)"
+            }
         })
     }
 }
@@ -141,6 +161,8 @@ pub enum ServerMsg {
         idle_secs: u16,
         /// The server's web side (browser viewers at `/r/CODE`), if it has one.
         web: Option<WebSide>,
+        /// Keep it to re-open this code later (see [`RoomTicket`]).
+        ticket: RoomTicket,
     },
     Joined {
         txn: u64,
@@ -266,11 +288,17 @@ impl ClientMsg {
                 txn,
                 hosts,
                 fingerprint,
+                claim,
             } => {
                 header(&mut w, T_OPEN);
                 w.u64(*txn);
                 w.addrs(hosts, MAX_CANDIDATES);
                 w.bytes(fingerprint);
+                w.u8(claim.is_some() as u8);
+                if let Some(c) = claim {
+                    w.u32(c.code.bits());
+                    w.bytes(&c.ticket);
+                }
             }
             Self::Join { txn, code, hosts } => {
                 header(&mut w, T_JOIN);
@@ -315,6 +343,14 @@ impl ClientMsg {
                 txn: r.u64()?,
                 hosts: r.addrs(MAX_CANDIDATES)?,
                 fingerprint: r.array()?,
+                claim: match r.u8()? {
+                    0 => None,
+                    1 => Some(Claim {
+                        code: code(&mut r)?,
+                        ticket: r.array()?,
+                    }),
+                    _ => return Err(WireError::Invalid("claim flag")),
+                },
             },
             T_JOIN => Self::Join {
                 txn: r.u64()?,
@@ -354,6 +390,7 @@ impl ServerMsg {
                 reflexive,
                 idle_secs,
                 web,
+                ticket,
             } => {
                 header(&mut w, T_OPENED);
                 w.u64(*txn);
@@ -364,6 +401,7 @@ impl ServerMsg {
                 // Port 0: no web side.
                 w.u16(web.map_or(0, |s| s.port));
                 w.u8(web.is_some_and(|s| s.https) as u8);
+                w.bytes(ticket);
             }
             Self::Joined {
                 txn,
@@ -442,6 +480,7 @@ impl ServerMsg {
                         https: flags & 1 == 1,
                     }),
                 },
+                ticket: r.array()?,
             },
             T_JOINED => Self::Joined {
                 txn: r.u64()?,
@@ -601,13 +640,18 @@ mod tests {
 
     fn client_msg() -> impl Strategy<Value = ClientMsg> {
         prop_oneof![
-            (any::<u64>(), addrs(), any::<[u8; 32]>()).prop_map(|(txn, hosts, fingerprint)| {
-                ClientMsg::Open {
+            (
+                any::<u64>(),
+                addrs(),
+                any::<[u8; 32]>(),
+                proptest::option::of((room(), any::<[u8; 16]>()))
+            )
+                .prop_map(|(txn, hosts, fingerprint, claim)| ClientMsg::Open {
                     txn,
                     hosts,
                     fingerprint,
-                }
-            }),
+                    claim: claim.map(|(code, ticket)| Claim { code, ticket }),
+                }),
             (any::<u64>(), room(), addrs()).prop_map(|(txn, code, hosts)| ClientMsg::Join {
                 txn,
                 code,
@@ -653,9 +697,10 @@ mod tests {
                 any::<u64>(),
                 addr(),
                 any::<u16>(),
-                proptest::option::of((1..=u16::MAX, any::<bool>()))
+                proptest::option::of((1..=u16::MAX, any::<bool>())),
+                any::<[u8; 16]>()
             )
-                .prop_map(|(txn, code, token, reflexive, idle_secs, web)| {
+                .prop_map(|(txn, code, token, reflexive, idle_secs, web, ticket)| {
                     ServerMsg::Opened {
                         txn,
                         code,
@@ -663,6 +708,7 @@ mod tests {
                         reflexive,
                         idle_secs,
                         web: web.map(|(port, https)| WebSide { port, https }),
+                        ticket,
                     }
                 }),
             (
@@ -696,7 +742,7 @@ mod tests {
                 .prop_map(|(session, payload)| ServerMsg::Relay { session, payload }),
             (room(), viewers).prop_map(|(code, viewers)| ServerMsg::Viewers { code, viewers }),
             (room(), addrs()).prop_map(|(code, sender)| ServerMsg::Alive { code, sender }),
-            (any::<u64>(), 1u8..=5).prop_map(|(txn, k)| ServerMsg::Error {
+            (any::<u64>(), 1u8..=6).prop_map(|(txn, k)| ServerMsg::Error {
                 txn,
                 kind: ErrorKind::from_u8(k).unwrap()
             }),
