@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::process::Proc;
@@ -16,7 +16,7 @@ fn state_dir(name: &str) -> PathBuf {
     d
 }
 
-fn rendezvous(listen: &str, state: &PathBuf) -> (Proc, SocketAddr) {
+fn rendezvous(listen: &str, state: &Path) -> (Proc, SocketAddr) {
     let p = Proc::start(&[
         "rendezvous",
         "--listen",
@@ -28,7 +28,7 @@ fn rendezvous(listen: &str, state: &PathBuf) -> (Proc, SocketAddr) {
     (p, l.trim_start_matches("listening on ").parse().unwrap())
 }
 
-fn sender(rv: SocketAddr, state: &PathBuf, code: Option<&str>) -> (Proc, String) {
+fn sender(rv: SocketAddr, state: &Path, code: Option<&str>) -> (Proc, String) {
     let rv = rv.to_string();
     let mut args = vec![
         "send",
