@@ -26,9 +26,17 @@ PACKAGES=(
   curl ca-certificates
 )
 # The browser tests (tests/browser.rs): Debian's Chromium driven over WebDriver.
+# The headset tests against Monado (tests/monado.rs): its build tools, and the Vulkan and
+# OpenXR validation layers they run under.
+MONADO_SRC="$(ls ../shared/monado/monado-*.tar.gz 2>/dev/null | head -1 || true)"
 if [ "${1:-}" = "test" ]; then
   PACKAGES+=(chromium chromium-driver)
   command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
+  PACKAGES+=(vulkan-validationlayers openxr-layer-corevalidation)
+  if [ -n "$MONADO_SRC" ]; then
+    PACKAGES+=(cmake ninja-build python3 git libeigen3-dev libvulkan-dev glslang-tools libudev-dev
+      libxcb1-dev libxcb-randr0-dev libx11-xcb-dev libxrandr-dev)
+  fi
 fi
 
 missing=()
@@ -73,6 +81,33 @@ install_iwer() {
   export INCLUBIT_IWER="$prefix/node_modules/iwer/build/iwer.min.js"
 }
 
+# Monado, the open-source OpenXR runtime, built from ../shared/monado (Debian has no package)
+# into ~/.cache: the in-process runtime with its null compositor and simulated HMD. ~9 min cold
+# on 2 cores, then incremental.
+build_monado() {
+  local cache="$HOME/.cache/inclubit-monado" stamp
+  if [ -z "$MONADO_SRC" ]; then
+    echo "==> Monado: no source in ../shared/monado; headset tests use the simulated runtime only"
+    return
+  fi
+  stamp="$(basename "$MONADO_SRC")"
+  if [ ! -f "$cache/build/openxr_monado-dev.json" ] || [ "$(cat "$cache/source" 2>/dev/null)" != "$stamp" ]; then
+    echo "==> Monado: building $stamp into $cache (first time: several minutes)"
+    rm -rf "$cache/monado" && mkdir -p "$cache"
+    tar -xzf "$MONADO_SRC" -C "$cache"
+    local off=""
+    for d in HDK HYDRA NS PSMV PSSENSE REMOTE RIFT_S TWRAP WMR; do off="$off -DXRT_BUILD_DRIVER_$d=OFF"; done
+    # shellcheck disable=SC2086
+    cmake -S "$cache/monado" -B "$cache/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DXRT_FEATURE_SERVICE=OFF -DBUILD_TESTING=OFF -DXRT_BUILD_SAMPLES=OFF \
+      -DXRT_FEATURE_STEAMVR_PLUGIN=OFF -DXRT_MODULE_MONADO_CLI=OFF -DXRT_MODULE_AUX_VIVE=OFF \
+      $off >"$cache/cmake.log" 2>&1 || { tail -20 "$cache/cmake.log"; exit 1; }
+    ninja -C "$cache/build" >"$cache/build.log" 2>&1 || { tail -30 "$cache/build.log"; exit 1; }
+    echo "$stamp" >"$cache/source"
+  fi
+  export INCLUBIT_MONADO_JSON="$cache/build/openxr_monado-dev.json"
+}
+
 case "${1:-}" in
   demo)
     shift
@@ -81,6 +116,7 @@ case "${1:-}" in
     ;;
   test)
     install_iwer
+    build_monado
     echo "==> cargo fmt --check"
     cargo fmt --all -- --check
     echo "==> cargo clippy -D warnings"
