@@ -250,6 +250,8 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
         }
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // After a stall of the runtime, one line, not a burst of identical ones.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;
     // One listener for the whole loop: a signal arriving between iterations is not lost.
     let ctrl_c = tokio::signal::ctrl_c();
@@ -285,6 +287,8 @@ async fn view_loop(cfg: ViewConfig, slot: FrameSlot, json: bool) -> Result<(), P
     let run = view::run(cfg, slot);
     tokio::pin!(run);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // After a stall of the runtime, one line, not a burst of identical ones.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);

@@ -118,6 +118,10 @@ pub struct StatsLine {
     pub headset_fps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headset_missed: Option<u64>,
+    /// Viewer: seconds since the last new picture, when that is over a second (a stall). The
+    /// latency figures then give the age of the picture on screen, not the last good ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled_s: Option<f64>,
 }
 
 impl StatsLine {
@@ -139,14 +143,22 @@ impl StatsLine {
             }
             _ => String::new(),
         };
+        let latency = match self.stalled_s {
+            Some(s) => format!(
+                "STALLED {s:5.1} s, picture {:6.0} ms old",
+                self.latency_p50_ms
+            ),
+            None => format!(
+                "latency p50 {:5.1} ms p99 {:5.1} ms",
+                self.latency_p50_ms, self.latency_p99_ms
+            ),
+        };
         format!(
-            "{:<4} fps {:5.1}  bitrate {:6.2} Mbit/s  rtt {:6.1} ms  latency p50 {:5.1} ms p99 {:5.1} ms  dropped {}  frames {}{}{}  path {}{}",
+            "{:<4} fps {:5.1}  bitrate {:6.2} Mbit/s  rtt {:6.1} ms  {latency}  dropped {}  frames {}{}{}  path {}{}",
             self.role,
             self.fps,
             self.bitrate_mbps,
             self.rtt_ms,
-            self.latency_p50_ms,
-            self.latency_p99_ms,
             self.dropped,
             self.frames,
             viewers,
@@ -200,6 +212,15 @@ mod tests {
             ..s
         };
         assert!(h.render(false).contains("headset  90.0 fps missed 2"));
+        let stalled = StatsLine {
+            stalled_s: Some(3.2),
+            latency_p50_ms: 3300.0,
+            ..Default::default()
+        };
+        assert!(stalled
+            .render(false)
+            .contains("STALLED   3.2 s, picture   3300 ms old"));
+        assert!(!stalled.render(false).contains("p50"));
         let v: serde_json::Value = serde_json::from_str(&h.render(true)).unwrap();
         assert_eq!(
             (v["headset_fps"].as_f64(), v["headset_missed"].as_u64()),

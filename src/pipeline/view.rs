@@ -226,20 +226,42 @@ pub struct Metrics {
     /// Frames submitted to a headset, and its display periods that got none.
     pub headset: Option<RateMeter>,
     pub headset_missed: u64,
+    /// When the newest picture was decoded, and its capture time (viewer clock, µs).
+    pub last_picture: Option<(Instant, u64)>,
 }
+
+/// No new picture for this long is a stall, and the stats line says so.
+pub const STALL_AFTER: Duration = Duration::from_secs(1);
 
 impl Metrics {
     pub fn line(&mut self) -> StatsLine {
-        let now = Instant::now();
+        self.line_at(Instant::now(), clock::now_us())
+    }
+
+    /// The stats line at `now` (`now_us` the same moment on the viewer clock).
+    pub fn line_at(&mut self, now: Instant, now_us: u64) -> StatsLine {
         let (_, bps) = self.received.rates(now);
         let (fps, _) = self.shown.rates(now);
+        let stall = self
+            .last_picture
+            .filter(|(at, _)| now.saturating_duration_since(*at) > STALL_AFTER);
+        let (mut p50, mut p99) = (
+            self.latency_us.get(50.0) as f64 / 1000.0,
+            self.latency_us.get(99.0) as f64 / 1000.0,
+        );
+        if let Some((_, capture_us)) = stall {
+            // What is on screen is this old, and getting older.
+            let age = now_us.saturating_sub(capture_us) as f64 / 1000.0;
+            (p50, p99) = (age.max(p50), age.max(p99));
+        }
         StatsLine {
             role: "view",
             fps,
             bitrate_mbps: bps / 1e6,
             rtt_ms: self.rtt.as_secs_f64() * 1000.0,
-            latency_p50_ms: self.latency_us.get(50.0) as f64 / 1000.0,
-            latency_p99_ms: self.latency_us.get(99.0) as f64 / 1000.0,
+            latency_p50_ms: p50,
+            latency_p99_ms: p99,
+            stalled_s: stall.map(|(at, _)| now.saturating_duration_since(at).as_secs_f64()),
             dropped: self.dropped,
             frames: self.frames,
             viewers: None,
@@ -252,6 +274,30 @@ impl Metrics {
             headset_fps: self.headset.as_mut().map(|h| h.rates(now).0),
             headset_missed: self.headset.as_ref().map(|_| self.headset_missed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_shows_as_a_stall_not_as_the_last_good_latency() {
+        let now = Instant::now();
+        let now_us = 100_000_000;
+        let mut m = Metrics::default();
+        for _ in 0..30 {
+            m.latency_us.record(20_000);
+        }
+        m.last_picture = Some((now - Duration::from_millis(500), now_us - 520_000));
+        let live = m.line_at(now, now_us);
+        assert_eq!((live.stalled_s, live.latency_p50_ms), (None, 20.0));
+        // Three seconds without a new picture: the one on screen is 3.02 s old.
+        m.last_picture = Some((now - Duration::from_secs(3), now_us - 3_020_000));
+        let stalled = m.line_at(now, now_us);
+        assert_eq!(stalled.stalled_s, Some(3.0));
+        assert_eq!(stalled.latency_p50_ms, 3020.0);
+        assert!(stalled.render(false).contains("STALLED"));
     }
 }
 
@@ -427,6 +473,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                                         Some(if ok { (good + 1, bad) } else { (good, bad + 1) });
                                 }
                                 m.shown.record(Instant::now(), 0);
+                                m.last_picture = Some((Instant::now(), item.capture_us));
                                 if matches!(display, Display::None) {
                                     m.latency_us
                                         .record(decoded_us.saturating_sub(item.capture_us));

@@ -38,7 +38,9 @@ pub enum Output<F> {
     },
     /// Ask the sender for an IDR.
     RequestKeyframe,
-    /// This frame will not be shown.
+    /// This frame will not be shown. Once per frame from the first delivered one on, for every
+    /// sequence number the stream skipped past (lost on the way, abandoned by the sender, or
+    /// given up while waiting for a keyframe), so a viewer's count matches the sender's.
     Dropped {
         seq: u64,
     },
@@ -56,6 +58,8 @@ pub struct Reorder<F> {
     next: Option<u64>,
     pending: BTreeMap<u64, Pending<F>>,
     skipped: BTreeSet<u64>,
+    /// Frames at or after `next` already reported dropped (given up early).
+    reported: BTreeSet<u64>,
     waiting_key: bool,
     last_request: Option<Instant>,
     out: VecDeque<Output<F>>,
@@ -68,6 +72,7 @@ impl<F> Reorder<F> {
             next: None,
             pending: BTreeMap::new(),
             skipped: BTreeSet::new(),
+            reported: BTreeSet::new(),
             waiting_key: true,
             last_request: None,
             out: VecDeque::new(),
@@ -79,8 +84,11 @@ impl<F> Reorder<F> {
     }
 
     pub fn handle_frame(&mut self, now: Instant, seq: u64, keyframe: bool, frame: F) {
-        if self.next.is_some_and(|n| seq < n) || self.pending.contains_key(&seq) {
-            self.out.push_back(Output::Dropped { seq });
+        // Too late (already counted when the stream moved past it) or a duplicate.
+        if self.next.is_some_and(|n| seq < n)
+            || self.pending.contains_key(&seq)
+            || self.reported.contains(&seq)
+        {
             return;
         }
         self.pending.insert(
@@ -123,7 +131,7 @@ impl<F> Reorder<F> {
                 .collect();
             for seq in expired {
                 self.pending.remove(&seq);
-                self.out.push_back(Output::Dropped { seq });
+                self.report(seq);
             }
             self.request_keyframe(now);
         } else if self
@@ -178,8 +186,7 @@ impl<F> Reorder<F> {
                     .map(|(s, _)| *s);
                 match key {
                     Some(k) => {
-                        self.drop_below(k);
-                        self.next = Some(k);
+                        self.advance_to(k);
                         self.waiting_key = false;
                         self.last_request = None;
                     }
@@ -205,8 +212,7 @@ impl<F> Reorder<F> {
                     frame: p.frame,
                 });
             } else if self.skipped.remove(&n) {
-                self.next = Some(n + 1);
-                self.out.push_back(Output::Dropped { seq: n });
+                self.advance_to(n + 1);
                 self.waiting_key = true;
             } else {
                 break;
@@ -220,9 +226,30 @@ impl<F> Reorder<F> {
     fn drop_below(&mut self, seq: u64) {
         let keep = self.pending.split_off(&seq);
         for s in std::mem::replace(&mut self.pending, keep).into_keys() {
-            self.out.push_back(Output::Dropped { seq: s });
+            self.report(s);
         }
         self.skipped = self.skipped.split_off(&seq);
+    }
+
+    /// Reports `seq` dropped once; before the first delivered frame nothing counts.
+    fn report(&mut self, seq: u64) {
+        if self.next.is_some() && self.reported.insert(seq) {
+            self.out.push_back(Output::Dropped { seq });
+        }
+    }
+
+    /// Moves the decoder's position to `k`: everything before it not delivered is dropped,
+    /// reported once each (a jump of absurd length reports its first frames only).
+    fn advance_to(&mut self, k: u64) {
+        const MOST_REPORTED: u64 = 4096;
+        self.drop_below(k);
+        if let Some(n) = self.next {
+            for s in n..k.min(n.saturating_add(MOST_REPORTED)) {
+                self.report(s);
+            }
+        }
+        self.next = Some(k);
+        self.reported = self.reported.split_off(&k);
     }
 }
 
@@ -399,5 +426,39 @@ mod tests {
                 prop_assert_eq!(delivered(&out).len() as u64, n);
             }
         }
+    }
+
+    #[test]
+    fn every_frame_skipped_past_is_reported_dropped_exactly_once() {
+        // A link cut: frames 10..70 never arrive whole; the sender says some were skipped,
+        // some time out while waiting, the rest just never come. Then a keyframe at 70.
+        let t = Instant::now();
+        let mut r = Reorder::new(ReorderConfig::default());
+        for seq in 0..10 {
+            r.handle_frame(t, seq, seq == 0, ());
+        }
+        let mut out = drain(&mut r);
+        for seq in (10..40).step_by(3) {
+            r.handle_skipped(t, seq);
+        }
+        r.handle_frame(t, 45, false, ());
+        r.handle_timeout(t + Duration::from_millis(200));
+        r.handle_timeout(t + Duration::from_millis(400));
+        out.extend(drain(&mut r));
+        r.handle_frame(t + Duration::from_millis(500), 70, true, ());
+        // Stragglers of the cut, after the stream moved on: not new losses.
+        r.handle_frame(t + Duration::from_millis(510), 20, false, ());
+        r.handle_frame(t + Duration::from_millis(510), 45, false, ());
+        out.extend(drain(&mut r));
+        let mut dropped: Vec<u64> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Dropped { seq } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        dropped.sort_unstable();
+        assert_eq!(dropped, (10..70).collect::<Vec<_>>());
+        assert_eq!(delivered(&out), (0..10).chain([70]).collect::<Vec<_>>());
     }
 }
