@@ -344,15 +344,17 @@ fn show(
     headless_size: (u32, u32),
     json: bool,
 ) -> Result<(), PipelineError> {
-    if !d.headless && !d.window && headset_or_window(d.xr)? {
+    let display = desktop::display_available();
+    if !d.headless && !d.window && headset_or_window(d.xr, display)? {
         let slot = FrameSlot::default();
         cfg.display = Display::Window(slot.clone());
         return on_main_thread(rt, slot.clone(), view_loop(cfg, slot, json), |slot| {
             headset_or_fallback(slot, title, d.xr, d.eye_scale)
         });
     }
-    if d.headless || !desktop::display_available() {
-        if !d.headless {
+    if d.headless || !display {
+        // Without --window the headset line already said it.
+        if d.window {
             eprintln!("no display found; rendering headless (use --headless to silence this)");
         }
         cfg.display = Display::Headless {
@@ -368,7 +370,7 @@ fn show(
 
 /// Looks for a headset: true when there is one. Without one (or with `require`) says why in
 /// one line; the caller then opens the desktop window.
-fn headset_or_window(require: bool) -> Result<bool, PipelineError> {
+fn headset_or_window(require: bool, display: bool) -> Result<bool, PipelineError> {
     let why = match crate::xr::probe() {
         Ok(_) => return Ok(true),
         Err(e) => e.to_string(),
@@ -378,7 +380,11 @@ fn headset_or_window(require: bool) -> Result<bool, PipelineError> {
             "{why} (--xr requires a headset)"
         )));
     }
-    say!("{why}; opening a desktop window — use --xr to require one");
+    if display {
+        say!("{why}; opening a desktop window — use --xr to require one");
+    } else {
+        say!("{why}, and no display: rendering headless — use --xr to require a headset");
+    }
     Ok(false)
 }
 

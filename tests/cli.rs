@@ -413,12 +413,14 @@ fn no_openxr_runtime_falls_back_to_the_window_or_fails_with_xr() {
     };
     let (status, out, err) = run(&["--frames", "5", "--render-size", "64x64"]);
     assert_eq!(status, Some(0), "{err}");
+    // No display either: one line says what happens, and nothing contradicts it.
     assert!(
-        out.lines()
-            .any(|l| l
-                == "no OpenXR runtime found; opening a desktop window — use --xr to require one"),
+        out.lines().any(|l| l
+            == "no OpenXR runtime found, and no display: rendering headless — use --xr to require a headset"),
         "{out}"
     );
+    assert!(!out.contains("opening a desktop window"), "{out}");
+    assert!(!err.contains("no display found"), "{err}");
     let (status, _, err) = run(&["--xr"]);
     assert_eq!(status, Some(6), "{err}");
     assert_eq!(
@@ -428,4 +430,19 @@ fn no_openxr_runtime_falls_back_to_the_window_or_fails_with_xr() {
     let (status, out, err) = run(&["--window", "--frames", "5", "--render-size", "64x64"]);
     assert_eq!(status, Some(0), "{err}");
     assert!(!out.contains("OpenXR"), "{out}");
+}
+
+#[test]
+fn no_runtime_dir_is_no_noise_on_stderr() {
+    // A service or an ssh session has no XDG_RUNTIME_DIR; Mesa complained once per Vulkan
+    // instance.
+    let p = Proc::start_with(
+        &["demo", "--headless", "--frames", "5", "--size", "640x320"],
+        &[],
+        &["XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY"],
+        std::process::Stdio::null(),
+    );
+    let (code, err) = p.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
 }

@@ -52,7 +52,7 @@ fn a_runtime_without_a_headset_falls_back_to_the_window() {
     let (code, out, err2) = view("no-hmd", &[]);
     assert!(
         out.lines().next().is_some_and(|l| l
-            == "the OpenXR runtime inclubit simulated runtime 0.1.0 sees no headset; opening a desktop window — use --xr to require one"),
+            == "the OpenXR runtime inclubit simulated runtime 0.1.0 sees no headset, and no display: rendering headless — use --xr to require a headset"),
         "{out} {err} {err2}"
     );
     // Past the headset question, the viewer goes on (here: to a rendezvous that never answers).

@@ -36,6 +36,24 @@ pub fn quiet_loader() {
     if std::env::var_os("XR_LOADER_DEBUG").is_none() {
         std::env::set_var("XR_LOADER_DEBUG", "none");
     }
+    // Mesa's Vulkan drivers probe for Wayland at every instance and print "XDG_RUNTIME_DIR is
+    // invalid or not set" each time where it is unset (a service, ssh, CI): give them a
+    // private one, as a login session would.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join(format!("inclubit-runtime-{}", unsafe_uid()));
+        let made = std::fs::create_dir_all(&dir).and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        });
+        if made.is_ok() {
+            std::env::set_var("XDG_RUNTIME_DIR", dir);
+        }
+    }
+}
+
+fn unsafe_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
 }
 
 /// Looks for a runtime and a head-mounted display.

@@ -91,6 +91,22 @@ fn eye_size(v: &xr::ViewConfigurationView, scale: f32) -> (u32, u32) {
     )
 }
 
+/// The display's own period: the shortest the runtime has reported. Runtimes stretch the period
+/// they report to a slow app (Monado did, 1 fps on a 20 Hz display); counting against the
+/// stretched one hid most missed frames.
+#[derive(Debug, Default)]
+struct NominalPeriod(Option<i64>);
+
+impl NominalPeriod {
+    fn observe(&mut self, reported: xr::Duration) -> xr::Duration {
+        let p = reported.as_nanos();
+        if p > 0 {
+            self.0 = Some(self.0.map_or(p, |n| n.min(p)));
+        }
+        xr::Duration::from_nanos(self.0.unwrap_or(p))
+    }
+}
+
 /// Display periods between two frames' predicted display times that had no frame of ours.
 fn missed_periods(prev: xr::Time, now: xr::Time, period: xr::Duration) -> u64 {
     let (gap, p) = (now.as_nanos() - prev.as_nanos(), period.as_nanos());
@@ -179,6 +195,7 @@ pub fn run(
     let mut events = xr::EventDataBuffer::new();
     let mut shown: Option<u64> = None;
     let mut last_time: Option<xr::Time> = None;
+    let mut nominal = NominalPeriod::default();
     let end = 'frames: loop {
         let mut actions = Vec::new();
         loop {
@@ -246,9 +263,8 @@ pub fn run(
         };
         stream.begin().map_err(XrError::from_xr)?;
         let time = frame.predicted_display_time;
-        let missed = last_time.map_or(0, |t| {
-            missed_periods(t, time, frame.predicted_display_period)
-        });
+        let period = nominal.observe(frame.predicted_display_period);
+        let missed = last_time.map_or(0, |t| missed_periods(t, time, period));
         last_time = Some(time);
         if let Ok(mut m) = slot.metrics.lock() {
             m.headset
@@ -379,5 +395,18 @@ mod tests {
             missed_periods(t(1000), t(1011), xr::Duration::from_nanos(0)),
             0
         );
+    }
+
+    #[test]
+    fn missed_periods_count_against_the_nominal_period_not_a_stretched_one() {
+        let t = |ms: i64| xr::Time::from_nanos(ms * 1_000_000);
+        let ms = |ms: i64| xr::Duration::from_nanos(ms * 1_000_000);
+        let mut nominal = NominalPeriod::default();
+        assert_eq!(nominal.observe(ms(50)), ms(50));
+        // A slow app: frames a second apart, the runtime now reporting a 1 s period.
+        let p = nominal.observe(ms(1000));
+        assert_eq!(p, ms(50));
+        assert_eq!(missed_periods(t(0), t(1000), p), 19);
+        assert_eq!(nominal.observe(xr::Duration::from_nanos(0)), ms(50));
     }
 }
