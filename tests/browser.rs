@@ -336,6 +336,31 @@ async fn whep_errors_and_the_pages_states() {
     assert_eq!(status, 406, "{body}");
     assert!(body.contains("H.264"), "{body}");
 
+    // Issue 16: two BUNDLEd video sections on one payload type (str0m panicked, and the bridge
+    // answered 503 to every room from then on): 400 with the reason, and the bridge goes on.
+    let twice = h264.replacen("a=group:BUNDLE 0", "a=group:BUNDLE 0 1", 1)
+        + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\n\
+           a=rtcp-mux\r\na=rtpmap:96 H264/90000\r\n";
+    let (status, _, body) = post(addr, &format!("/whep/{code}"), twice).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("video section"), "{body}");
+
+    // The preflight offers what is served; the icon is there (no 404 in the page's console).
+    let (status, h, _) = tokio::task::spawn_blocking(move || {
+        http(addr, "OPTIONS", &format!("/whep/{code}"), None, b"")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 204);
+    let methods = header(&h, "access-control-allow-methods").unwrap_or_default();
+    assert!(!methods.contains("PATCH"), "{methods}");
+    let (status, h, _) =
+        tokio::task::spawn_blocking(move || http(addr, "GET", "/favicon.ico", None, b""))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "content-type"), Some("image/svg+xml"));
+
     // A good offer: 201, an answer, a Location to DELETE.
     let (status, h, answer) = post(addr, &format!("/whep/{code}"), h264).await;
     assert_eq!(status, 201, "{answer}");
@@ -367,6 +392,9 @@ async fn whep_errors_and_the_pages_states() {
     // The page: a wrong code says so; a live room plays; a stopped sender means "waiting".
     c.goto(&format!("http://{addr}/r/AAA-AAA")).await.unwrap();
     wait_for(&c, "inclubit.phase === 'not_found'", LONG).await;
+    let status = c.execute("return inclubit.status", vec![]).await.unwrap();
+    let status = status.as_str().unwrap_or_default().to_lowercase();
+    assert_eq!(status.matches("room").count(), 1, "said once: {status}");
     c.goto(&format!("http://{addr}/r/{code}")).await.unwrap();
     wait_for(&c, "inclubit.frames >= 10", LONG).await;
     sender.stop().await.unwrap();

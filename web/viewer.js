@@ -75,8 +75,12 @@ async function connect() {
     pc.close();
     S.pc = null;
     if (r.status === 404 && !S.played) {
-      show('not_found', 'room not found: ' + code + (err.message ? '\n' + err.message : ''));
+      show('not_found', err.message ? code + ': ' + err.message : 'room ' + code + ' not found');
       return retry(5000);
+    }
+    if (r.status === 503 && err.error === 'too_many_viewers') {
+      show('full', 'this room has all the viewers it can take; retrying…');
+      return retry(10000);
     }
     if (r.status === 404 || r.status === 503) {
       show('waiting', 'waiting for the camera…');
@@ -116,6 +120,11 @@ setInterval(() => {
 let fresh = false;
 const bar = document.createElement('canvas');
 function onFrame(now, meta) {
+  // Chromium hands out a tiny placeholder before the first real picture: not playing yet.
+  if (meta.width < 16 || meta.height < 16) {
+    video.requestVideoFrameCallback(onFrame);
+    return;
+  }
   S.frames++;
   S.lastFrame = performance.now();
   fresh = true;

@@ -41,10 +41,18 @@ pub enum OfferError {
     /// Parses, but is not an offer this bridge serves (checked before str0m sees it).
     #[error("the offer cannot be served: {0}")]
     Unsupported(String),
+    /// Too many browser viewers (of this room, or of the bridge).
+    #[error("too many browser viewers ({0}); try again later")]
+    Full(&'static str),
     /// str0m failed on the offer (a panic inside it, caught): this offer only is refused.
     #[error("the offer could not be negotiated: {0}")]
     Internal(String),
 }
+
+/// Most browser viewers of one room, and of the whole bridge (offers not yet connected count:
+/// each holds a WebRTC session until it connects or times out).
+pub const MAX_VIEWERS_PER_ROOM: usize = 64;
+pub const MAX_VIEWERS: usize = 512;
 
 /// Most media sections in an offer: a WHEP viewer needs one video (and perhaps one audio).
 const MAX_MEDIA_LINES: usize = 8;
@@ -121,6 +129,12 @@ impl BridgeCore {
         room: RoomCode,
         offer: &str,
     ) -> Result<(PeerId, String), OfferError> {
+        if self.peers.len() >= MAX_VIEWERS {
+            return Err(OfferError::Full("this server's limit"));
+        }
+        if self.viewers(room) >= MAX_VIEWERS_PER_ROOM {
+            return Err(OfferError::Full("this room's limit"));
+        }
         let parsed =
             SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::BadSdp(e.to_string()))?;
         check_offer(offer)?;
@@ -813,6 +827,23 @@ mod tests {
         );
         assert_eq!(core.viewers(room()), 0);
         assert!(core.poll_output().is_none());
+    }
+
+    #[test]
+    fn a_room_takes_so_many_browsers_then_says_it_is_full() {
+        let now = Instant::now();
+        let mut core = BridgeCore::new(vec![BRIDGE.parse().unwrap()]);
+        let (_b, offer, _) = Browser::offer(now, 2, |c| c);
+        for _ in 0..MAX_VIEWERS_PER_ROOM {
+            core.accept_offer(now, room(), &offer).unwrap();
+        }
+        assert_eq!(
+            core.accept_offer(now, room(), &offer),
+            Err(OfferError::Full("this room's limit"))
+        );
+        // Another room is not affected.
+        let other = RoomCode::from_bits(0x4321);
+        assert!(core.accept_offer(now, other, &offer).is_ok());
     }
 
     #[test]

@@ -102,12 +102,28 @@ impl WebState {
     }
 }
 
+/// A small icon, so no page load logs a 404 for it.
+async fn favicon() -> Response {
+    const ICON: &str = "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'>\
+        <circle cx='8' cy='8' r='7' fill='none' stroke='#3a8' stroke-width='2'/>\
+        <circle cx='8' cy='8' r='2.5' fill='#3a8'/></svg>";
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        ICON,
+    )
+        .into_response()
+}
+
 pub fn router(state: Arc<WebState>) -> Router {
     Router::new()
         .route("/", get(downloads::index))
         .route("/dl/{name}", get(downloads::file))
         .route("/r/{code}", get(viewer_page))
         .route("/viewer.js", get(viewer_js))
+        .route("/favicon.ico", get(favicon))
         .route("/whep/{code}", post(whep::offer).options(whep::options))
         .route(
             "/whep/{code}/{session}",

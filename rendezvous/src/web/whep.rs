@@ -146,6 +146,12 @@ fn error_response(e: BridgeError) -> Response {
         BridgeError::Offer(OfferError::Internal(_)) => {
             json_error(StatusCode::BAD_REQUEST, "offer_failed", msg)
         }
+        BridgeError::Offer(OfferError::Full(_)) => {
+            let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "too_many_viewers", msg);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            r
+        }
         BridgeError::Offer(OfferError::NoCodec | OfferError::NoVideo) => {
             json_error(StatusCode::NOT_ACCEPTABLE, "no_usable_codec", msg)
         }
@@ -212,7 +218,8 @@ pub async fn options() -> Response {
             ALLOW_ORIGIN,
             (
                 header::ACCESS_CONTROL_ALLOW_METHODS,
-                "POST, DELETE, PATCH, OPTIONS",
+                // PATCH (trickle ICE) is always 405 here: not offered.
+                "POST, DELETE, OPTIONS",
             ),
             (header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type"),
             (
