@@ -53,7 +53,8 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-async fn rendezvous_cmd(a: RendezvousArgs) -> Result<(), PipelineError> {
+async fn rendezvous_cmd(mut a: RendezvousArgs) -> Result<(), PipelineError> {
+    a.web.state_dir = a.server.state_dir();
     let mut server = inclubit_rendezvous::server::Server::bind(a.server.config()).await?;
     say!("listening on {}", server.local_addr());
     let _web = match a.http {
@@ -232,7 +233,9 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
     }
     let _web = match a.web {
         Some(addr) => {
-            let web = WebService::start(addr, &a.web_opts, s.rendezvous)
+            let mut opts = a.web_opts.clone();
+            opts.state_dir = crate::rendezvous::state::default_dir("inclubit");
+            let web = WebService::start(addr, &opts, s.rendezvous)
                 .await
                 .map_err(|e| PipelineError::Other(format!("web viewer: {e}")))?;
             say!(

@@ -43,7 +43,7 @@ pub fn default_dir(app: &str) -> Option<PathBuf> {
 
 /// Writes `bytes` to `path` readable by its owner only, through a temporary file and a rename
 /// so a crash never leaves half a file.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }

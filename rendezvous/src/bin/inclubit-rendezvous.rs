@@ -35,7 +35,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.web.state_dir = cli.server.state_dir();
     let mut server = Server::bind(cli.server.config()).await?;
     let udp = server.local_addr();
     println!("rendezvous listening on udp {udp}");

@@ -34,11 +34,15 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    pub fn config(&self) -> ServerConfig {
-        let dir = self
-            .state_dir
+    /// `--state-dir`, else the default state directory of `inclubit-rendezvous`.
+    pub fn state_dir(&self) -> Option<std::path::PathBuf> {
+        self.state_dir
             .clone()
-            .or_else(|| crate::state::default_dir("inclubit-rendezvous"));
+            .or_else(|| crate::state::default_dir("inclubit-rendezvous"))
+    }
+
+    pub fn config(&self) -> ServerConfig {
+        let dir = self.state_dir();
         let ticket_key = match dir.as_deref().map(crate::state::ticket_key) {
             Some(Ok(k)) => Some(k),
             Some(Err(e)) => {

@@ -46,6 +46,9 @@ pub struct WebArgs {
     /// Extra address to announce to browsers (a server behind 1:1 NAT); repeatable.
     #[arg(long, value_name = "IP")]
     pub public_ip: Vec<IpAddr>,
+    /// Where a self-signed certificate is kept (set by the program, not a flag).
+    #[arg(skip)]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for WebArgs {
@@ -58,6 +61,7 @@ impl Default for WebArgs {
             downloads: None,
             webrtc: SocketAddr::from(([0, 0, 0, 0], 0)),
             public_ip: Vec::new(),
+            state_dir: None,
         }
     }
 }
@@ -222,7 +226,7 @@ impl WebService {
                     .map(|i| i.ip())
                     .chain(args.public_ip.iter().copied())
                     .collect();
-                Some(tls::self_signed(&ips)?)
+                Some(tls::self_signed(&ips, args.state_dir.as_deref())?)
             }
             _ => None,
         };

@@ -39,12 +39,44 @@ pub fn from_pem(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Tl
     config(certs, key)
 }
 
-/// A self-signed certificate for `localhost` and these addresses.
-pub fn self_signed(ips: &[IpAddr]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// A self-signed certificate for `localhost` and these addresses. With a state directory it is
+/// kept there and used again while it names every current address, so browsers that accepted
+/// it once do not warn again after a restart.
+pub fn self_signed(
+    ips: &[IpAddr],
+    state: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut names = vec!["localhost".to_string()];
     names.extend(ips.iter().map(|ip| ip.to_string()));
-    let ck =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let files = state.map(|d| {
+        (
+            d.join("self-signed-cert.pem"),
+            d.join("self-signed-key.pem"),
+            d.join("self-signed-names"),
+        )
+    });
+    if let Some((cert, key, kept)) = &files {
+        let covered = std::fs::read_to_string(kept)
+            .is_ok_and(|k| names.iter().all(|n| k.lines().any(|l| l == n)));
+        if covered {
+            match from_pem(cert, key) {
+                Ok(cfg) => return Ok(cfg),
+                Err(e) => tracing::warn!("{e}; making a new self-signed certificate"),
+            }
+        }
+    }
+    let ck = rcgen::generate_simple_self_signed(names.clone())
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    if let Some((cert, key, kept)) = &files {
+        let saved = crate::state::write_private(cert, ck.cert.pem().as_bytes())
+            .and_then(|_| {
+                crate::state::write_private(key, ck.signing_key.serialize_pem().as_bytes())
+            })
+            .and_then(|_| crate::state::write_private(kept, names.join("\n").as_bytes()));
+        if let Err(e) = saved {
+            tracing::warn!("{e}; browsers will warn again after a restart");
+        }
+    }
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
     config(vec![ck.cert.der().clone()], key)
 }
@@ -121,7 +153,26 @@ mod tests {
 
     #[test]
     fn self_signed_config_builds() {
-        let cfg = self_signed(&["192.0.2.1".parse().unwrap()]).unwrap();
+        let cfg = self_signed(&["192.0.2.1".parse().unwrap()], None).unwrap();
         assert_eq!(cfg.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn a_kept_self_signed_certificate_is_used_again_until_an_address_is_new() {
+        let dir = std::env::temp_dir().join(format!("inclubit-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let pem = || std::fs::read(dir.join("self-signed-cert.pem")).unwrap();
+        self_signed(&[a, b], Some(&dir)).unwrap();
+        let first = pem();
+        // A restart: the same certificate (and a subset of the addresses is still covered).
+        self_signed(&[b, a], Some(&dir)).unwrap();
+        self_signed(&[a], Some(&dir)).unwrap();
+        assert_eq!(pem(), first);
+        // A new address: a new certificate that names it.
+        self_signed(&["198.51.100.7".parse().unwrap()], Some(&dir)).unwrap();
+        assert_ne!(pem(), first);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
