@@ -230,6 +230,10 @@ pub struct ViewArgs {
     /// path end to end; counts show in the stats line.
     #[arg(long)]
     pub verify: bool,
+    /// When the sender is lost (not when it ends the stream), keep joining its code for this
+    /// many seconds: a sender restarted with `send --code` comes back on screen. 0: exit at once.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub rejoin: u64,
     #[command(flatten)]
     pub net: NetArgs,
 }

@@ -273,6 +273,7 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
 fn view_config(a: &ViewArgs, rendezvous: SocketAddr, display: Display) -> ViewConfig {
     let mut cfg = ViewConfig::new(a.code, rendezvous);
     cfg.bind = a.net.bind;
+    cfg.rejoin = (a.rejoin > 0).then(|| Duration::from_secs(a.rejoin));
     cfg.paths = a.net.path_policy();
     cfg.verify_testcard = a.verify;
     cfg.punch = a.net.punch();

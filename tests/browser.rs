@@ -406,3 +406,59 @@ async fn whep_errors_and_the_pages_states() {
     .await;
     c.close().await.unwrap();
 }
+
+/// Issue 16: a technician restarts the camera PC's sender with `--code`; the page that was open
+/// plays again without a new link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_page_plays_again_after_the_sender_restarts_with_its_code() {
+    let _one = ONE_BROWSER.lock().await;
+    let (rv, web) = standalone().await;
+    let addr = web.server.local_addr;
+    let state = std::env::temp_dir().join(format!("inclubit-page-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let send = |code: Option<&str>| {
+        let rv = rv.to_string();
+        let mut args = vec![
+            "send",
+            "--source",
+            "testcard",
+            "--size",
+            "640x320",
+            "--bind",
+            "127.0.0.1:0",
+            "--rendezvous",
+            &rv,
+        ];
+        if let Some(c) = code {
+            args.extend(["--code", c]);
+        }
+        let p = Proc::start_with_env(&args, &[("XDG_STATE_HOME", state.to_str().unwrap())]);
+        let line = p.line("code ", Duration::from_secs(20));
+        let code = line.split_whitespace().nth(1).unwrap().to_string();
+        (p, code)
+    };
+    let (mut first, code) = send(None);
+    let mut d = Driver::start();
+    let c = d.browser().await;
+    c.goto(&format!("http://{addr}/r/{code}")).await.unwrap();
+    wait_for(&c, "inclubit.frames >= 10", LONG).await;
+    // The camera PC goes down hard: no goodbye.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    wait_for(&c, "inclubit.phase === 'waiting'", LONG).await;
+    let before = c.execute("return inclubit.frames", vec![]).await.unwrap();
+    let before = before.as_u64().unwrap();
+    let (_second, again) = send(Some(&code));
+    assert_eq!(again, code);
+    wait_for(
+        &c,
+        &format!(
+            "inclubit.phase === 'playing' && inclubit.frames >= {}",
+            before + 30
+        ),
+        LONG,
+    )
+    .await;
+    c.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -169,3 +169,52 @@ fn a_restarted_sender_keeps_its_code_with_dash_dash_code() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn a_viewer_that_lost_its_sender_plays_again_when_the_sender_restarts_with_its_code() {
+    let (rv_state, send_state) = (state_dir("rv-view"), state_dir("send-view"));
+    let (_rv, addr) = rendezvous("127.0.0.1:0", &rv_state);
+    let (mut first, code) = sender(addr, &send_state, None);
+    let mut viewer = Proc::start(&[
+        "view",
+        "--rendezvous",
+        &addr.to_string(),
+        "--bind",
+        "127.0.0.1:0",
+        "--headless",
+        "--render-size",
+        "64x64",
+        "--json",
+        &code,
+    ]);
+    let frames = |p: &Proc| -> u64 {
+        let line = p.line("{", Duration::from_secs(20));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["frames"].as_u64().unwrap_or(0)
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while frames(&viewer) < 30 {
+        assert!(Instant::now() < end, "the stream did not start");
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let (_second, again) = sender(addr, &send_state, Some(&code));
+    assert_eq!(again, code);
+    let before = frames(&viewer);
+    // QUIC notices the loss after its idle timeout (10 s); then the viewer joins again.
+    let end = Instant::now() + Duration::from_secs(45);
+    loop {
+        let n = frames(&viewer);
+        if n >= before + 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < end && viewer.try_status().unwrap().is_none(),
+            "the viewer did not play again ({n} frames, {before} before): {}",
+            viewer.stderr()
+        );
+    }
+    assert!(viewer.stderr().contains("rejoining"), "{}", viewer.stderr());
+    let _ = std::fs::remove_dir_all(&rv_state);
+    let _ = std::fs::remove_dir_all(&send_state);
+}

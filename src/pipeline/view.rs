@@ -139,7 +139,13 @@ pub struct ViewConfig {
     /// Skip the router port mapping.
     pub no_upnp: bool,
     pub name: String,
+    /// After losing the sender (not a sender that ended the stream), join again for this long:
+    /// a sender restarted with its code (`send --code`) comes back.
+    pub rejoin: Option<Duration>,
 }
+
+/// Between attempts to join again.
+const REJOIN_RETRY: Duration = Duration::from_secs(1);
 
 impl ViewConfig {
     pub fn new(code: RoomCode, rendezvous: SocketAddr) -> Self {
@@ -163,6 +169,7 @@ impl ViewConfig {
             verify_testcard: false,
             no_upnp: false,
             name: "inclubit-view".into(),
+            rejoin: None,
         }
     }
 }
@@ -363,216 +370,246 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         _ => None,
     };
 
-    let sub = subscribe(SubscribeConfig {
-        code: cfg.code,
-        rendezvous: cfg.rendezvous,
-        bind: cfg.bind,
-        reorder: cfg.reorder.clone(),
-        impairment: cfg.impairment.clone(),
-        connect_timeout: cfg.connect_timeout,
-        paths: cfg.paths,
-        punch: cfg.punch.clone(),
-        no_upnp: cfg.no_upnp,
-        name: cfg.name.clone(),
-        stats: Some(stats),
-    })
-    .await;
-    let sub = match sub {
-        Ok(s) => s,
-        Err(e) => {
-            // Let the renderer go (it waits for pictures that will never come), and wait for
-            // it: exiting while it holds the GPU device crashed lavapipe (exit 139).
-            render_slot.close();
-            if let Some(t) = render_thread {
-                let _ = tokio::task::spawn_blocking(move || t.join()).await;
-            }
-            return Err(e.into());
-        }
-    };
-    let remote = sub.remote;
-    let (hello, handle, mut sub_events, sub_task) = sub.into_parts();
-    if let Ok(mut h) = slot.hello.lock() {
-        *h = Some(hello.clone());
-    }
-    if let Ok(mut m) = slot.metrics.lock() {
-        m.path = handle.path().into();
-        m.connected = m.started.map(|s| s.elapsed());
-    }
-    let emit = |e: ViewEvent| {
-        if let Some(tx) = &cfg.events {
-            let _ = tx.send(e);
-        }
-    };
-    emit(ViewEvent::Connected {
-        remote,
-        hello: hello.clone(),
-    });
-
     let decoded_count = Arc::new(AtomicU64::new(0));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
-    let (to_decoder, decoder_rx) = std::sync::mpsc::channel::<Delivered>();
-
-    // Decoder thread.
-    let decoder_thread = {
-        let events = cfg.events.clone();
-        let slot = slot.clone();
-        let render_slot = render_slot.clone();
-        let max = cfg.max_frames;
-        let count = decoded_count.clone();
-        let display = cfg.display.clone();
-        let late_after = cfg.late_after;
-        let verify = cfg.verify_testcard;
-        let late = late_drops.clone();
-        let handle = handle.clone();
-        std::thread::Builder::new()
-            .name("decode".into())
-            .spawn(move || -> Result<(), PipelineError> {
-                let mut dec = Decoder::new()?;
-                let mut skipping = false;
-                while let Ok(item) = decoder_rx.recv() {
-                    // Live beats complete: when decoding falls behind (a slow CPU), skip to
-                    // the next keyframe instead of letting latency grow.
-                    let age =
-                        Duration::from_micros(clock::now_us().saturating_sub(item.capture_us));
-                    if !item.keyframe && (skipping || age > late_after) {
-                        if !skipping {
-                            tracing::debug!(
-                                seq = item.seq,
-                                ?age,
-                                "decoder behind; skipping to a keyframe"
-                            );
-                            handle.decode_error();
-                        }
-                        skipping = true;
-                        late.fetch_add(1, Ordering::Relaxed);
-                        if let Some(tx) = &events {
-                            let _ = tx.send(ViewEvent::Dropped { seq: item.seq });
-                        }
-                        continue;
-                    }
-                    skipping = false;
-                    let started = Instant::now();
-                    match dec.decode(&item.data) {
-                        Ok(Some(pic)) => {
-                            let decode_us = started.elapsed().as_micros() as u64;
-                            let decoded_us = clock::now_us();
-                            let pic = Arc::new(pic);
-                            let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-                            let check = verify.then(|| {
-                                crate::capture::testcard::read_barcode(&pic)
-                                    == Some(item.seq as u32 & 0xFF_FFFF)
-                            });
-                            if let Ok(mut m) = slot.metrics.lock() {
-                                m.frames = n;
-                                if n == 1 {
-                                    m.first_frame = m.started.map(|s| s.elapsed());
-                                }
-                                if let Some(ok) = check {
-                                    let (good, bad) = m.verify.unwrap_or((0, 0));
-                                    m.verify =
-                                        Some(if ok { (good + 1, bad) } else { (good, bad + 1) });
-                                }
-                                m.shown.record(Instant::now(), 0);
-                                m.last_picture = Some((Instant::now(), item.capture_us));
-                                if matches!(display, Display::None) {
-                                    m.latency_us
-                                        .record(decoded_us.saturating_sub(item.capture_us));
-                                }
-                            }
-                            if let Some(tx) = &events {
-                                let _ = tx.send(ViewEvent::Decoded {
-                                    seq: item.seq,
-                                    keyframe: item.keyframe,
-                                    picture: pic.clone(),
-                                    capture_us: item.capture_us,
-                                    received_us: item.received_us,
-                                    decoded_us,
-                                    decode_us,
-                                });
-                            }
-                            let latest = Latest {
-                                seq: item.seq,
-                                capture_us: item.capture_us,
-                                picture: pic,
-                            };
-                            match display {
-                                Display::Window(_) => slot.put(latest),
-                                Display::Headless { .. } => render_slot.put(latest),
-                                Display::None => {}
-                            }
-                            if max.is_some_and(|m| n >= m) {
-                                let _ = done_tx.send(());
-                                break;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::debug!(seq = item.seq, "decode error: {e}");
-                            handle.decode_error();
-                        }
-                    }
+    let mut rejoin_until: Option<Instant> = None;
+    let end = loop {
+        let sub = subscribe(SubscribeConfig {
+            code: cfg.code,
+            rendezvous: cfg.rendezvous,
+            bind: cfg.bind,
+            reorder: cfg.reorder.clone(),
+            impairment: cfg.impairment.clone(),
+            connect_timeout: cfg.connect_timeout,
+            paths: cfg.paths,
+            punch: cfg.punch.clone(),
+            no_upnp: cfg.no_upnp,
+            name: cfg.name.clone(),
+            stats: Some(stats.clone()),
+        })
+        .await;
+        let sub = match sub {
+            Ok(s) => s,
+            // Rejoining after a lost sender: it may still be restarting (no room yet, no path).
+            Err(e)
+                if rejoin_until.is_some_and(|t| Instant::now() < t)
+                    && !slot.closed.load(Ordering::Relaxed) =>
+            {
+                tracing::debug!("rejoining {}: {e}", cfg.code);
+                tokio::select! {
+                    _ = tokio::time::sleep(REJOIN_RETRY) => {}
+                    _ = slot.closed() => {}
                 }
+                continue;
+            }
+            Err(e) => {
+                // Let the renderer go (it waits for pictures that will never come), and wait for
+                // it: exiting while it holds the GPU device crashed lavapipe (exit 139).
                 render_slot.close();
-                Ok(())
-            })
-            .map_err(|e| PipelineError::Other(e.to_string()))?
-    };
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            ev = sub_events.recv() => {
-                let Some(ev) = ev else { break };
-                match ev {
-                    SubEvent::Frame(f) => {
-                        let _ = to_decoder.send(f);
-                    }
-                    SubEvent::Received { bytes } => {
-                        if let Ok(mut m) = slot.metrics.lock() {
-                            m.received.record(Instant::now(), bytes);
+                if let Some(t) = render_thread {
+                    let _ = tokio::task::spawn_blocking(move || t.join()).await;
+                }
+                return Err(e.into());
+            }
+        };
+        let remote = sub.remote;
+        let (hello, handle, mut sub_events, sub_task) = sub.into_parts();
+        if let Ok(mut h) = slot.hello.lock() {
+            *h = Some(hello.clone());
+        }
+        if let Ok(mut m) = slot.metrics.lock() {
+            m.path = handle.path().into();
+            m.connected = m.started.map(|s| s.elapsed());
+        }
+        let emit = |e: ViewEvent| {
+            if let Some(tx) = &cfg.events {
+                let _ = tx.send(e);
+            }
+        };
+        emit(ViewEvent::Connected {
+            remote,
+            hello: hello.clone(),
+        });
+
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+        let (to_decoder, decoder_rx) = std::sync::mpsc::channel::<Delivered>();
+
+        // Decoder thread.
+        let decoder_thread = {
+            let events = cfg.events.clone();
+            let slot = slot.clone();
+            let render_slot = render_slot.clone();
+            let max = cfg.max_frames;
+            let count = decoded_count.clone();
+            let display = cfg.display.clone();
+            let late_after = cfg.late_after;
+            let verify = cfg.verify_testcard;
+            let late = late_drops.clone();
+            let handle = handle.clone();
+            std::thread::Builder::new()
+                .name("decode".into())
+                .spawn(move || -> Result<(), PipelineError> {
+                    let mut dec = Decoder::new()?;
+                    let mut skipping = false;
+                    while let Ok(item) = decoder_rx.recv() {
+                        // Live beats complete: when decoding falls behind (a slow CPU), skip to
+                        // the next keyframe instead of letting latency grow.
+                        let age =
+                            Duration::from_micros(clock::now_us().saturating_sub(item.capture_us));
+                        if !item.keyframe && (skipping || age > late_after) {
+                            if !skipping {
+                                tracing::debug!(
+                                    seq = item.seq,
+                                    ?age,
+                                    "decoder behind; skipping to a keyframe"
+                                );
+                                handle.decode_error();
+                            }
+                            skipping = true;
+                            late.fetch_add(1, Ordering::Relaxed);
+                            if let Some(tx) = &events {
+                                let _ = tx.send(ViewEvent::Dropped { seq: item.seq });
+                            }
+                            continue;
                         }
-                    }
-                    SubEvent::KeyframeRequested => emit(ViewEvent::KeyframeRequested),
-                    SubEvent::Dropped { seq } => {
-                        // Frames before the first keyframe of a mid-stream join are not losses.
-                        if decoded_count.load(Ordering::Relaxed) > 0 {
-                            dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        emit(ViewEvent::Dropped { seq });
-                    }
-                    SubEvent::Path { path, event, at } => {
-                        if let Ok(mut m) = slot.metrics.lock() {
-                            m.path = path.into();
-                            if matches!(event, PunchEvent::Direct { .. }) && m.direct.is_none() {
-                                m.direct = m.started.map(|s| at.duration_since(s));
+                        skipping = false;
+                        let started = Instant::now();
+                        match dec.decode(&item.data) {
+                            Ok(Some(pic)) => {
+                                let decode_us = started.elapsed().as_micros() as u64;
+                                let decoded_us = clock::now_us();
+                                let pic = Arc::new(pic);
+                                let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                                let check = verify.then(|| {
+                                    crate::capture::testcard::read_barcode(&pic)
+                                        == Some(item.seq as u32 & 0xFF_FFFF)
+                                });
+                                if let Ok(mut m) = slot.metrics.lock() {
+                                    m.frames = n;
+                                    if n == 1 {
+                                        m.first_frame = m.started.map(|s| s.elapsed());
+                                    }
+                                    if let Some(ok) = check {
+                                        let (good, bad) = m.verify.unwrap_or((0, 0));
+                                        m.verify = Some(if ok {
+                                            (good + 1, bad)
+                                        } else {
+                                            (good, bad + 1)
+                                        });
+                                    }
+                                    m.shown.record(Instant::now(), 0);
+                                    m.last_picture = Some((Instant::now(), item.capture_us));
+                                    if matches!(display, Display::None) {
+                                        m.latency_us
+                                            .record(decoded_us.saturating_sub(item.capture_us));
+                                    }
+                                }
+                                if let Some(tx) = &events {
+                                    let _ = tx.send(ViewEvent::Decoded {
+                                        seq: item.seq,
+                                        keyframe: item.keyframe,
+                                        picture: pic.clone(),
+                                        capture_us: item.capture_us,
+                                        received_us: item.received_us,
+                                        decoded_us,
+                                        decode_us,
+                                    });
+                                }
+                                let latest = Latest {
+                                    seq: item.seq,
+                                    capture_us: item.capture_us,
+                                    picture: pic,
+                                };
+                                match display {
+                                    Display::Window(_) => slot.put(latest),
+                                    Display::Headless { .. } => render_slot.put(latest),
+                                    Display::None => {}
+                                }
+                                if max.is_some_and(|m| n >= m) {
+                                    let _ = done_tx.send(());
+                                    break;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::debug!(seq = item.seq, "decode error: {e}");
+                                handle.decode_error();
                             }
                         }
-                        if matches!(event, PunchEvent::Direct { .. } | PunchEvent::Lost { .. }) {
-                            emit(ViewEvent::Path { path });
+                    }
+                    Ok(())
+                })
+                .map_err(|e| PipelineError::Other(e.to_string()))?
+        };
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                ev = sub_events.recv() => {
+                    let Some(ev) = ev else { break };
+                    match ev {
+                        SubEvent::Frame(f) => {
+                            let _ = to_decoder.send(f);
+                        }
+                        SubEvent::Received { bytes } => {
+                            if let Ok(mut m) = slot.metrics.lock() {
+                                m.received.record(Instant::now(), bytes);
+                            }
+                        }
+                        SubEvent::KeyframeRequested => emit(ViewEvent::KeyframeRequested),
+                        SubEvent::Dropped { seq } => {
+                            // Frames before the first keyframe of a mid-stream join are not losses.
+                            if decoded_count.load(Ordering::Relaxed) > 0 {
+                                dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                            emit(ViewEvent::Dropped { seq });
+                        }
+                        SubEvent::Path { path, event, at } => {
+                            if let Ok(mut m) = slot.metrics.lock() {
+                                m.path = path.into();
+                                if matches!(event, PunchEvent::Direct { .. }) && m.direct.is_none() {
+                                    m.direct = m.started.map(|s| at.duration_since(s));
+                                }
+                            }
+                            if matches!(event, PunchEvent::Direct { .. } | PunchEvent::Lost { .. }) {
+                                emit(ViewEvent::Path { path });
+                            }
                         }
                     }
                 }
-            }
-            _ = done_rx.recv(), if !stopping => {
-                stopping = true;
-                handle.stop();
-            }
-            _ = slot.closed(), if !stopping => {
-                stopping = true;
-                handle.stop();
+                _ = done_rx.recv(), if !stopping => {
+                    stopping = true;
+                    handle.stop();
+                }
+                _ = slot.closed(), if !stopping => {
+                    stopping = true;
+                    handle.stop();
+                }
             }
         }
-    }
-    let end = Subscription::finished(sub_task).await;
-    drop(to_decoder);
+        let end = Subscription::finished(sub_task).await;
+        drop(to_decoder);
+        let dec = tokio::task::spawn_blocking(move || decoder_thread.join())
+            .await
+            .map_err(|e| PipelineError::Other(e.to_string()))?;
+        match dec {
+            Ok(r) => r?,
+            Err(_) => return Err(PipelineError::Other("decoder thread panicked".into())),
+        }
+        match (&end.lost, cfg.rejoin) {
+            // Lost, not ended: the sender may be restarting (same code, `send --code`). Keep the
+            // last picture up and join again.
+            (Some(e), Some(window)) if !stopping => {
+                tracing::warn!(
+                    "lost the sender ({e}); rejoining {} for up to {window:?}",
+                    cfg.code
+                );
+                rejoin_until = Some(Instant::now() + window);
+                continue;
+            }
+            _ => break end,
+        }
+    };
     let frames = decoded_count.load(Ordering::Relaxed);
     let dropped = dropped.load(Ordering::Relaxed) + late_drops.load(Ordering::Relaxed);
-    let dec = tokio::task::spawn_blocking(move || decoder_thread.join())
-        .await
-        .map_err(|e| PipelineError::Other(e.to_string()))?;
-    match dec {
-        Ok(r) => r?,
-        Err(_) => return Err(PipelineError::Other("decoder thread panicked".into())),
-    }
     render_slot.close();
     if let Some(t) = render_thread {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
