@@ -223,6 +223,7 @@ fn main() {
             hosts: vec![],
             fingerprint: [0; 32],
             claim: None,
+            direct_only: false,
         }
         .encode(),
     )

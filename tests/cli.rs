@@ -242,7 +242,20 @@ fn no_gpu_is_a_clear_error() {
 #[test]
 fn viewer_exits_cleanly_when_sender_stops() {
     let (send, code, rv) = sender(None);
-    let v = view(&rv, &code, "100000");
+    // Without --rejoin 0 it would keep joining the code for a minute (tests/restart.rs).
+    let v = Proc::start(&[
+        "view",
+        "--rendezvous",
+        &rv,
+        "--bind",
+        "127.0.0.1:0",
+        "--headless",
+        "--render-size",
+        "64x64",
+        "--rejoin",
+        "0",
+        &code,
+    ]);
     v.line("view ", Duration::from_secs(15));
     drop(send);
     // The sender was killed without a goodbye: the viewer notices within the idle timeout.

@@ -155,6 +155,13 @@ async fn sender_forcing_direct_refuses_relayed_viewers() {
     cfg.connect_timeout = Duration::from_secs(2);
     let err = view::run(cfg, FrameSlot::default()).await.unwrap_err();
     assert_eq!(err.exit_code(), inclubit::pipeline::exit::NETWORK, "{err}");
+    // The viewer says why: the sender's --force-direct, with the NAT types seen.
+    let msg = err.to_string();
+    assert!(
+        msg.contains("the sender accepts direct paths only (it runs with --force-direct)"),
+        "{msg}"
+    );
+    assert!(msg.contains("NAT types seen"), "{msg}");
     send.stop().await.unwrap();
 }
 

@@ -42,6 +42,8 @@ pub enum Role {
         fingerprint: Fingerprint,
         /// Re-open this code (a restarted sender keeping its link).
         claim: Option<Claim>,
+        /// Refuses the relay (`--force-direct`): told to viewers.
+        direct_only: bool,
     },
     Viewer {
         code: RoomCode,
@@ -71,6 +73,8 @@ pub enum ClientEvent {
         relay: u64,
         /// Authenticates punch datagrams with the sender.
         secret: u64,
+        /// The sender refuses the relay (`--force-direct`).
+        sender_direct_only: bool,
     },
     /// The sender's current viewers.
     Viewers(Vec<ViewerInfo>),
@@ -171,11 +175,13 @@ impl SignalClient {
                 hosts,
                 fingerprint,
                 claim,
+                direct_only,
             } => ClientMsg::Open {
                 txn: self.txn,
                 hosts: hosts.clone(),
                 fingerprint: *fingerprint,
                 claim: *claim,
+                direct_only: *direct_only,
             },
             Role::Viewer { code, hosts } => ClientMsg::Join {
                 txn: self.txn,
@@ -288,12 +294,14 @@ impl SignalClient {
                     fingerprint,
                     relay,
                     secret,
+                    sender_direct_only,
                 },
             ) if txn == self.txn => {
                 self.become_member(now, code, member, token);
                 self.events.push_back(ClientEvent::Joined {
                     relay,
                     secret,
+                    sender_direct_only,
                     code,
                     member,
                     reflexive,
@@ -500,6 +508,7 @@ mod tests {
                 hosts: vec![],
                 fingerprint: [1; 32],
                 claim: None,
+                direct_only: false,
             },
             77,
             ClientConfig::default(),

@@ -43,6 +43,7 @@ fn only_members_relay_to_each_other() {
                 hosts: vec![],
                 fingerprint: [0; 32],
                 claim: None,
+                direct_only: false,
             }
             .encode(),
         )

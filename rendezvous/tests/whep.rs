@@ -54,6 +54,7 @@ async fn a_sender_that_never_answers_is_503_with_retry_after() {
             hosts: vec![ep.local_addr],
             fingerprint: [7; 32],
             claim: None,
+            direct_only: false,
         },
         None,
     );

@@ -207,6 +207,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
             hosts: hosts.clone(),
             fingerprint: identity.fingerprint(),
             claim: cfg.claim,
+            direct_only: cfg.paths == PathPolicy::DirectOnly,
         },
         Some(peer_sink),
     );

@@ -62,6 +62,22 @@ pub enum NetError {
         ours: &'static str,
         theirs: &'static str,
     },
+    /// The sender runs with `--force-direct` and refused us over the relay.
+    #[error(
+        "the sender accepts direct paths only (it runs with --force-direct) and none worked: \
+         tried {candidates:?}; NAT types seen: this side {ours}, the sender {theirs}"
+    )]
+    SenderDirectOnly {
+        candidates: Vec<SocketAddr>,
+        ours: &'static str,
+        theirs: &'static str,
+    },
+    /// The sender refused the connection on the path it came by (its `--force-relay` or
+    /// `--force-direct`).
+    #[error(
+        "the sender refused the connection on this path (it forces the relay or a direct path)"
+    )]
+    SenderRefused,
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error(transparent)]

@@ -220,18 +220,27 @@ pub async fn subscribe(cfg: SubscribeConfig) -> Result<Subscription, SessionErro
         Some(peer_sink),
     );
     let own_hosts = hosts.clone();
-    let (candidates, fingerprint, relay, secret, reflexive) = match signal_events.recv().await {
-        Some(ClientEvent::Joined {
-            sender,
-            fingerprint,
-            relay,
-            secret,
-            reflexive,
-            ..
-        }) => (sender, fingerprint, relay, secret, reflexive),
-        Some(ClientEvent::Refused(kind)) => return Err(NetError::Refused(kind).into()),
-        _ => return Err(NetError::Unreachable(cfg.rendezvous).into()),
-    };
+    let (candidates, fingerprint, relay, secret, reflexive, sender_direct_only) =
+        match signal_events.recv().await {
+            Some(ClientEvent::Joined {
+                sender,
+                fingerprint,
+                relay,
+                secret,
+                reflexive,
+                sender_direct_only,
+                ..
+            }) => (
+                sender,
+                fingerprint,
+                relay,
+                secret,
+                reflexive,
+                sender_direct_only,
+            ),
+            Some(ClientEvent::Refused(kind)) => return Err(NetError::Refused(kind).into()),
+            _ => return Err(NetError::Unreachable(cfg.rendezvous).into()),
+        };
     // One address for the sender whatever the path: the socket carries it through the relay
     // until punching finds a direct path, then straight (see peer::paths).
     let sender_addr = match cfg.paths {
@@ -265,20 +274,25 @@ pub async fn subscribe(cfg: SubscribeConfig) -> Result<Subscription, SessionErro
     )
     .await
     {
-        Err(SessionError::Net(NetError::NoPath(_))) => {
-            return Err(match cfg.paths {
-                PathPolicy::DirectOnly => {
-                    // The rendezvous lists the sender's host addresses, then the one it saw.
-                    let theirs = match candidates.split_last() {
-                        Some((seen, hosts)) => super::describe_nat(hosts, *seen),
-                        None => "unknown",
-                    };
-                    NetError::NoDirectPath {
-                        ours: super::describe_nat(&own_hosts, reflexive),
-                        theirs,
-                        candidates,
-                    }
-                }
+        Err(SessionError::Net(e @ (NetError::NoPath(_) | NetError::SenderRefused))) => {
+            // The rendezvous lists the sender's host addresses, then the one it saw.
+            let theirs = match candidates.split_last() {
+                Some((seen, hosts)) => super::describe_nat(hosts, *seen),
+                None => "unknown",
+            };
+            let ours = super::describe_nat(&own_hosts, reflexive);
+            return Err(match (cfg.paths, e) {
+                (PathPolicy::DirectOnly, _) => NetError::NoDirectPath {
+                    ours,
+                    theirs,
+                    candidates,
+                },
+                _ if sender_direct_only => NetError::SenderDirectOnly {
+                    ours,
+                    theirs,
+                    candidates,
+                },
+                (_, e @ NetError::SenderRefused) => e,
                 _ => NetError::NoPath(candidates),
             }
             .into());
@@ -556,17 +570,25 @@ async fn connect(
     timeout: Duration,
 ) -> Result<quinn::Connection, SessionError> {
     let attempt = async {
-        endpoint
-            .connect_with(cfg, addr, SERVER_NAME)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())
+        match endpoint.connect_with(cfg, addr, SERVER_NAME) {
+            Ok(connecting) => connecting.await.map_err(Ok),
+            Err(e) => Err(Err(e.to_string())),
+        }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(conn)) => Ok(conn),
-        // A certificate that does not match the one announced: say so, it is not a path issue.
-        Ok(Err(e)) if e.contains("certificate") => Err(SessionError::Connection(e)),
+        // A sender with --force-direct refuses what comes through the relay.
+        Ok(Err(Ok(quinn::ConnectionError::ConnectionClosed(c))))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            Err(NetError::SenderRefused.into())
+        }
         Ok(Err(e)) => {
+            let e = e.map_or_else(|s| s, |c| c.to_string());
+            // A certificate that does not match the one announced: not a path issue.
+            if e.contains("certificate") {
+                return Err(SessionError::Connection(e));
+            }
             tracing::debug!("connect failed: {e}");
             Err(NetError::NoPath(vec![addr]).into())
         }

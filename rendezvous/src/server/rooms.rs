@@ -168,6 +168,8 @@ struct Room {
     created: Instant,
     sender: Member,
     fingerprint: Fingerprint,
+    /// The sender refuses the relay.
+    direct_only: bool,
     viewers: BTreeMap<MemberId, Member>,
     next_viewer: MemberId,
 }
@@ -353,7 +355,8 @@ impl Rooms {
                 hosts,
                 fingerprint,
                 claim,
-            } => self.open(now, from, txn, hosts, fingerprint, claim),
+                direct_only,
+            } => self.open(now, from, txn, hosts, (fingerprint, direct_only), claim),
             ClientMsg::Join { txn, code, hosts } => self.join(now, from, txn, code, hosts),
             ClientMsg::Keepalive {
                 code,
@@ -396,7 +399,7 @@ impl Rooms {
         from: SocketAddr,
         txn: u64,
         hosts: Vec<SocketAddr>,
-        fingerprint: Fingerprint,
+        (fingerprint, direct_only): (Fingerprint, bool),
         claim: Option<Claim>,
     ) {
         let code = match self.opens.get(&(from, txn)) {
@@ -440,6 +443,7 @@ impl Rooms {
                             secret: 0,
                         },
                         fingerprint,
+                        direct_only,
                         viewers: BTreeMap::new(),
                         next_viewer: 1,
                     },
@@ -588,6 +592,7 @@ impl Rooms {
             fingerprint: room.fingerprint,
             relay: room.viewers[&member].relay,
             secret: room.viewers[&member].secret,
+            sender_direct_only: room.direct_only,
         };
         self.send(from, msg);
     }
@@ -829,6 +834,7 @@ mod tests {
                     hosts: vec![addr("192.0.2.10:5000")],
                     fingerprint: FP,
                     claim: None,
+                    direct_only: false,
                 },
             );
             match &out[..] {

@@ -67,6 +67,9 @@ pub enum ClientMsg {
         hosts: Vec<SocketAddr>,
         fingerprint: Fingerprint,
         claim: Option<Claim>,
+        /// The sender refuses the relay (`--force-direct`); viewers are told, so they can say why
+        /// they could not connect.
+        direct_only: bool,
     },
     /// A viewer joins a room by code.
     Join {
@@ -177,6 +180,8 @@ pub enum ServerMsg {
         relay: u64,
         /// Authenticates punch datagrams between this viewer and the sender.
         secret: u64,
+        /// The sender refuses the relay (`--force-direct`).
+        sender_direct_only: bool,
     },
     /// Answer to a keepalive, and pushed to the sender when a viewer joins.
     Viewers {
@@ -272,6 +277,14 @@ fn relay_payload(r: &mut Reader, rest: usize) -> Result<Vec<u8>, WireError> {
     Ok(r.bytes(rest)?.to_vec())
 }
 
+fn flag(r: &mut Reader) -> Result<bool, WireError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(WireError::Invalid("flag")),
+    }
+}
+
 fn code(r: &mut Reader) -> Result<RoomCode, WireError> {
     let bits = r.u32()?;
     if bits >> crate::code::CODE_BITS != 0 {
@@ -289,6 +302,7 @@ impl ClientMsg {
                 hosts,
                 fingerprint,
                 claim,
+                direct_only,
             } => {
                 header(&mut w, T_OPEN);
                 w.u64(*txn);
@@ -299,6 +313,7 @@ impl ClientMsg {
                     w.u32(c.code.bits());
                     w.bytes(&c.ticket);
                 }
+                w.u8(*direct_only as u8);
             }
             Self::Join { txn, code, hosts } => {
                 header(&mut w, T_JOIN);
@@ -351,6 +366,7 @@ impl ClientMsg {
                     }),
                     _ => return Err(WireError::Invalid("claim flag")),
                 },
+                direct_only: flag(&mut r)?,
             },
             T_JOIN => Self::Join {
                 txn: r.u64()?,
@@ -413,6 +429,7 @@ impl ServerMsg {
                 fingerprint,
                 relay,
                 secret,
+                sender_direct_only,
             } => {
                 header(&mut w, T_JOINED);
                 w.u64(*txn);
@@ -424,6 +441,7 @@ impl ServerMsg {
                 w.bytes(fingerprint);
                 w.u64(*relay);
                 w.u64(*secret);
+                w.u8(*sender_direct_only as u8);
             }
             Self::Viewers { code, viewers } => {
                 header(&mut w, T_VIEWERS);
@@ -492,6 +510,7 @@ impl ServerMsg {
                 fingerprint: r.array()?,
                 relay: r.u64()?,
                 secret: r.u64()?,
+                sender_direct_only: flag(&mut r)?,
             },
             T_VIEWERS => {
                 let code = code(&mut r)?;
@@ -644,13 +663,17 @@ mod tests {
                 any::<u64>(),
                 addrs(),
                 any::<[u8; 32]>(),
-                proptest::option::of((room(), any::<[u8; 16]>()))
+                proptest::option::of((room(), any::<[u8; 16]>())),
+                any::<bool>()
             )
-                .prop_map(|(txn, hosts, fingerprint, claim)| ClientMsg::Open {
-                    txn,
-                    hosts,
-                    fingerprint,
-                    claim: claim.map(|(code, ticket)| Claim { code, ticket }),
+                .prop_map(|(txn, hosts, fingerprint, claim, direct_only)| {
+                    ClientMsg::Open {
+                        txn,
+                        hosts,
+                        fingerprint,
+                        claim: claim.map(|(code, ticket)| Claim { code, ticket }),
+                        direct_only,
+                    }
                 }),
             (any::<u64>(), room(), addrs()).prop_map(|(txn, code, hosts)| ClientMsg::Join {
                 txn,
@@ -732,6 +755,7 @@ mod tests {
                             fingerprint,
                             relay: txn ^ token,
                             secret: txn.wrapping_add(token),
+                            sender_direct_only: token % 2 == 0,
                         }
                     }
                 ),
