@@ -122,7 +122,7 @@ case "${1:-}" in
     echo "==> cargo clippy -D warnings"
     cargo clippy --workspace --all-targets -- -D warnings
     echo "==> tests"
-    cargo test --workspace --all-targets
+    cargo test --workspace --all-targets --no-fail-fast
     ;;
   "") ;;
   *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;

@@ -416,27 +416,8 @@ async fn an_open_page_plays_again_after_the_sender_restarts_with_its_code() {
     let addr = web.server.local_addr;
     let state = std::env::temp_dir().join(format!("inclubit-page-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
-    let send = |code: Option<&str>| {
-        let rv = rv.to_string();
-        let mut args = vec![
-            "send",
-            "--source",
-            "testcard",
-            "--size",
-            "640x320",
-            "--bind",
-            "127.0.0.1:0",
-            "--rendezvous",
-            &rv,
-        ];
-        if let Some(c) = code {
-            args.extend(["--code", c]);
-        }
-        let p = Proc::start_with_env(&args, &[("XDG_STATE_HOME", state.to_str().unwrap())]);
-        let line = p.line("code ", Duration::from_secs(20));
-        let code = line.split_whitespace().nth(1).unwrap().to_string();
-        (p, code)
-    };
+    let rv = rv.to_string();
+    let send = |code| common::process::sender_with_state(&rv, &state, code);
     let (mut first, code) = send(None);
     let mut d = Driver::start();
     let c = d.browser().await;

@@ -29,25 +29,7 @@ fn rendezvous(listen: &str, state: &Path) -> (Proc, SocketAddr) {
 }
 
 fn sender(rv: SocketAddr, state: &Path, code: Option<&str>) -> (Proc, String) {
-    let rv = rv.to_string();
-    let mut args = vec![
-        "send",
-        "--source",
-        "testcard",
-        "--size",
-        "640x320",
-        "--bind",
-        "127.0.0.1:0",
-        "--rendezvous",
-        &rv,
-    ];
-    if let Some(c) = code {
-        args.extend(["--code", c]);
-    }
-    let p = Proc::start_with_env(&args, &[("XDG_STATE_HOME", state.to_str().unwrap())]);
-    let line = p.line("code ", Duration::from_secs(10));
-    let code = line.split_whitespace().nth(1).unwrap().to_string();
-    (p, code)
+    common::process::sender_with_state(&rv.to_string(), state, code)
 }
 
 /// Runs a headless viewer for 30 frames: its exit code and stderr.

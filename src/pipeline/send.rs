@@ -123,6 +123,15 @@ impl Shared {
     fn request_keyframe(&self) {
         self.want_keyframe.store(true, Ordering::Relaxed);
     }
+
+    /// A viewer is connected from this (virtual) address.
+    fn is_connected(&self, addr: SocketAddr) -> bool {
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        self.viewers.lock().is_ok_and(|v| {
+            v.iter()
+                .any(|s| canonical(s.conn.remote_address()) == canonical(addr))
+        })
+    }
 }
 
 /// A running sender.
@@ -286,33 +295,49 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     }
     // Punch towards every viewer the rendezvous tells us about; stop for those who left.
     let punch = cfg.paths != PathPolicy::RelayOnly;
-    let peers_task = tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
-            match ev {
-                ClientEvent::Viewers(list) => {
-                    if punch {
-                        for v in &list {
-                            paths.add_peer(v.relay, v.secret, &v.candidates);
+    let peers_task = {
+        let (shared, socket) = (shared.clone(), media_socket.clone());
+        tokio::spawn(async move {
+            // Viewers from before the room was re-opened (the rendezvous restarted) are not in
+            // the new room's lists, but their streams go on: their paths stay while they are
+            // connected.
+            let mut listed: Vec<u64> = Vec::new();
+            let mut carried: Vec<u64> = Vec::new();
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    ClientEvent::Viewers(list) => {
+                        if punch {
+                            for v in &list {
+                                paths.add_peer(v.relay, v.secret, &v.candidates);
+                            }
+                        }
+                        listed = list.iter().map(|v| v.relay).collect();
+                        carried.retain(|r| shared.is_connected(socket.relay_peer(*r)));
+                        paths.retain(&[&listed[..], &carried[..]].concat());
+                    }
+                    ClientEvent::Lost => tracing::warn!("rendezvous not answering; streams go on"),
+                    ClientEvent::Restored => tracing::info!("rendezvous answering again"),
+                    ClientEvent::RoomGone => {
+                        tracing::warn!(
+                            "the rendezvous forgot this room (restarted?); re-opening it"
+                        )
+                    }
+                    ClientEvent::Opened { code: again, .. } => {
+                        carried.append(&mut listed);
+                        if again == code {
+                            tracing::info!(%code, "room re-opened at the rendezvous; viewers can join again")
+                        } else {
+                            tracing::warn!(
+                                "the rendezvous no longer knows this room's ticket: new code \
+                                 {again}; viewers need the new code"
+                            )
                         }
                     }
-                    paths.retain(&list.iter().map(|v| v.relay).collect::<Vec<_>>());
+                    _ => {}
                 }
-                ClientEvent::Lost => tracing::warn!("rendezvous not answering; streams go on"),
-                ClientEvent::Restored => tracing::info!("rendezvous answering again"),
-                ClientEvent::RoomGone => {
-                    tracing::warn!("the rendezvous forgot this room (restarted?); re-opening it")
-                }
-                ClientEvent::Opened { code: again, .. } if again == code => {
-                    tracing::info!(%code, "room re-opened at the rendezvous; viewers can join again")
-                }
-                ClientEvent::Opened { code: other, .. } => tracing::warn!(
-                    "the rendezvous no longer knows this room's ticket: new code {other}; \
-                     viewers need the new code"
-                ),
-                _ => {}
             }
-        }
-    });
+        })
+    };
     let mut tasks = vec![
         peers_task,
         tokio::spawn(accept_loop(

@@ -143,3 +143,31 @@ pub fn output_headless(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A 640×320 test-card sender on loopback against `rendezvous`, keeping its room tickets in
+/// `state` (its XDG_STATE_HOME) and, with `code`, asking for that code back: (process, code).
+pub fn sender_with_state(
+    rendezvous: &str,
+    state: &std::path::Path,
+    code: Option<&str>,
+) -> (Proc, String) {
+    let mut args = vec![
+        "send",
+        "--source",
+        "testcard",
+        "--size",
+        "640x320",
+        "--bind",
+        "127.0.0.1:0",
+        "--rendezvous",
+        rendezvous,
+    ];
+    if let Some(c) = code {
+        args.extend(["--code", c]);
+    }
+    let state = state.to_str().expect("a UTF-8 temp path");
+    let p = Proc::start_with_env(&args, &[("XDG_STATE_HOME", state)]);
+    let line = p.line("code ", Duration::from_secs(20));
+    let code = line.split_whitespace().nth(1).expect("a code").to_string();
+    (p, code)
+}
