@@ -397,6 +397,12 @@ async fn whep_errors_and_the_pages_states() {
     assert_eq!(status.matches("room").count(), 1, "said once: {status}");
     c.goto(&format!("http://{addr}/r/{code}")).await.unwrap();
     wait_for(&c, "inclubit.frames >= 10", LONG).await;
+    // "Playing" began with a picture of the stream, not Chromium's tiny placeholder.
+    let first = c
+        .execute("return inclubit.firstSize", vec![])
+        .await
+        .unwrap();
+    assert_eq!(first, json!([640, 320]));
     sender.stop().await.unwrap();
     wait_for(
         &c,
@@ -431,6 +437,72 @@ async fn an_open_page_plays_again_after_the_sender_restarts_with_its_code() {
     let before = before.as_u64().unwrap();
     let (_second, again) = send(Some(&code));
     assert_eq!(again, code);
+    wait_for(
+        &c,
+        &format!(
+            "inclubit.phase === 'playing' && inclubit.frames >= {}",
+            before + 30
+        ),
+        LONG,
+    )
+    .await;
+    c.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The same with the page served by the sender itself (`send --web`): the restarted sender
+/// serves the page's next offer on the same address, from the same code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_page_plays_again_after_a_send_web_sender_restarts_with_its_code() {
+    let _one = ONE_BROWSER.lock().await;
+    let web = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let state = std::env::temp_dir().join(format!("inclubit-web-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let start = |code: Option<&str>| {
+        let mut args = vec![
+            "send",
+            "--source",
+            "testcard",
+            "--size",
+            "640x320",
+            "--web",
+            &web,
+            "--rendezvous-port",
+            "0",
+            "--bind",
+            "127.0.0.1:0",
+            "--webrtc",
+            "127.0.0.1:0",
+            "--no-upnp",
+        ];
+        if let Some(c) = code {
+            args.extend(["--code", c]);
+        }
+        let p = Proc::start_with_env(&args, &[("XDG_STATE_HOME", state.to_str().unwrap())]);
+        let code = p.line("code ", Duration::from_secs(30));
+        let code = code.split_whitespace().nth(1).unwrap().to_string();
+        let url = p.line("browser", Duration::from_secs(30));
+        let url = url.split_whitespace().last().unwrap().to_string();
+        (p, code, url)
+    };
+    let (mut first, code, url) = start(None);
+    let mut d = Driver::start();
+    let c = d.browser().await;
+    c.goto(&url).await.unwrap();
+    wait_for(&c, "inclubit.frames >= 10", LONG).await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    wait_for(&c, "inclubit.phase !== 'playing'", LONG).await;
+    let before = c.execute("return inclubit.frames", vec![]).await.unwrap();
+    let before = before.as_u64().unwrap();
+    let (_second, again, url_again) = start(Some(&code));
+    assert_eq!(
+        (again.as_str(), url_again.as_str()),
+        (code.as_str(), url.as_str())
+    );
     wait_for(
         &c,
         &format!(

@@ -130,7 +130,10 @@ function onFrame(now, meta) {
   fresh = true;
   if (!S.played || S.phase !== 'playing') {
     // Join (WHEP POST) to the first decoded frame on screen.
-    if (!S.played) S.joinMs = now - S.postAt;
+    if (!S.played) {
+      S.joinMs = now - S.postAt;
+      S.firstSize = [meta.width, meta.height];
+    }
     S.played = true;
     show('playing', '');
   }
