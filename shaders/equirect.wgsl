@@ -18,9 +18,8 @@ struct View {
     lens: vec4<f32>,
 };
 
-// A read-only storage buffer, not a uniform: lavapipe (Mesa 22.3) specialises shaders on uniform
-// values used in branches and recompiled (and leaked) one variant per draw (issue 11).
-@group(0) @binding(0) var<storage, read> view: View;
+// Immediates, not a uniform buffer: see DEVICE_FEATURES in src/render/mod.rs (issue 11).
+var<immediate> view: View;
 @group(0) @binding(1) var tex_y: texture_2d<f32>;
 @group(0) @binding(2) var tex_u: texture_2d<f32>;
 @group(0) @binding(3) var tex_v: texture_2d<f32>;

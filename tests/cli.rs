@@ -459,3 +459,24 @@ fn no_runtime_dir_is_no_noise_on_stderr() {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
 }
+
+#[test]
+fn after_a_stall_the_viewer_prints_one_stats_line_not_a_burst() {
+    let (_send, code, rv) = sender(None);
+    let v = view(&rv, &code, "100000");
+    v.line("view ", Duration::from_secs(15));
+    // The whole viewer stops for 3 s (a suspended laptop, a debugger): three ticks are due when
+    // it resumes.
+    let pid = v.child.id() as i32;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(3));
+    while v.lines.try_recv().is_ok() {}
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    v.line("view ", Duration::from_secs(5));
+    let burst = std::iter::from_fn(|| v.lines.recv_timeout(Duration::from_millis(400)).ok())
+        .filter(|l| l.starts_with("view "))
+        .take(3)
+        .count();
+    assert_eq!(burst, 0, "more stats lines came at once after the stall");
+}

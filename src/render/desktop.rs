@@ -145,7 +145,6 @@ impl App {
             params = params.with_hello(&h);
         }
         gfx.renderer.draw(
-            &gfx.gpu.queue,
             &mut encoder,
             &view,
             (gfx.config.width, gfx.config.height),

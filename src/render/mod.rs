@@ -95,6 +95,23 @@ impl Default for ViewParams {
     }
 }
 
+/// What the renderer needs of a device: immediates (push constants) for the view parameters.
+/// Not a uniform buffer: lavapipe (Mesa 22.3) specialises a shader on uniform values used in
+/// branches and compiled, and leaked, a variant at every draw (issue 11: 7–15 MB/s, and 1–4
+/// headset fps in Monado). Not a storage buffer either: reading it per pixel made lavapipe 3×
+/// slower. Every Vulkan, Metal and D3D12 device has immediates.
+pub const DEVICE_FEATURES: wgpu::Features = wgpu::Features::IMMEDIATES;
+
+/// `base` with room for the view parameters as immediates.
+pub fn device_limits(base: wgpu::Limits) -> wgpu::Limits {
+    wgpu::Limits {
+        max_immediate_size: base
+            .max_immediate_size
+            .max(std::mem::size_of::<ViewUniform>() as u32),
+        ..base
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct ViewUniform {
@@ -161,7 +178,10 @@ impl Gpu {
         .map_err(|e| RenderError::NoAdapter(e.to_string()))?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("inclubit"),
-            required_limits: wgpu::Limits::downlevel_defaults().using_resolution(adapter.limits()),
+            required_features: DEVICE_FEATURES,
+            required_limits: device_limits(
+                wgpu::Limits::downlevel_defaults().using_resolution(adapter.limits()),
+            ),
             ..Default::default()
         }))
         .map_err(|e| RenderError::Device(e.to_string()))?;
@@ -203,7 +223,6 @@ pub struct Renderer {
     pipeline: wgpu::RenderPipeline,
     layout: wgpu::BindGroupLayout,
     sampler: wgpu::Sampler,
-    uniform: wgpu::Buffer,
     video: Option<VideoTextures>,
     srgb_target: bool,
 }
@@ -227,16 +246,6 @@ impl Renderer {
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("equirect"),
             entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only: true },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
                 tex(1),
                 tex(2),
                 tex(3),
@@ -251,7 +260,7 @@ impl Renderer {
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("equirect"),
             bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
+            immediate_size: std::mem::size_of::<ViewUniform>() as u32,
         });
         let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
             label: Some("equirect"),
@@ -283,18 +292,11 @@ impl Renderer {
             min_filter: wgpu::FilterMode::Linear,
             ..Default::default()
         });
-        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("view"),
-            size: std::mem::size_of::<ViewUniform>() as u64,
-            // STORAGE, not UNIFORM: see the note at `view` in the shader.
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+
         Self {
             pipeline,
             layout,
             sampler,
-            uniform,
             video: None,
             srgb_target: format.is_srgb(),
         }
@@ -360,10 +362,6 @@ impl Renderer {
             layout: &self.layout,
             entries: &[
                 wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: self.uniform.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
                     binding: 1,
                     resource: wgpu::BindingResource::TextureView(&views[0]),
                 },
@@ -391,18 +389,13 @@ impl Renderer {
     /// Records a draw of the current video into `target` (black until a picture is uploaded).
     pub fn draw(
         &self,
-        queue: &wgpu::Queue,
         encoder: &mut wgpu::CommandEncoder,
         target: &wgpu::TextureView,
         target_size: (u32, u32),
         view: &ViewParams,
     ) {
         let aspect = target_size.0 as f32 / target_size.1.max(1) as f32;
-        queue.write_buffer(
-            &self.uniform,
-            0,
-            bytemuck::bytes_of(&ViewUniform::new(view, aspect, self.srgb_target)),
-        );
+        let params = ViewUniform::new(view, aspect, self.srgb_target);
         let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
             label: Some("equirect"),
             color_attachments: &[Some(wgpu::RenderPassColorAttachment {
@@ -418,6 +411,7 @@ impl Renderer {
         });
         if let Some(video) = &self.video {
             pass.set_pipeline(&self.pipeline);
+            pass.set_immediates(0, bytemuck::bytes_of(&params));
             pass.set_bind_group(0, &video.bind_group, &[]);
             pass.draw(0..3, 0..1);
         }
@@ -534,8 +528,7 @@ impl Offscreen {
         let device = &self.gpu.device;
         let mut encoder = device.create_command_encoder(&Default::default());
         let target = self.target.create_view(&Default::default());
-        self.renderer
-            .draw(&self.gpu.queue, &mut encoder, &target, self.size, view);
+        self.renderer.draw(&mut encoder, &target, self.size, view);
         if copy {
             encoder.copy_texture_to_buffer(
                 self.target.as_image_copy(),
@@ -580,7 +573,7 @@ mod tests {
         let module = naga::front::wgsl::parse_str(super::SHADER).expect("WGSL parses");
         naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
+            naga::valid::Capabilities::IMMEDIATES,
         )
         .validate(&module)
         .expect("WGSL validates");

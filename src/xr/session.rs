@@ -312,7 +312,6 @@ pub fn run(
             // One submission per eye: each draw writes the view uniform before it.
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             renderer.draw(
-                &gpu.queue,
                 &mut encoder,
                 &eye.targets[index as usize],
                 eye.size,

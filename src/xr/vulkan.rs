@@ -102,7 +102,7 @@ pub fn create(
     let exposed = hal_instance
         .expose_adapter(physical)
         .ok_or_else(|| XrError::Vulkan("the headset's GPU cannot run wgpu".into()))?;
-    let features = wgpu::Features::empty();
+    let features = crate::render::DEVICE_FEATURES;
     let device_extensions = exposed.adapter.required_device_extensions(features);
     let mut device_features = exposed
         .adapter
@@ -141,8 +141,9 @@ pub fn create(
             vk::Device::from_raw(raw_device as u64),
         )
     };
-    let limits =
-        wgpu::Limits::downlevel_defaults().using_resolution(exposed.capabilities.limits.clone());
+    let limits = crate::render::device_limits(
+        wgpu::Limits::downlevel_defaults().using_resolution(exposed.capabilities.limits.clone()),
+    );
     // SAFETY: the device was created with these extensions and features, one queue in `family`.
     let open = unsafe {
         exposed.adapter.device_from_raw(
