@@ -20,6 +20,11 @@ struct View {
 
 // Immediates, not a uniform buffer: see DEVICE_FEATURES in src/render/mod.rs (issue 11).
 var<immediate> view: View;
+// Pipeline constants (one pipeline each), so the shader is specialised on them.
+// 0 equirect mono, 1 equirect stereo top-bottom, 2 dual fisheye.
+override PROJECTION: u32 = 0u;
+// 1: the target encodes to sRGB itself, so the shader writes linear values.
+override LINEAR_OUT: u32 = 0u;
 @group(0) @binding(1) var tex_y: texture_2d<f32>;
 @group(0) @binding(2) var tex_u: texture_2d<f32>;
 @group(0) @binding(3) var tex_v: texture_2d<f32>;
@@ -86,7 +91,7 @@ fn fs_main(in: VsOut) -> @location(0) vec4<f32> {
 
 // The video's R'G'B' as stored bytes: an sRGB target encodes, so hand it linear values.
 fn encode(rgb: vec3<f32>) -> vec3<f32> {
-    if (view.linear_out == 0u) {
+    if (LINEAR_OUT == 0u) {
         return rgb;
     }
     let lo = rgb / 12.92;
@@ -102,7 +107,7 @@ fn scene(ndc: vec2<f32>) -> vec3<f32> {
         -1.0,
     ));
     let d = normalize(view.rot * cam);
-    if (view.projection == 2u) {
+    if (PROJECTION == 2u) {
         let size = vec2<f32>(textureDimensions(tex_y));
         let aspect = size.y / size.x;
         let half_fov = view.lens.x * 0.5;
@@ -114,7 +119,7 @@ fn scene(ndc: vec2<f32>) -> vec3<f32> {
         return mix(back, front, w);
     }
     var uv = equirect_uv(d);
-    if (view.projection == 1u) {
+    if (PROJECTION == 1u) {
         uv.y = uv.y * 0.5 + f32(view.eye) * 0.5;
     }
     return sample_rgb(uv);

@@ -99,7 +99,8 @@ impl Default for ViewParams {
 /// Not a uniform buffer: lavapipe (Mesa 22.3) specialises a shader on uniform values used in
 /// branches and compiled, and leaked, a variant at every draw (issue 11: 7–15 MB/s, and 1–4
 /// headset fps in Monado). Not a storage buffer either: reading it per pixel made lavapipe 3×
-/// slower. Every Vulkan, Metal and D3D12 device has immediates.
+/// slower. Every Vulkan, Metal and D3D12 device has immediates. What the shader branches on is a
+/// pipeline constant (see `Renderer::new`).
 pub const DEVICE_FEATURES: wgpu::Features = wgpu::Features::IMMEDIATES;
 
 /// `base` with room for the view parameters as immediates.
@@ -220,7 +221,8 @@ struct VideoTextures {
 }
 
 pub struct Renderer {
-    pipeline: wgpu::RenderPipeline,
+    /// By projection: equirect mono, stereo top-bottom, dual fisheye.
+    pipelines: [wgpu::RenderPipeline; 3],
     layout: wgpu::BindGroupLayout,
     sampler: wgpu::Sampler,
     video: Option<VideoTextures>,
@@ -262,26 +264,36 @@ impl Renderer {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: std::mem::size_of::<ViewUniform>() as u32,
         });
-        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
-            label: Some("equirect"),
-            layout: Some(&pipeline_layout),
-            vertex: wgpu::VertexState {
-                module: &module,
-                entry_point: Some("vs_main"),
-                compilation_options: Default::default(),
-                buffers: &[],
-            },
-            primitive: wgpu::PrimitiveState::default(),
-            depth_stencil: None,
-            multisample: wgpu::MultisampleState::default(),
-            fragment: Some(wgpu::FragmentState {
-                module: &module,
-                entry_point: Some("fs_main"),
-                compilation_options: Default::default(),
-                targets: &[Some(format.into())],
-            }),
-            multiview_mask: None,
-            cache: None,
+        // One pipeline per projection, with projection and output encoding as pipeline
+        // constants: the shader is specialised (no per-pixel branch on them), which software
+        // rendering needs (lavapipe drew a 1280×720 frame in 50 ms without, ~12 ms with).
+        let linear_out = f64::from(u8::from(format.is_srgb()));
+        let pipelines = [0.0, 1.0, 2.0].map(|projection| {
+            let constants = [("PROJECTION", projection), ("LINEAR_OUT", linear_out)];
+            device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+                label: Some("equirect"),
+                layout: Some(&pipeline_layout),
+                vertex: wgpu::VertexState {
+                    module: &module,
+                    entry_point: Some("vs_main"),
+                    compilation_options: Default::default(),
+                    buffers: &[],
+                },
+                primitive: wgpu::PrimitiveState::default(),
+                depth_stencil: None,
+                multisample: wgpu::MultisampleState::default(),
+                fragment: Some(wgpu::FragmentState {
+                    module: &module,
+                    entry_point: Some("fs_main"),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        ..Default::default()
+                    },
+                    targets: &[Some(format.into())],
+                }),
+                multiview_mask: None,
+                cache: None,
+            })
         });
         let sampler = device.create_sampler(&wgpu::SamplerDescriptor {
             label: Some("video"),
@@ -294,7 +306,7 @@ impl Renderer {
         });
 
         Self {
-            pipeline,
+            pipelines,
             layout,
             sampler,
             video: None,
@@ -410,7 +422,7 @@ impl Renderer {
             ..Default::default()
         });
         if let Some(video) = &self.video {
-            pass.set_pipeline(&self.pipeline);
+            pass.set_pipeline(&self.pipelines[(params.projection as usize).min(2)]);
             pass.set_immediates(0, bytemuck::bytes_of(&params));
             pass.set_bind_group(0, &video.bind_group, &[]);
             pass.draw(0..3, 0..1);
