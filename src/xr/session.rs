@@ -91,19 +91,27 @@ fn eye_size(v: &xr::ViewConfigurationView, scale: f32) -> (u32, u32) {
     )
 }
 
-/// The display's own period: the shortest the runtime has reported. Runtimes stretch the period
-/// they report to a slow app (Monado did, 1 fps on a 20 Hz display); counting against the
-/// stretched one hid most missed frames.
+/// The display's own period: the shortest the runtime has reported once the session settled.
+/// Runtimes stretch the period they report to a slow app (Monado did, 1 fps on a 20 Hz display),
+/// and counting against the stretched one hid most missed frames; the first frames are left out
+/// (Monado's null compositor reports 16 ms for four frames, then its 50 ms).
 #[derive(Debug, Default)]
-struct NominalPeriod(Option<i64>);
+struct NominalPeriod {
+    seen: u32,
+    shortest: Option<i64>,
+}
+
+/// Frames whose reported period is not yet the display's.
+const SETTLING_FRAMES: u32 = 10;
 
 impl NominalPeriod {
     fn observe(&mut self, reported: xr::Duration) -> xr::Duration {
         let p = reported.as_nanos();
-        if p > 0 {
-            self.0 = Some(self.0.map_or(p, |n| n.min(p)));
+        self.seen = self.seen.saturating_add(1);
+        if p > 0 && self.seen > SETTLING_FRAMES {
+            self.shortest = Some(self.shortest.map_or(p, |n| n.min(p)));
         }
-        xr::Duration::from_nanos(self.0.unwrap_or(p))
+        xr::Duration::from_nanos(self.shortest.unwrap_or(p))
     }
 }
 
@@ -401,7 +409,14 @@ mod tests {
         let t = |ms: i64| xr::Time::from_nanos(ms * 1_000_000);
         let ms = |ms: i64| xr::Duration::from_nanos(ms * 1_000_000);
         let mut nominal = NominalPeriod::default();
-        assert_eq!(nominal.observe(ms(50)), ms(50));
+        // Start-up reports (Monado: 16 ms) do not set the nominal period.
+        for _ in 0..4 {
+            assert_eq!(nominal.observe(ms(16)), ms(16));
+        }
+        for _ in 4..SETTLING_FRAMES + 5 {
+            nominal.observe(ms(50));
+        }
+        assert_eq!(missed_periods(t(0), t(50), nominal.observe(ms(50))), 0);
         // A slow app: frames a second apart, the runtime now reporting a 1 s period.
         let p = nominal.observe(ms(1000));
         assert_eq!(p, ms(50));
