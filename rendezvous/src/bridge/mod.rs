@@ -408,6 +408,48 @@ impl Driver {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_panic_that_escapes_the_core_rebuilds_it_and_the_bridge_serves_on() {
+        let local: Vec<SocketAddr> = vec!["192.0.2.1:4000".parse().unwrap()];
+        let (feed_tx, _feed_rx) = mpsc::unbounded_channel();
+        let mut driver = Driver {
+            core: BridgeCore::new(local.clone()),
+            local: local.clone(),
+            sockets: Vec::new(),
+            announced: Vec::new(),
+            feeds: Arc::new(Feeds::new("192.0.2.9:7000".parse().unwrap(), feed_tx)),
+            idle_since: HashMap::new(),
+        };
+        // A browser's offer, as a str0m peer makes it.
+        let mut rtc = str0m::RtcConfig::new().build(Instant::now());
+        rtc.add_local_candidate(
+            str0m::Candidate::host("198.51.100.2:5000".parse().unwrap(), "udp").unwrap(),
+        );
+        let mut api = rtc.sdp_api();
+        api.add_media(
+            str0m::media::MediaKind::Video,
+            str0m::media::Direction::RecvOnly,
+            None,
+            None,
+            None,
+        );
+        let (offer, _) = api.apply().unwrap();
+        let offer = offer.to_sdp_string();
+        let room = RoomCode::from_bits(7);
+        let before = driver.with_core(|c| c.accept_offer(Instant::now(), room, &offer));
+        assert!(matches!(before, Some(Ok(_))));
+        assert_eq!(driver.core.viewers(room), 1);
+        // A bug of ours panics inside the core: the driver survives, with an empty core.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let failed = driver.with_core(|_| -> () { panic!("a bug") });
+        std::panic::set_hook(hook);
+        assert!(failed.is_none());
+        assert_eq!(driver.core.viewers(room), 0);
+        let after = driver.with_core(|c| c.accept_offer(Instant::now(), room, &offer));
+        assert!(matches!(after, Some(Ok(_))), "{after:?}");
+    }
+
     #[tokio::test]
     async fn every_interface_address_is_a_candidate_on_one_port() {
         let sockets = bind_sockets("0.0.0.0:0".parse().unwrap()).await.unwrap();
