@@ -35,7 +35,9 @@ struct Logs {
 
 impl Logs {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("inclubit-monado-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("inclubit-monado-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
@@ -138,6 +140,47 @@ fn monado_runs_the_session_at_its_rate_with_no_validation_errors_and_ends_in_ord
     for bad in ["VALIDATION", "XR_ERROR", "panicked"] {
         assert!(!err.contains(bad), "`{bad}` on stderr:\n{err}");
     }
+    let found = logs.read();
+    for bad in ["Validation Error", "VUID", "Error ["] {
+        assert!(
+            !found.contains(bad),
+            "the validation layers report `{bad}`:\n{found}"
+        );
+    }
+}
+
+#[test]
+fn monado_session_ends_in_order_when_the_sender_ends_the_stream() {
+    let Some(json) = monado() else { return };
+    let (send, code, rv) = common::xr::sender(&[]);
+    let logs = Logs::new();
+    let env = env(&json, &logs);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let view = Proc::start_with_env(
+        &["view", "--xr", "--json", "--rendezvous", &rv, &code],
+        &env,
+    );
+    // Playing in the headset first.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = view.line("{", Duration::from_secs(20));
+        let stats: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if stats["headset_fps"].as_f64().unwrap_or(0.0) > 0.0 && stats["frames"].as_u64() > Some(0)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "never played: {}",
+            view.stderr()
+        );
+    }
+    send.interrupt();
+    let (exit, err) = send.wait(Duration::from_secs(10));
+    assert_eq!(exit, 0, "{err}");
+    let (exit, err) = view.wait(Duration::from_secs(15));
+    assert_eq!(exit, 0, "{err}");
+    assert!(err.contains("the sender ended the stream"), "{err}");
     let found = logs.read();
     for bad in ["Validation Error", "VUID", "Error ["] {
         assert!(
