@@ -189,3 +189,73 @@ fn monado_session_ends_in_order_when_the_sender_ends_the_stream() {
         );
     }
 }
+
+/// Monado's main compositor in a window on Xvfb shows what the runtime received, both eyes side
+/// by side (lens-distorted): with the simulated head looking ahead, each eye shows the test
+/// card's front face.
+#[test]
+fn monado_main_compositor_shows_the_front_face_in_each_eye() {
+    use inclubit::projection::{colour_distance, Face};
+    let Some(json) = monado() else { return };
+    let x = common::xvfb::Xvfb::start(1280, 800);
+    let (_send, code, rv) = common::xr::sender(&[]);
+    let logs = Logs::new();
+    let mut env: Vec<(&str, String)> = env(&json, &logs)
+        .into_iter()
+        .filter(|(k, _)| *k != "XRT_COMPOSITOR_NULL")
+        .collect();
+    env.push(("DISPLAY", x.display.clone()));
+    env.push(("XRT_COMPOSITOR_FORCE_XCB", "1".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let view = Proc::start_with_env(
+        &["view", "--xr", "--json", "--rendezvous", &rv, &code],
+        &env,
+    );
+    let front = Face::Front.colour();
+    let end = std::time::Instant::now() + Duration::from_secs(40);
+    let eyes = loop {
+        let line = view.line("{", Duration::from_secs(20));
+        let stats: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if stats["frames"].as_u64().unwrap_or(0) >= 30 {
+            // The compositor's window: the bounding box of what is not black.
+            let (w, h, px) = x.screenshot();
+            let lit: Vec<(u32, u32)> = (0..h)
+                .flat_map(|y| (0..w).map(move |x| (x, y)))
+                .filter(|(x, y)| px[(y * w + x) as usize].iter().any(|c| *c > 40))
+                .collect();
+            if let (Some(x1), Some(y1)) =
+                (lit.iter().map(|p| p.0).max(), lit.iter().map(|p| p.1).max())
+            {
+                let (x0, y0) = (
+                    lit.iter().map(|p| p.0).min().unwrap_or(0),
+                    lit.iter().map(|p| p.1).min().unwrap_or(0),
+                );
+                let cy = (y0 + y1) / 2;
+                let at = |x: u32| px[(cy * w + x) as usize];
+                let eyes = [at(x0 + (x1 - x0) / 4), at(x0 + 3 * (x1 - x0) / 4)];
+                if eyes.iter().all(|e| colour_distance(*e, front) <= 40) {
+                    break eyes;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the compositor window never showed the front face in both eyes: {}",
+            view.stderr()
+        );
+    };
+    assert!(
+        eyes.iter().all(|e| colour_distance(*e, front) <= 40),
+        "{eyes:?}"
+    );
+    view.interrupt();
+    let (exit, err) = view.wait(Duration::from_secs(15));
+    assert_eq!(exit, 0, "{err}");
+    let found = logs.read();
+    for bad in ["Validation Error", "VUID", "Error ["] {
+        assert!(
+            !found.contains(bad),
+            "the validation layers report `{bad}`:\n{found}"
+        );
+    }
+}
