@@ -413,6 +413,25 @@ async fn whep_errors_and_the_pages_states() {
     c.close().await.unwrap();
 }
 
+/// The camera PC goes down hard (no goodbye) under an open page: the page's frame count once it
+/// has noticed.
+async fn kill_under_the_page(c: &Client, mut sender: Proc) -> u64 {
+    sender.child.kill().unwrap();
+    sender.child.wait().unwrap();
+    wait_for(c, "inclubit.phase !== 'playing'", LONG).await;
+    let frames = c.execute("return inclubit.frames", vec![]).await.unwrap();
+    frames.as_u64().unwrap()
+}
+
+/// The page plays again: playing, with 30 frames more than `before`.
+async fn plays_again(c: &Client, before: u64) {
+    let cond = format!(
+        "inclubit.phase === 'playing' && inclubit.frames >= {}",
+        before + 30
+    );
+    wait_for(c, &cond, LONG).await;
+}
+
 /// Issue 16: a technician restarts the camera PC's sender with `--code`; the page that was open
 /// plays again without a new link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,28 +443,16 @@ async fn an_open_page_plays_again_after_the_sender_restarts_with_its_code() {
     let _ = std::fs::remove_dir_all(&state);
     let rv = rv.to_string();
     let send = |code| common::process::sender_with_state(&rv, &state, code);
-    let (mut first, code) = send(None);
+    let (first, code) = send(None);
     let mut d = Driver::start();
     let c = d.browser().await;
     c.goto(&format!("http://{addr}/r/{code}")).await.unwrap();
     wait_for(&c, "inclubit.frames >= 10", LONG).await;
-    // The camera PC goes down hard: no goodbye.
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    let before = kill_under_the_page(&c, first).await;
     wait_for(&c, "inclubit.phase === 'waiting'", LONG).await;
-    let before = c.execute("return inclubit.frames", vec![]).await.unwrap();
-    let before = before.as_u64().unwrap();
     let (_second, again) = send(Some(&code));
     assert_eq!(again, code);
-    wait_for(
-        &c,
-        &format!(
-            "inclubit.phase === 'playing' && inclubit.frames >= {}",
-            before + 30
-        ),
-        LONG,
-    )
-    .await;
+    plays_again(&c, before).await;
     c.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&state);
 }
@@ -488,30 +495,18 @@ async fn an_open_page_plays_again_after_a_send_web_sender_restarts_with_its_code
         let url = url.split_whitespace().last().unwrap().to_string();
         (p, code, url)
     };
-    let (mut first, code, url) = start(None);
+    let (first, code, url) = start(None);
     let mut d = Driver::start();
     let c = d.browser().await;
     c.goto(&url).await.unwrap();
     wait_for(&c, "inclubit.frames >= 10", LONG).await;
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
-    wait_for(&c, "inclubit.phase !== 'playing'", LONG).await;
-    let before = c.execute("return inclubit.frames", vec![]).await.unwrap();
-    let before = before.as_u64().unwrap();
+    let before = kill_under_the_page(&c, first).await;
     let (_second, again, url_again) = start(Some(&code));
     assert_eq!(
         (again.as_str(), url_again.as_str()),
         (code.as_str(), url.as_str())
     );
-    wait_for(
-        &c,
-        &format!(
-            "inclubit.phase === 'playing' && inclubit.frames >= {}",
-            before + 30
-        ),
-        LONG,
-    )
-    .await;
+    plays_again(&c, before).await;
     c.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&state);
 }

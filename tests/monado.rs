@@ -102,17 +102,41 @@ fn env(json: &std::path::Path, logs: &Logs) -> Vec<(&'static str, String)> {
     env
 }
 
+/// `inclubit view --xr --json` in Monado with `env(…)`, `drop` left out and `extra` added.
+fn view_in_monado(
+    json: &std::path::Path,
+    logs: &Logs,
+    rv: &str,
+    code: &str,
+    drop: &str,
+    extra: &[(&'static str, String)],
+) -> Proc {
+    let mut env: Vec<(&str, String)> = env(json, logs)
+        .into_iter()
+        .filter(|(k, _)| *k != drop)
+        .collect();
+    env.extend(extra.iter().cloned());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Proc::start_with_env(&["view", "--xr", "--json", "--rendezvous", rv, code], &env)
+}
+
+/// Nothing the validation layers logged is an error.
+fn assert_no_validation_errors(logs: &Logs) {
+    let found = logs.read();
+    for bad in ["Validation Error", "VUID", "Error ["] {
+        assert!(
+            !found.contains(bad),
+            "the validation layers report `{bad}`:\n{found}"
+        );
+    }
+}
+
 #[test]
 fn monado_runs_the_session_at_its_rate_with_no_validation_errors_and_ends_in_order() {
     let Some(json) = monado() else { return };
     let (_send, code, rv) = common::xr::sender(&[]);
     let logs = Logs::new();
-    let env = env(&json, &logs);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let view = Proc::start_with_env(
-        &["view", "--xr", "--json", "--rendezvous", &rv, &code],
-        &env,
-    );
+    let view = view_in_monado(&json, &logs, &rv, &code, "", &[]);
     // Warm-up (session start, first keyframe), then ten one-second stats lines.
     let mut rates = Vec::new();
     for i in 0..14 {
@@ -140,13 +164,7 @@ fn monado_runs_the_session_at_its_rate_with_no_validation_errors_and_ends_in_ord
     for bad in ["VALIDATION", "XR_ERROR", "panicked"] {
         assert!(!err.contains(bad), "`{bad}` on stderr:\n{err}");
     }
-    let found = logs.read();
-    for bad in ["Validation Error", "VUID", "Error ["] {
-        assert!(
-            !found.contains(bad),
-            "the validation layers report `{bad}`:\n{found}"
-        );
-    }
+    assert_no_validation_errors(&logs);
 }
 
 #[test]
@@ -154,12 +172,7 @@ fn monado_session_ends_in_order_when_the_sender_ends_the_stream() {
     let Some(json) = monado() else { return };
     let (send, code, rv) = common::xr::sender(&[]);
     let logs = Logs::new();
-    let env = env(&json, &logs);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let view = Proc::start_with_env(
-        &["view", "--xr", "--json", "--rendezvous", &rv, &code],
-        &env,
-    );
+    let view = view_in_monado(&json, &logs, &rv, &code, "", &[]);
     // Playing in the headset first.
     let end = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -181,13 +194,7 @@ fn monado_session_ends_in_order_when_the_sender_ends_the_stream() {
     let (exit, err) = view.wait(Duration::from_secs(15));
     assert_eq!(exit, 0, "{err}");
     assert!(err.contains("the sender ended the stream"), "{err}");
-    let found = logs.read();
-    for bad in ["Validation Error", "VUID", "Error ["] {
-        assert!(
-            !found.contains(bad),
-            "the validation layers report `{bad}`:\n{found}"
-        );
-    }
+    assert_no_validation_errors(&logs);
 }
 
 /// Monado's main compositor in a window on Xvfb shows what the runtime received, both eyes side
@@ -200,17 +207,12 @@ fn monado_main_compositor_shows_the_front_face_in_each_eye() {
     let x = common::xvfb::Xvfb::start(1280, 800);
     let (_send, code, rv) = common::xr::sender(&[]);
     let logs = Logs::new();
-    let mut env: Vec<(&str, String)> = env(&json, &logs)
-        .into_iter()
-        .filter(|(k, _)| *k != "XRT_COMPOSITOR_NULL")
-        .collect();
-    env.push(("DISPLAY", x.display.clone()));
-    env.push(("XRT_COMPOSITOR_FORCE_XCB", "1".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let view = Proc::start_with_env(
-        &["view", "--xr", "--json", "--rendezvous", &rv, &code],
-        &env,
-    );
+    // Monado's main compositor instead of the null one, in a window on the virtual display.
+    let window = [
+        ("DISPLAY", x.display.clone()),
+        ("XRT_COMPOSITOR_FORCE_XCB", "1".into()),
+    ];
+    let view = view_in_monado(&json, &logs, &rv, &code, "XRT_COMPOSITOR_NULL", &window);
     let front = Face::Front.colour();
     let end = std::time::Instant::now() + Duration::from_secs(40);
     let eyes = loop {
@@ -251,11 +253,5 @@ fn monado_main_compositor_shows_the_front_face_in_each_eye() {
     view.interrupt();
     let (exit, err) = view.wait(Duration::from_secs(15));
     assert_eq!(exit, 0, "{err}");
-    let found = logs.read();
-    for bad in ["Validation Error", "VUID", "Error ["] {
-        assert!(
-            !found.contains(bad),
-            "the validation layers report `{bad}`:\n{found}"
-        );
-    }
+    assert_no_validation_errors(&logs);
 }

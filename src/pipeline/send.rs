@@ -322,6 +322,11 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
                             "the rendezvous forgot this room (restarted?); re-opening it"
                         )
                     }
+                    // Re-opening was refused (e.g. the server is full): say so, the stream goes on.
+                    ClientEvent::Refused(kind) => tracing::warn!(
+                        "the rendezvous refused to re-open this room ({kind}); new viewers cannot \
+                         join, the current ones go on"
+                    ),
                     ClientEvent::Opened { code: again, .. } => {
                         carried.append(&mut listed);
                         if again == code {
