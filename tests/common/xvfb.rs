@@ -12,8 +12,10 @@ pub struct Xvfb {
 impl Xvfb {
     /// An Xvfb on a free display from :90 to :139, ready when its socket exists.
     pub fn start(w: u32, h: u32) -> Xvfb {
-        // Parallel test processes start their search at different displays.
-        let first = std::process::id() % 50;
+        // Parallel test processes, and tests within one, start their search at different displays.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let first = std::process::id() % 50
+            + 7 * STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for n in (0..50).map(|i| 90 + (first + i) % 50) {
             let socket = format!("/tmp/.X11-unix/X{n}");
             if Path::new(&socket).exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists() {
@@ -32,16 +34,19 @@ impl Xvfb {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("Xvfb (apt package xvfb)");
-            let x = Xvfb {
+            let mut x = Xvfb {
                 child,
                 display: format!(":{n}"),
             };
             let end = Instant::now() + Duration::from_secs(10);
-            while !Path::new(&socket).exists() {
+            // Another process may have taken the display first: that Xvfb exits.
+            while !Path::new(&socket).exists() && x.child.try_wait().ok().flatten().is_none() {
                 assert!(Instant::now() < end, "Xvfb {n} did not start");
                 std::thread::sleep(Duration::from_millis(20));
             }
-            return x;
+            if x.child.try_wait().ok().flatten().is_none() {
+                return x;
+            }
         }
         panic!("no free X display");
     }
