@@ -358,22 +358,18 @@ impl Lab {
     /// rendezvous) and a test-card sender on side "a"; returns the rendezvous address, the room
     /// code and the sender's stdout.
     pub fn start_room(&mut self, size: &str) -> (String, String, mpsc::Receiver<String>) {
+        self.start_room_with(&["--source", "testcard", "--size", size])
+    }
+
+    /// [`Lab::start_room`] with the sender's source and settings given (`send ARGS`).
+    pub fn start_room_with(&mut self, send: &[&str]) -> (String, String, mpsc::Receiver<String>) {
         let rv = format!("{RV}:7000");
         let r = self.run("rv", &["rendezvous", "--listen", &rv]);
         line(&r, "listening on", Duration::from_secs(10));
         self.start_upnp();
-        let s = self.run(
-            "a",
-            &[
-                "send",
-                "--source",
-                "testcard",
-                "--size",
-                size,
-                "--rendezvous",
-                &rv,
-            ],
-        );
+        let mut args = vec!["send", "--rendezvous", &rv];
+        args.extend_from_slice(send);
+        let s = self.run("a", &args);
         let code = line(&s, "code ", Duration::from_secs(10));
         let code = code.split_whitespace().nth(1).unwrap().to_string();
         (rv, code, s)
@@ -450,6 +446,43 @@ impl Lab {
         }
     }
 
+    /// Delay and loss (userspace) that the test changes while peers run: peers started after
+    /// this read their `INCLUBIT_NETEM` settings from a file, which [`Lab::set_netem`] rewrites.
+    pub fn netem_file(&mut self, initial: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("{}-netem", self.prefix));
+        set_netem(&path, initial);
+        self.temp_files.push(path.clone());
+        self.netem = Some(format!("file:{}", path.display()));
+        path
+    }
+
+    /// A rate limit (the kernel's `tbf`, with a 200 ms queue like a home router's) on side
+    /// `short`'s router, both ways: its uplink and what it forwards to its host. `None` lifts it.
+    pub fn bottleneck(&self, short: &str, rate_mbit: Option<f64>) {
+        let router = self.name(&format!("r{short}"));
+        assert!(
+            self.namespaces.contains(&router),
+            "side {short} has no router"
+        );
+        for dev in ["wan", "lan"] {
+            match rate_mbit {
+                Some(r) => {
+                    // The bucket holds at least a few ms at the rate (tbf needs rate/HZ).
+                    let burst = format!("{}", ((r * 1e6 / 8.0 * 0.004) as u64).max(16_000));
+                    let rate = format!("{}kbit", (r * 1000.0) as u64);
+                    self.in_ns(
+                        &router,
+                        &[
+                            "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate,
+                            "burst", &burst, "latency", "200ms",
+                        ],
+                    );
+                }
+                None => self.in_ns(&router, &["tc", "qdisc", "del", "dev", dev, "root"]),
+            }
+        }
+    }
+
     /// Waits for the `i`-th process to exit; returns its exit code and stderr.
     pub fn wait(&mut self, i: usize, timeout: Duration) -> (Option<i32>, String) {
         use wait_timeout::ChildExt;
@@ -492,6 +525,13 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// Rewrites a [`Lab::netem_file`] (whole, so no peer reads half of it).
+pub fn set_netem(path: &std::path::Path, settings: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, settings).expect("write the netem file");
+    std::fs::rename(&tmp, path).expect("replace the netem file");
 }
 
 /// The last line printed before the channel closes or `timeout` passes.
