@@ -72,13 +72,13 @@ impl Encoder {
         enc.set_format(ffmpeg::format::Pixel::YUV420P);
         enc.set_time_base(ffmpeg::Rational::new(1, cfg.fps as i32));
         enc.set_frame_rate(Some(ffmpeg::Rational::new(cfg.fps as i32, 1)));
-        enc.set_bit_rate(cfg.bitrate as usize);
         enc.set_max_b_frames(0);
         enc.set_colorspace(ffmpeg::color::Space::BT709);
         enc.set_color_range(ffmpeg::color::Range::MPEG);
-        let kbps = cfg.bitrate / 1000;
-        // Two frames of VBV: rate control keeps every frame near the mean size.
-        let vbv = (2 * kbps / cfg.fps.max(1)).max(1);
+        // The rate and the VBV go in the codec context, not in x264-params: FFmpeg's wrapper
+        // compares them with x264's before every frame and reconfigures x264 when they change
+        // (see `set_bitrate`), and x264 takes a new bitrate only together with a VBV.
+        set_rate(&mut enc, cfg.bitrate, cfg.fps);
         let mut opts = ffmpeg::Dictionary::new();
         opts.set("preset", "ultrafast");
         opts.set("tune", "zerolatency");
@@ -90,8 +90,8 @@ impl Encoder {
         opts.set(
             "x264-params",
             &format!(
-                "intra-refresh=1:keyint={}:bframes=0:repeat-headers=1:vbv-maxrate={kbps}:\
-                 vbv-bufsize={vbv}:colorprim=bt709:transfer=bt709:colormatrix=bt709:range=tv",
+                "intra-refresh=1:keyint={}:bframes=0:repeat-headers=1:\
+                 colorprim=bt709:transfer=bt709:colormatrix=bt709:range=tv",
                 cfg.fps.max(1)
             ),
         );
@@ -108,6 +108,14 @@ impl Encoder {
 
     pub fn config(&self) -> &EncoderConfig {
         &self.cfg
+    }
+
+    /// A new target bitrate, taken from the next frame on, without a new IDR.
+    pub fn set_bitrate(&mut self, bitrate: u32) {
+        if bitrate != self.cfg.bitrate {
+            self.cfg.bitrate = bitrate;
+            set_rate(&mut self.enc, bitrate, self.cfg.fps);
+        }
     }
 
     /// Encodes one picture. With `zerolatency` every picture gives exactly one access unit.
@@ -171,6 +179,20 @@ impl Encoder {
             height: self.cfg.height,
             encode_us: started.elapsed().as_micros() as u32,
         }))
+    }
+}
+
+/// Mean bitrate, and a VBV of two frames at that rate (every frame stays near the mean size).
+fn set_rate(ctx: &mut ffmpeg::codec::context::Context, bitrate: u32, fps: u32) {
+    let bitrate = bitrate.max(10_000) as i64;
+    let vbv = (2 * bitrate / fps.max(1) as i64).clamp(1000, i32::MAX as i64) as i32;
+    // SAFETY: plain integer fields of the codec context we own; FFmpeg reads them on the next
+    // frame (libx264's `reconfig_encoder`).
+    unsafe {
+        let c = ctx.as_mut_ptr();
+        (*c).bit_rate = bitrate;
+        (*c).rc_max_rate = bitrate;
+        (*c).rc_buffer_size = vbv;
     }
 }
 
@@ -255,6 +277,57 @@ mod tests {
         assert!(f.keyframe);
         let t = nal_types(&f.data);
         assert!(t.contains(&5) && t.contains(&7), "IDR with SPS: {t:?}");
+    }
+
+    /// Mean bits per second of `n` busy frames from `from` on, and whether any was an IDR.
+    fn rate_of(
+        enc: &mut Encoder,
+        card: &crate::capture::testcard::TestCard,
+        from: u64,
+        n: u64,
+    ) -> (f64, bool) {
+        let mut bytes = 0;
+        let mut idr = false;
+        for s in from..from + n {
+            let f = enc.encode(&card.frame(s, 0), s, 0, false).unwrap().unwrap();
+            bytes += f.data.len();
+            idr |= f.keyframe;
+        }
+        (bytes as f64 * 8.0 * 30.0 / n as f64, idr)
+    }
+
+    #[test]
+    fn the_bitrate_changes_mid_stream_without_an_idr() {
+        let card = crate::capture::testcard::TestCard::new(640, 320).busy();
+        let mut enc = Encoder::new(EncoderConfig {
+            width: 640,
+            height: 320,
+            fps: 30,
+            bitrate: 2_000_000,
+            threads: 2,
+        })
+        .unwrap();
+        let (high, _) = rate_of(&mut enc, &card, 0, 60);
+        enc.set_bitrate(400_000);
+        // A few frames to settle, then measure.
+        let (_, idr_a) = rate_of(&mut enc, &card, 60, 10);
+        let (low, idr_b) = rate_of(&mut enc, &card, 70, 60);
+        enc.set_bitrate(2_000_000);
+        let (_, idr_c) = rate_of(&mut enc, &card, 130, 10);
+        let (back, idr_d) = rate_of(&mut enc, &card, 140, 60);
+        assert!(!(idr_a || idr_b || idr_c || idr_d), "no IDR for a new rate");
+        assert!(
+            (1_400_000.0..2_600_000.0).contains(&high),
+            "2 Mbit/s asked, {high} given"
+        );
+        assert!(
+            (250_000.0..550_000.0).contains(&low),
+            "0.4 Mbit/s asked, {low} given"
+        );
+        assert!(
+            (1_400_000.0..2_600_000.0).contains(&back),
+            "2 Mbit/s asked again, {back} given"
+        );
     }
 
     #[test]

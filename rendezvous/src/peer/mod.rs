@@ -1,6 +1,7 @@
 //! A peer's networking (sender, viewer, browser bridge): one UDP socket per peer carries both
 //! QUIC media and rendezvous signalling.
 
+pub mod bwe;
 pub mod candidates;
 pub mod congestion;
 pub mod control;

@@ -22,7 +22,12 @@ use super::signal::Signalling;
 use super::{Impairment, MediaSocket, NetError, PathPolicy, PeerEndpoint};
 use crate::client::{ClientEvent, Role};
 use crate::code::RoomCode;
-use crate::wire::media::{Control, FrameHeader, StreamHello, ViewerStats, MAX_FRAME_LEN};
+use crate::wire::media::{
+    Control, FrameArrival, FrameHeader, StreamHello, ViewerStats, MAX_FRAME_LEN,
+};
+
+/// How often frame arrivals are reported to the sender.
+const FEEDBACK_EVERY: Duration = Duration::from_millis(50);
 
 /// Builds the stats a viewer reports to the sender, from the current RTT and path name.
 pub type StatsFn = Arc<dyn Fn(Duration, &'static str) -> ViewerStats + Send + Sync>;
@@ -444,6 +449,10 @@ impl Running {
 
         let mut reorder = Reorder::<(Bytes, u64, u64)>::new(reorder);
         let mut ping = tokio::time::interval(Duration::from_millis(500));
+        // Frame arrivals go back to the sender in small batches, for its rate control.
+        let mut arrived: Vec<FrameArrival> = Vec::new();
+        let mut feedback = tokio::time::interval(FEEDBACK_EVERY);
+        feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         // Stopped here rather than by the sender going away.
         let mut local_stop = false;
         loop {
@@ -451,6 +460,10 @@ impl Running {
             tokio::select! {
                 a = arrivals.recv() => {
                     let Some(a) = a else { break };
+                    arrived.push(FrameArrival { seq: a.header.seq, received_us: a.received_us });
+                    if arrived.len() >= FrameArrival::MAX_PER_MESSAGE {
+                        let _ = ctrl_out_tx.send(Control::Arrivals(std::mem::take(&mut arrived)));
+                    }
                     let off = offset_us.load(Ordering::Relaxed);
                     let capture = (a.header.capture_us as i64 - off).max(0) as u64;
                     reorder.handle_frame(Instant::now(), a.header.seq, a.header.keyframe, (a.data, capture, a.received_us));
@@ -472,6 +485,9 @@ impl Running {
                         None => std::future::pending().await,
                     }
                 } => reorder.handle_timeout(Instant::now()),
+                _ = feedback.tick(), if !arrived.is_empty() => {
+                    let _ = ctrl_out_tx.send(Control::Arrivals(std::mem::take(&mut arrived)));
+                }
                 _ = ping.tick() => {
                     let _ = ctrl_out_tx.send(Control::Ping { viewer_us: crate::clock::now_us() });
                     let s = stats

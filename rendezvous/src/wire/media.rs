@@ -7,7 +7,8 @@
 
 use super::codec::{Reader, WireError, Writer};
 
-pub const MEDIA_VERSION: u8 = 1;
+/// 2: viewers report frame arrivals (`Control::Arrivals`) for the sender's rate control.
+pub const MEDIA_VERSION: u8 = 2;
 /// ALPN for peer-to-peer media connections.
 pub const ALPN: &[u8] = b"inclubit/1";
 /// Largest control message body.
@@ -184,6 +185,21 @@ pub enum Control {
     Pong { viewer_us: u64, sender_us: u64 },
     /// Viewer → sender.
     Stats(ViewerStats),
+    /// Viewer → sender, a few times a second: when each frame's last byte arrived (viewer
+    /// clock). The sender's bandwidth estimate reads the queue on the path from their spacing.
+    Arrivals(Vec<FrameArrival>),
+}
+
+/// One frame fully received by a viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameArrival {
+    pub seq: u64,
+    pub received_us: u64,
+}
+
+impl FrameArrival {
+    /// At most this many in one [`Control::Arrivals`] (it stays well under `MAX_CONTROL_LEN`).
+    pub const MAX_PER_MESSAGE: usize = 128;
 }
 
 const C_VIEWER_HELLO: u8 = 1;
@@ -193,6 +209,7 @@ const C_SKIPPED: u8 = 4;
 const C_PING: u8 = 5;
 const C_PONG: u8 = 6;
 const C_STATS: u8 = 7;
+const C_ARRIVALS: u8 = 8;
 
 impl Control {
     /// Body only; [`Control::frame`] adds the length prefix.
@@ -244,6 +261,15 @@ impl Control {
                 w.u64(s.frames_dropped);
                 w.u32(s.latency_p50_us);
                 w.u32(s.latency_p99_us);
+            }
+            Self::Arrivals(list) => {
+                w.u8(C_ARRIVALS);
+                let list = &list[..list.len().min(FrameArrival::MAX_PER_MESSAGE)];
+                w.u8(list.len() as u8);
+                for a in list {
+                    w.u64(a.seq);
+                    w.u64(a.received_us);
+                }
             }
         }
         w.buf
@@ -301,6 +327,17 @@ impl Control {
                 latency_p50_us: r.u32()?,
                 latency_p99_us: r.u32()?,
             }),
+            C_ARRIVALS => {
+                let n = r.u8()? as usize;
+                let mut list = Vec::with_capacity(n.min(FrameArrival::MAX_PER_MESSAGE));
+                for _ in 0..n {
+                    list.push(FrameArrival {
+                        seq: r.u64()?,
+                        received_us: r.u64()?,
+                    });
+                }
+                Self::Arrivals(list)
+            }
             t => return Err(WireError::UnknownType(t)),
         };
         r.finish()?;
@@ -392,6 +429,15 @@ mod tests {
                     latency_p99_us: d,
                 })
             }),
+            proptest::collection::vec(
+                (any::<u64>(), any::<u64>()),
+                0..=FrameArrival::MAX_PER_MESSAGE
+            )
+            .prop_map(|v| Control::Arrivals(
+                v.into_iter()
+                    .map(|(seq, received_us)| FrameArrival { seq, received_us })
+                    .collect()
+            )),
         ]
     }
 
