@@ -52,6 +52,8 @@ pub struct EncodedFrame {
     pub height: u32,
     /// Time spent in the encoder.
     pub encode_us: u32,
+    /// Which rendition of the sender's ladder (0: full size).
+    pub rendition: u8,
 }
 
 pub struct Encoder {
@@ -178,6 +180,7 @@ impl Encoder {
             width: self.cfg.width,
             height: self.cfg.height,
             encode_us: started.elapsed().as_micros() as u32,
+            rendition: 0,
         }))
     }
 }

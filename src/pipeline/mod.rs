@@ -1,6 +1,8 @@
 //! Wires the stages together; the only place that spawns tasks and threads.
 
+mod deliver;
 pub mod demo;
+pub mod ladder;
 pub mod send;
 pub mod stats;
 pub mod view;

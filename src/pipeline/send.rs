@@ -1,7 +1,7 @@
 //! `inclubit send`: capture → encode once → one QUIC connection per viewer, one stream per frame.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,20 +9,19 @@ use inclubit_rendezvous::client::{ClientEvent, Role};
 use inclubit_rendezvous::code::RoomCode;
 use inclubit_rendezvous::server::rooms::{RoomsConfig, TicketKey};
 use inclubit_rendezvous::server::{Server, ServerConfig};
-use inclubit_rendezvous::wire::media::{
-    Codec, Control, FrameHeader, Projection, StreamHello, ViewerStats,
-};
+use inclubit_rendezvous::wire::media::{Codec, Projection, StreamHello, ViewerStats};
 use inclubit_rendezvous::wire::signal::{Claim, RoomTicket, WebSide};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::stats::{Percentiles, RateMeter, StatsLine};
+use super::deliver::{self, ViewerRate};
+use super::ladder::{self, Ladder, LadderConfig, LowEncoder};
+use super::stats::{Percentiles, RateMeter, StatsLine, ViewerLine};
 use super::PipelineError;
 use crate::capture::{self, CaptureConfig, SourceSpec};
 use crate::clock;
 use crate::encode::{EncodedFrame, Encoder, EncoderConfig};
 use crate::net::candidates::host_candidates;
-use crate::net::control::read_control;
 use crate::net::paths::PathManager;
 use crate::net::portmap::{self, PortMapper};
 use crate::net::punch::PunchConfig;
@@ -101,29 +100,27 @@ pub struct FrameLog {
     pub keyframe: bool,
 }
 
-/// State shared by the encoder thread and the viewer tasks.
-struct Shared {
-    want_keyframe: AtomicBool,
-    stop: AtomicBool,
-    hello: StreamHello,
-    next_seq: AtomicU64,
-    budget: Duration,
-    viewers: Mutex<Vec<ViewerSlot>>,
+/// State shared by the encoder threads and the viewer sessions.
+pub(super) struct Shared {
+    pub(super) stop: AtomicBool,
+    pub(super) hello: StreamHello,
+    pub(super) ladder: Arc<Ladder>,
+    pub(super) budget: Duration,
+    pub(super) viewers: Mutex<Vec<ViewerSlot>>,
+    /// Frames and bytes of the full-size rendition.
     encoded: Mutex<(RateMeter, u64)>,
 }
 
-struct ViewerSlot {
-    id: usize,
+pub(super) struct ViewerSlot {
+    pub(super) id: usize,
     conn: quinn::Connection,
-    stats: ViewerStats,
-    skipped: u64,
+    pub(super) stats: ViewerStats,
+    pub(super) skipped: u64,
+    /// Its estimate, rendition and rates, once its session has measured them.
+    pub(super) rate: Option<ViewerRate>,
 }
 
 impl Shared {
-    fn request_keyframe(&self) {
-        self.want_keyframe.store(true, Ordering::Relaxed);
-    }
-
     /// A viewer is connected from this (virtual) address.
     fn is_connected(&self, addr: SocketAddr) -> bool {
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
@@ -175,6 +172,11 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         threads: cfg.encoder_threads,
     };
     let encoder = Encoder::new(enc_cfg.clone())?;
+    let ladder = Arc::new(Ladder::new(
+        LadderConfig::new(enc_cfg.bitrate),
+        width,
+        height,
+    ));
 
     let identity = Identity::generate()?;
     let ep = PeerEndpoint::bind(cfg.bind, Some(&identity), cfg.impairment.clone())?;
@@ -252,7 +254,6 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     };
 
     let shared = Arc::new(Shared {
-        want_keyframe: AtomicBool::new(true),
         stop: AtomicBool::new(false),
         hello: StreamHello {
             codec: Codec::H264,
@@ -267,7 +268,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
             next_seq: 0,
             lens: cfg.lens.to_wire(),
         },
-        next_seq: AtomicU64::new(0),
+        ladder: ladder.clone(),
         budget: cfg.latency_budget,
         viewers: Mutex::new(Vec::new()),
         encoded: Mutex::new((RateMeter::default(), 0)),
@@ -275,6 +276,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     let (frames_tx, _) = broadcast::channel::<Arc<EncodedFrame>>(16);
     let (done_tx, done) = watch::channel(false);
 
+    let low = LowEncoder::spawn(ladder, fps, cfg.encoder_threads, frames_tx.clone())?;
     let enc_thread = {
         let shared = shared.clone();
         let frames_tx = frames_tx.clone();
@@ -283,7 +285,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         std::thread::Builder::new()
             .name("capture+encode".into())
             .spawn(move || {
-                let r = encode_loop(source, encoder, &shared, &frames_tx, max, log);
+                let r = encode_loop(source, encoder, low, &shared, &frames_tx, max, log);
                 let _ = done_tx.send(true);
                 r
             })
@@ -398,24 +400,23 @@ async fn embed_rendezvous(
 fn encode_loop(
     mut source: Box<dyn capture::FrameSource>,
     mut encoder: Encoder,
+    mut low: LowEncoder,
     shared: &Shared,
     frames: &broadcast::Sender<Arc<EncodedFrame>>,
     max: Option<u64>,
     log: Option<mpsc::UnboundedSender<FrameLog>>,
 ) -> Result<(), PipelineError> {
-    // Keyframes on demand, but not more often than this: many lossy viewers must not turn the
-    // stream into all-IDR.
-    let min_idr_gap = Duration::from_millis(100);
-    let mut last_idr: Option<Instant> = None;
     let mut seq = 0u64;
     while !shared.stop.load(Ordering::Relaxed) && max.is_none_or(|m| seq < m) {
         let captured = source.next_frame()?;
-        let idr_ok = last_idr.is_none_or(|t| t.elapsed() >= min_idr_gap);
-        let force = idr_ok && shared.want_keyframe.swap(false, Ordering::Relaxed);
-        if let Some(frame) = encoder.encode(&captured.picture, seq, captured.capture_us, force)? {
-            if frame.keyframe {
-                last_idr = Some(Instant::now());
-            }
+        let encoded = ladder::encode_top(
+            &shared.ladder,
+            &mut encoder,
+            &captured.picture,
+            seq,
+            captured.capture_us,
+        )?;
+        if let Some(frame) = encoded {
             if let Some(log) = &log {
                 let _ = log.send(FrameLog {
                     seq,
@@ -430,12 +431,18 @@ fn encode_loop(
                 e.0.record(Instant::now(), frame.data.len() as u64);
                 e.1 += 1;
             }
-            shared.next_seq.store(seq + 1, Ordering::Relaxed);
             // No receivers (no viewer yet) is fine.
             let _ = frames.send(Arc::new(frame));
         }
+        low.feed(
+            &shared.ladder,
+            Arc::new(captured.picture),
+            seq,
+            captured.capture_us,
+        );
         seq += 1;
     }
+    low.stop();
     Ok(())
 }
 
@@ -478,9 +485,10 @@ async fn accept_loop(
                     conn: conn.clone(),
                     stats: ViewerStats::default(),
                     skipped: 0,
+                    rate: None,
                 });
             }
-            let r = serve_viewer(id, conn.clone(), &shared, rx).await;
+            let r = deliver::serve_viewer(id, conn.clone(), &shared, rx).await;
             if let Ok(mut v) = shared.viewers.lock() {
                 v.retain(|s| s.id != id);
             }
@@ -490,173 +498,6 @@ async fn accept_loop(
             }
             conn.close(0u32.into(), b"bye");
         });
-    }
-}
-
-async fn serve_viewer(
-    id: usize,
-    conn: quinn::Connection,
-    shared: &Arc<Shared>,
-    mut frames: broadcast::Receiver<Arc<EncodedFrame>>,
-) -> Result<(), PipelineError> {
-    let (mut ctrl_send, mut ctrl_recv) =
-        tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
-            .await
-            .map_err(|_| PipelineError::Protocol("no control stream within 5 s".into()))?
-            .map_err(|e| PipelineError::Connection(e.to_string()))?;
-    match read_control(&mut ctrl_recv).await? {
-        Some(Control::ViewerHello { name }) => tracing::debug!(id, %name, "hello"),
-        other => {
-            return Err(PipelineError::Protocol(format!(
-                "expected hello, got {other:?}"
-            )))
-        }
-    }
-    let mut hello = shared.hello.clone();
-    hello.next_seq = shared.next_seq.load(Ordering::Relaxed);
-    ctrl_send
-        .write_all(&Control::Hello(hello).frame())
-        .await
-        .map_err(|e| PipelineError::Connection(e.to_string()))?;
-    // A viewer joining mid-stream needs an IDR to start.
-    shared.request_keyframe();
-
-    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Control>(64);
-    let reader = tokio::spawn(async move {
-        while let Ok(Some(m)) = read_control(&mut ctrl_recv).await {
-            if ctrl_tx.send(m).await.is_err() {
-                break;
-            }
-        }
-    });
-    let (skip_tx, mut skip_rx) = mpsc::unbounded_channel::<u64>();
-    let inflight = Arc::new(AtomicU64::new(0));
-    let max_inflight = (shared.budget.as_secs_f64() * shared.hello.fps_milli as f64 / 1000.0)
-        .ceil()
-        .max(2.0) as u64;
-    let mut waiting_key = true;
-    let mut last_seq: Option<u64> = None;
-
-    let result = loop {
-        let mut skipped = Vec::new();
-        tokio::select! {
-            f = frames.recv() => match f {
-                Ok(frame) => {
-                    last_seq = Some(frame.seq);
-                    let age = Duration::from_micros(clock::now_us().saturating_sub(frame.capture_us));
-                    if waiting_key && !frame.keyframe {
-                        skipped.push(frame.seq);
-                    } else if age >= shared.budget || inflight.load(Ordering::Relaxed) >= max_inflight {
-                        skipped.push(frame.seq);
-                        waiting_key = true;
-                    } else {
-                        waiting_key = false;
-                        let deadline = tokio::time::Instant::now() + (shared.budget - age);
-                        tokio::spawn(send_frame(conn.clone(), frame, shared.hello.projection, deadline, skip_tx.clone(), inflight.clone()));
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    // This viewer's task fell behind: its frames only are lost.
-                    if let Some(l) = last_seq {
-                        skipped.extend(l + 1..=l + n);
-                        last_seq = Some(l + n);
-                    }
-                    waiting_key = true;
-                }
-                Err(broadcast::error::RecvError::Closed) => break Ok(()),
-            },
-            Some(seq) = skip_rx.recv() => {
-                skipped.push(seq);
-                waiting_key = true;
-            }
-            m = ctrl_rx.recv() => match m {
-                Some(Control::KeyframeRequest) => {
-                    waiting_key = true;
-                    shared.request_keyframe();
-                }
-                Some(Control::Ping { viewer_us }) => {
-                    let pong = Control::Pong { viewer_us, sender_us: clock::now_us() };
-                    if let Err(e) = ctrl_send.write_all(&pong.frame()).await {
-                        break Err(PipelineError::Connection(e.to_string()));
-                    }
-                }
-                Some(Control::Stats(s)) => {
-                    if let Ok(mut v) = shared.viewers.lock() {
-                        if let Some(slot) = v.iter_mut().find(|s| s.id == id) {
-                            slot.stats = s;
-                        }
-                    }
-                }
-                Some(other) => break Err(PipelineError::Protocol(format!("unexpected {other:?}"))),
-                None => break Ok(()),
-            },
-            _ = conn.closed() => break Ok(()),
-        }
-        if !skipped.is_empty() {
-            if waiting_key {
-                shared.request_keyframe();
-            }
-            if let Ok(mut v) = shared.viewers.lock() {
-                if let Some(slot) = v.iter_mut().find(|s| s.id == id) {
-                    slot.skipped += skipped.len() as u64;
-                }
-            }
-            for seq in skipped {
-                if let Err(e) = ctrl_send.write_all(&Control::Skipped { seq }.frame()).await {
-                    reader.abort();
-                    return Err(PipelineError::Connection(e.to_string()));
-                }
-            }
-        }
-    };
-    reader.abort();
-    result
-}
-
-async fn send_frame(
-    conn: quinn::Connection,
-    frame: Arc<EncodedFrame>,
-    projection: Projection,
-    deadline: tokio::time::Instant,
-    skipped: mpsc::UnboundedSender<u64>,
-    inflight: Arc<AtomicU64>,
-) {
-    inflight.fetch_add(1, Ordering::Relaxed);
-    let header = FrameHeader {
-        seq: frame.seq,
-        capture_us: frame.capture_us,
-        keyframe: frame.keyframe,
-        has_config: frame.keyframe,
-        codec: Codec::H264,
-        projection,
-        width: frame.width as u16,
-        height: frame.height as u16,
-        payload_len: frame.data.len() as u32,
-    };
-    let ok = match tokio::time::timeout_at(deadline, conn.open_uni()).await {
-        Ok(Ok(mut s)) => {
-            let sent = tokio::time::timeout_at(deadline, async {
-                s.write_all(&header.encode()).await.ok()?;
-                s.write_all(&frame.data).await.ok()?;
-                s.finish().ok()?;
-                // Done when the viewer has acknowledged every byte.
-                s.stopped().await.ok()
-            })
-            .await;
-            match sent {
-                Ok(Some(None)) => true,
-                _ => {
-                    // Too late or refused: abandon it rather than let it queue.
-                    let _ = s.reset(1u32.into());
-                    false
-                }
-            }
-        }
-        _ => false,
-    };
-    inflight.fetch_sub(1, Ordering::Relaxed);
-    if !ok && conn.close_reason().is_none() {
-        let _ = skipped.send(frame.seq);
     }
 }
 
@@ -703,6 +544,23 @@ impl SendSession {
             paths.sort_unstable();
             paths.dedup();
             line.path = paths.join("+");
+            let now = Instant::now();
+            let ladder = &self.shared.ladder;
+            line.per_viewer = v
+                .iter()
+                .filter_map(|s| {
+                    let r = s.rate?;
+                    let rendition = &ladder.renditions[r.rendition];
+                    Some(ViewerLine {
+                        id: s.id,
+                        rendition: rendition.name(),
+                        estimate_mbps: r.estimate as f64 / 1e6,
+                        target_mbps: r.target as f64 / 1e6,
+                        sent_mbps: r.sent / 1e6,
+                        idr_per_min: rendition.idrs_per_minute(now),
+                    })
+                })
+                .collect();
             line.latency_p50_ms = p50.get(100.0) as f64 / 1000.0;
             line.latency_p99_ms = p99.get(100.0) as f64 / 1000.0;
             if v.is_empty() {

@@ -122,6 +122,24 @@ pub struct StatsLine {
     /// latency figures then give the age of the picture on screen, not the last good ones.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stalled_s: Option<f64>,
+    /// Sender: each viewer's estimate, rendition and rates.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_viewer: Vec<ViewerLine>,
+}
+
+/// One viewer, as the sender sees it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ViewerLine {
+    pub id: usize,
+    /// `full` or `half`.
+    pub rendition: &'static str,
+    /// What its path is estimated to carry, what its rendition is encoded at for it, and
+    /// what was sent to it over the last second.
+    pub estimate_mbps: f64,
+    pub target_mbps: f64,
+    pub sent_mbps: f64,
+    /// IDRs its rendition made over the last minute.
+    pub idr_per_min: usize,
 }
 
 impl StatsLine {
@@ -153,8 +171,18 @@ impl StatsLine {
                 self.latency_p50_ms, self.latency_p99_ms
             ),
         };
+        let per_viewer: String = self
+            .per_viewer
+            .iter()
+            .map(|v| {
+                format!(
+                    "\n  viewer {} {}  est {:6.2}  target {:6.2}  sent {:6.2} Mbit/s  idr/min {}",
+                    v.id, v.rendition, v.estimate_mbps, v.target_mbps, v.sent_mbps, v.idr_per_min
+                )
+            })
+            .collect();
         format!(
-            "{:<4} fps {:5.1}  bitrate {:6.2} Mbit/s  rtt {:6.1} ms  {latency}  dropped {}  frames {}{}{}  path {}{}",
+            "{:<4} fps {:5.1}  bitrate {:6.2} Mbit/s  rtt {:6.1} ms  {latency}  dropped {}  frames {}{}{}  path {}{}{per_viewer}",
             self.role,
             self.fps,
             self.bitrate_mbps,

@@ -280,6 +280,7 @@ impl Metrics {
             direct_ms: self.direct.map(|d| d.as_secs_f64() * 1000.0),
             headset_fps: self.headset.as_mut().map(|h| h.rates(now).0),
             headset_missed: self.headset.as_ref().map(|_| self.headset_missed),
+            per_viewer: Vec::new(),
         }
     }
 }

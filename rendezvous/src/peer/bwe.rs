@@ -230,6 +230,11 @@ impl RateController {
         }
     }
 
+    /// No queue seen yet: the target is still a guess on its way up.
+    pub fn probing(&self) -> bool {
+        self.probing
+    }
+
     pub fn usage(&self) -> Usage {
         self.usage
     }

@@ -1,0 +1,580 @@
+//! The sender's encoder ladder: the full-size rendition, always encoded, and a half-size one,
+//! encoded only while some viewer is on it. Each rendition's bitrate follows the viewers on it:
+//! the top one the fastest of them (a slow viewer moves down instead of dragging the others
+//! down), the low one the slowest (it is the bottom of the ladder). Keyframes are per
+//! rendition: asked for at a frame number (a viewer joining or moving there) or after a loss,
+//! and the latter at most once per `LOSS_IDR_GAP` per rendition.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+use super::PipelineError;
+use crate::encode::{EncodedFrame, Encoder, EncoderConfig};
+use crate::picture::I420;
+
+pub const TOP: usize = 0;
+pub const LOW: usize = 1;
+pub const RENDITIONS: usize = 2;
+
+/// IDRs asked for after a loss, per rendition, at most one per this long.
+pub const LOSS_IDR_GAP: Duration = Duration::from_secs(1);
+
+/// Bitrate bounds of the ladder, bits per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LadderConfig {
+    /// `--bitrate`: the top rendition's ceiling.
+    pub ceiling: u32,
+    /// The least any rendition gets.
+    pub floor: u32,
+}
+
+impl LadderConfig {
+    pub fn new(ceiling: u32) -> Self {
+        Self {
+            ceiling,
+            floor: (ceiling / 40).clamp(150_000, ceiling.max(1)),
+        }
+    }
+
+    /// Below this a viewer is better served by the half-size picture.
+    pub fn top_min(&self) -> u32 {
+        (self.ceiling / 4).max(self.floor)
+    }
+
+    /// The most the half-size rendition gets.
+    pub fn low_max(&self) -> u32 {
+        (self.ceiling / 3).max(self.floor)
+    }
+}
+
+/// One rendition's state, shared by its encoder and the viewer sessions.
+pub struct Rendition {
+    pub index: usize,
+    pub width: u32,
+    pub height: u32,
+    /// Target bitrate for its encoder.
+    pub bitrate: AtomicU32,
+    /// Viewers on it (or moving to it).
+    pub users: AtomicUsize,
+    /// The first frame number at or after which the next frame must be an IDR (`u64::MAX`: none).
+    keyframe_from: AtomicU64,
+    /// An IDR after a loss is wanted (made only if `LOSS_IDR_GAP` has passed).
+    keyframe_loss: AtomicBool,
+    /// The frame number the encoder takes next.
+    pub next_seq: AtomicU64,
+    idrs: Mutex<IdrLog>,
+}
+
+#[derive(Default)]
+struct IdrLog {
+    at: VecDeque<Instant>,
+    last: Option<Instant>,
+}
+
+impl Rendition {
+    fn new(index: usize, width: u32, height: u32, bitrate: u32) -> Self {
+        Self {
+            index,
+            width,
+            height,
+            bitrate: AtomicU32::new(bitrate),
+            users: AtomicUsize::new(0),
+            keyframe_from: AtomicU64::new(0),
+            keyframe_loss: AtomicBool::new(false),
+            next_seq: AtomicU64::new(0),
+            idrs: Mutex::new(IdrLog::default()),
+        }
+    }
+
+    /// The frame numbered `seq` or the first after it must be an IDR (a viewer starts there).
+    pub fn keyframe_at(&self, seq: u64) {
+        self.keyframe_from.fetch_min(seq, Ordering::Relaxed);
+    }
+
+    /// A viewer lost something: an IDR soon, unless one was made within `LOSS_IDR_GAP`.
+    pub fn keyframe_after_loss(&self) {
+        self.keyframe_loss.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the frame `seq` the encoder is about to make must be an IDR.
+    fn wants_keyframe(&self, now: Instant, seq: u64) -> bool {
+        if seq >= self.keyframe_from.load(Ordering::Relaxed) {
+            return true;
+        }
+        let recent = self
+            .idrs
+            .lock()
+            .ok()
+            .and_then(|l| l.last)
+            .is_some_and(|t| now.saturating_duration_since(t) < LOSS_IDR_GAP);
+        !recent && self.keyframe_loss.load(Ordering::Relaxed)
+    }
+
+    /// The encoder made frame `seq`, an IDR or not.
+    fn made(&self, now: Instant, seq: u64, keyframe: bool) {
+        self.next_seq.store(seq + 1, Ordering::Relaxed);
+        if !keyframe {
+            return;
+        }
+        // Requests up to this frame are served.
+        let _ = self
+            .keyframe_from
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                (f <= seq).then_some(u64::MAX)
+            });
+        self.keyframe_loss.store(false, Ordering::Relaxed);
+        if let Ok(mut l) = self.idrs.lock() {
+            l.last = Some(now);
+            l.at.push_back(now);
+            while l
+                .at
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) > Duration::from_secs(60))
+            {
+                l.at.pop_front();
+            }
+        }
+    }
+
+    /// IDRs made over the last minute.
+    pub fn idrs_per_minute(&self, now: Instant) -> usize {
+        self.idrs.lock().map_or(0, |l| {
+            l.at.iter()
+                .filter(|t| now.saturating_duration_since(**t) <= Duration::from_secs(60))
+                .count()
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        if self.index == TOP {
+            "full"
+        } else {
+            "half"
+        }
+    }
+}
+
+/// The renditions and their bounds.
+pub struct Ladder {
+    pub cfg: LadderConfig,
+    pub renditions: [Rendition; RENDITIONS],
+}
+
+impl Ladder {
+    pub fn new(cfg: LadderConfig, width: u32, height: u32) -> Self {
+        let half = I420::new(width, height).half();
+        Self {
+            cfg,
+            renditions: [
+                Rendition::new(TOP, width, height, cfg.ceiling),
+                Rendition::new(LOW, half.width, half.height, cfg.low_max()),
+            ],
+        }
+    }
+
+    /// Sets each rendition's bitrate from the targets of the viewers on it
+    /// (`(rendition, target)` pairs).
+    pub fn follow(&self, viewers: &[(usize, u64)]) {
+        let rates = plan(&self.cfg, viewers);
+        for (r, rate) in self.renditions.iter().zip(rates) {
+            r.bitrate.store(rate, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Bitrate per rendition: the top one the fastest viewer on it, the low one the slowest, within
+/// their bounds. A rendition nobody watches keeps its bound (the top one its ceiling).
+pub fn plan(cfg: &LadderConfig, viewers: &[(usize, u64)]) -> [u32; RENDITIONS] {
+    let on = |r: usize| viewers.iter().filter(move |v| v.0 == r).map(|v| v.1);
+    let top = on(TOP).max().map_or(cfg.ceiling as u64, |t| {
+        t.clamp(cfg.top_min() as u64, cfg.ceiling as u64)
+    });
+    let low = on(LOW).min().map_or(cfg.low_max() as u64, |t| {
+        t.clamp(cfg.floor as u64, cfg.low_max() as u64)
+    });
+    [top as u32, low as u32]
+}
+
+/// Which rendition one viewer should be on, with hysteresis: down when its target has been
+/// too low for a second, up when it has been high enough for three, and after an up-move that
+/// did not hold, not again for a while (doubling, up to a minute).
+#[derive(Debug)]
+pub struct RenditionChooser {
+    since: Option<(usize, Instant)>,
+    last_up: Option<Instant>,
+    up_backoff: Duration,
+    not_before: Option<Instant>,
+}
+
+const DOWN_AFTER: Duration = Duration::from_secs(1);
+const UP_AFTER: Duration = Duration::from_secs(3);
+
+impl Default for RenditionChooser {
+    fn default() -> Self {
+        Self {
+            since: None,
+            last_up: None,
+            up_backoff: Duration::from_secs(10),
+            not_before: None,
+        }
+    }
+}
+
+impl RenditionChooser {
+    /// Where a viewer starting with `target` begins.
+    pub fn start(cfg: &LadderConfig, target: u64) -> usize {
+        if target >= cfg.top_min() as u64 {
+            TOP
+        } else {
+            LOW
+        }
+    }
+
+    /// The rendition this viewer should move to, if any. `probing`: its estimate has seen no
+    /// queue yet (a low target then means "not measured", not "cannot").
+    pub fn update(
+        &mut self,
+        now: Instant,
+        cfg: &LadderConfig,
+        current: usize,
+        target: u64,
+        probing: bool,
+        top_rate: u32,
+    ) -> Option<usize> {
+        let want = match current {
+            TOP => {
+                let behind = !probing && target < (0.7 * top_rate as f64) as u64;
+                (target < cfg.top_min() as u64 || behind).then_some(LOW)
+            }
+            _ => {
+                let enough = target >= (1.2 * cfg.top_min() as f64) as u64
+                    && target >= (0.9 * top_rate as f64) as u64;
+                let allowed = self.not_before.is_none_or(|t| now >= t);
+                (enough && allowed).then_some(TOP)
+            }
+        };
+        let Some(want) = want else {
+            self.since = None;
+            return None;
+        };
+        let since = match self.since {
+            Some((w, t)) if w == want => t,
+            _ => {
+                self.since = Some((want, now));
+                now
+            }
+        };
+        let after = if want == LOW { DOWN_AFTER } else { UP_AFTER };
+        if now.saturating_duration_since(since) < after {
+            return None;
+        }
+        self.since = None;
+        if want == TOP {
+            self.last_up = Some(now);
+        } else if self
+            .last_up
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10))
+        {
+            // The way up did not hold: wait longer before trying again.
+            self.not_before = Some(now + self.up_backoff);
+            self.up_backoff = (self.up_backoff * 2).min(Duration::from_secs(60));
+        }
+        Some(want)
+    }
+}
+
+/// A picture for the half-size encoder.
+struct LowJob {
+    picture: Arc<I420>,
+    seq: u64,
+    capture_us: u64,
+}
+
+/// Runs the half-size encoder on its own thread (the two encode in parallel). It starts when a
+/// viewer moves to it (its first frame is an IDR) and stops when the last one leaves.
+pub struct LowEncoder {
+    jobs: Option<std_mpsc::SyncSender<Option<LowJob>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    running: bool,
+}
+
+impl LowEncoder {
+    pub fn spawn(
+        ladder: Arc<Ladder>,
+        fps: u32,
+        threads: u32,
+        frames: broadcast::Sender<Arc<EncodedFrame>>,
+    ) -> Result<Self, PipelineError> {
+        // One picture queued at most: the top encoder waits rather than the two drifting apart
+        // (both must make every frame number, or a viewer moving between them sees a gap).
+        let (tx, rx) = std_mpsc::sync_channel::<Option<LowJob>>(1);
+        let thread = std::thread::Builder::new()
+            .name("encode-half".into())
+            .spawn(move || low_loop(rx, &ladder, fps, threads, &frames))
+            .map_err(|e| PipelineError::Other(e.to_string()))?;
+        Ok(Self {
+            jobs: Some(tx),
+            thread: Some(thread),
+            running: false,
+        })
+    }
+
+    /// Hands over frame `seq` when some viewer is on the half-size rendition.
+    pub fn feed(&mut self, ladder: &Ladder, picture: Arc<I420>, seq: u64, capture_us: u64) {
+        let Some(tx) = &self.jobs else { return };
+        let wanted = ladder.renditions[LOW].users.load(Ordering::Relaxed) > 0;
+        let job = match (wanted, self.running) {
+            (true, _) => Some(LowJob {
+                picture,
+                seq,
+                capture_us,
+            }),
+            (false, true) => None,
+            (false, false) => return,
+        };
+        self.running = wanted;
+        if tx.send(job).is_err() {
+            self.jobs = None;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LowEncoder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn low_loop(
+    jobs: std_mpsc::Receiver<Option<LowJob>>,
+    ladder: &Ladder,
+    fps: u32,
+    threads: u32,
+    frames: &broadcast::Sender<Arc<EncodedFrame>>,
+) {
+    let r = &ladder.renditions[LOW];
+    let mut encoder: Option<Encoder> = None;
+    while let Ok(job) = jobs.recv() {
+        let Some(job) = job else {
+            // Nobody on it: stop; a later viewer starts it again from an IDR.
+            encoder = None;
+            tracing::debug!("half-size rendition stopped");
+            continue;
+        };
+        let half = job.picture.half();
+        let bitrate = r.bitrate.load(Ordering::Relaxed);
+        let enc = match &mut encoder {
+            Some(e) => e,
+            None => match Encoder::new(EncoderConfig {
+                width: half.width,
+                height: half.height,
+                fps,
+                bitrate,
+                threads,
+            }) {
+                Ok(e) => {
+                    tracing::debug!(seq = job.seq, "half-size rendition started");
+                    encoder.insert(e)
+                }
+                Err(e) => {
+                    tracing::warn!("cannot start the half-size encoder: {e}");
+                    return;
+                }
+            },
+        };
+        enc.set_bitrate(bitrate);
+        let now = Instant::now();
+        let force = r.wants_keyframe(now, job.seq);
+        match enc.encode(&half, job.seq, job.capture_us, force) {
+            Ok(Some(mut frame)) => {
+                frame.rendition = LOW as u8;
+                r.made(now, job.seq, frame.keyframe);
+                let _ = frames.send(Arc::new(frame));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("half-size encoder: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Encodes one picture on the top rendition (on the capture thread).
+pub fn encode_top(
+    ladder: &Ladder,
+    encoder: &mut Encoder,
+    picture: &I420,
+    seq: u64,
+    capture_us: u64,
+) -> Result<Option<EncodedFrame>, PipelineError> {
+    let r = &ladder.renditions[TOP];
+    encoder.set_bitrate(r.bitrate.load(Ordering::Relaxed));
+    let now = Instant::now();
+    let force = r.wants_keyframe(now, seq);
+    let frame = encoder.encode(picture, seq, capture_us, force)?;
+    match &frame {
+        Some(f) => r.made(now, seq, f.keyframe),
+        None => r.next_seq.store(seq + 1, Ordering::Relaxed),
+    }
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> LadderConfig {
+        LadderConfig::new(20_000_000)
+    }
+
+    #[test]
+    fn the_top_follows_its_fastest_viewer_the_low_its_slowest() {
+        let c = cfg();
+        assert_eq!(plan(&c, &[]), [20_000_000, c.low_max()]);
+        assert_eq!(
+            plan(
+                &c,
+                &[
+                    (TOP, 12_000_000),
+                    (TOP, 18_000_000),
+                    (LOW, 2_000_000),
+                    (LOW, 3_000_000)
+                ]
+            ),
+            [18_000_000, 2_000_000]
+        );
+        // Within bounds.
+        assert_eq!(plan(&c, &[(TOP, 1), (LOW, 1)]), [c.top_min(), c.floor]);
+        assert_eq!(
+            plan(&c, &[(TOP, u64::MAX), (LOW, u64::MAX)]),
+            [20_000_000, c.low_max()]
+        );
+    }
+
+    #[test]
+    fn a_viewer_moves_down_after_a_second_and_up_after_three() {
+        let c = cfg();
+        let t0 = Instant::now();
+        let mut ch = RenditionChooser::default();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Too low for the top: down, but only after a second of it.
+        assert_eq!(
+            ch.update(at(0), &c, TOP, 3_000_000, false, 20_000_000),
+            None
+        );
+        assert_eq!(
+            ch.update(at(900), &c, TOP, 3_000_000, false, 20_000_000),
+            None
+        );
+        assert_eq!(
+            ch.update(at(1000), &c, TOP, 3_000_000, false, 20_000_000),
+            Some(LOW)
+        );
+        // A blip back up resets the count.
+        assert_eq!(
+            ch.update(at(1100), &c, LOW, 19_000_000, false, 20_000_000),
+            None
+        );
+        assert_eq!(
+            ch.update(at(1200), &c, LOW, 2_000_000, false, 20_000_000),
+            None
+        );
+        assert_eq!(
+            ch.update(at(2200), &c, LOW, 19_000_000, false, 20_000_000),
+            None
+        );
+        assert_eq!(
+            ch.update(at(5200), &c, LOW, 19_000_000, false, 20_000_000),
+            Some(TOP)
+        );
+        // It did not hold: down again, and no way up for 10 s.
+        assert_eq!(
+            ch.update(at(6000), &c, TOP, 2_000_000, false, 20_000_000),
+            None
+        );
+        assert_eq!(
+            ch.update(at(7000), &c, TOP, 2_000_000, false, 20_000_000),
+            Some(LOW)
+        );
+        assert_eq!(
+            ch.update(at(8000), &c, LOW, 19_000_000, false, 20_000_000),
+            None
+        );
+        assert_eq!(
+            ch.update(at(12000), &c, LOW, 19_000_000, false, 20_000_000),
+            None
+        );
+        assert_eq!(
+            ch.update(at(17000), &c, LOW, 19_000_000, false, 20_000_000),
+            None
+        );
+        assert_eq!(
+            ch.update(at(20000), &c, LOW, 19_000_000, false, 20_000_000),
+            Some(TOP)
+        );
+    }
+
+    #[test]
+    fn a_probing_viewer_is_not_moved_for_being_below_the_top_rate() {
+        let c = cfg();
+        let t0 = Instant::now();
+        let mut ch = RenditionChooser::default();
+        for s in 0..5 {
+            let now = t0 + Duration::from_secs(s);
+            assert_eq!(ch.update(now, &c, TOP, 8_000_000, true, 20_000_000), None);
+        }
+        // Once measured, 8 of 20 Mbit/s is behind.
+        ch.update(
+            t0 + Duration::from_secs(6),
+            &c,
+            TOP,
+            8_000_000,
+            false,
+            20_000_000,
+        );
+        assert_eq!(
+            ch.update(
+                t0 + Duration::from_secs(7),
+                &c,
+                TOP,
+                8_000_000,
+                false,
+                20_000_000
+            ),
+            Some(LOW)
+        );
+    }
+
+    #[test]
+    fn keyframes_at_a_frame_number_and_after_loss_at_most_once_a_second() {
+        let r = Rendition::new(TOP, 64, 32, 1_000_000);
+        let t0 = Instant::now();
+        r.made(t0, 0, true);
+        r.keyframe_at(5);
+        assert!(!r.wants_keyframe(t0, 4));
+        assert!(r.wants_keyframe(t0, 5));
+        r.made(t0, 5, true);
+        assert!(!r.wants_keyframe(t0, 6), "served");
+        // Losses: not within a second of the last IDR, then one.
+        r.keyframe_after_loss();
+        assert!(!r.wants_keyframe(t0 + Duration::from_millis(500), 20));
+        let later = t0 + Duration::from_millis(1100);
+        assert!(r.wants_keyframe(later, 33));
+        r.made(later, 33, true);
+        assert!(!r.wants_keyframe(later, 34));
+        assert_eq!(r.idrs_per_minute(later), 3);
+        assert_eq!(r.idrs_per_minute(t0 + Duration::from_secs(62)), 0);
+    }
+}
