@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 
 use lab::{set_netem, Lab, Nat};
 
+/// One lab at a time: each streams camera-like video through real encoders and decoders, and
+/// two at once on two cores would measure the CPU, not the link.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn stats(l: &str) -> serde_json::Value {
     serde_json::from_str(l).unwrap_or_else(|e| panic!("not a stats line ({e}): {l}"))
 }
@@ -32,6 +39,7 @@ fn playing(v: &mpsc::Receiver<String>, fps: f64, within: Duration) -> serde_json
 
 #[test]
 fn delay_steps_mid_stream_the_stream_is_back_within_a_second() {
+    let _one = serial();
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
     let netem = lab.netem_file("");
     let (rv, code, _s) = lab.start_room_with(&[
@@ -67,5 +75,206 @@ fn delay_steps_mid_stream_the_stream_is_back_within_a_second() {
             rtt >= 1.6 * delay as f64 && rtt <= 2.0 * delay as f64 + 60.0,
             "{delay} ms each way but an RTT of {rtt} ms: {s}"
         );
+    }
+}
+
+/// The viewer's per-second stats over `secs` seconds.
+fn stats_for(v: &mpsc::Receiver<String>, secs: usize) -> Vec<serde_json::Value> {
+    (0..secs).map(|_| next_stats(v)).collect()
+}
+
+#[test]
+fn a_5_mbit_bottleneck_settles_live_with_bounded_latency() {
+    let _one = serial();
+    let mut lab = Lab::new(Nat::Cone, Nat::Cone);
+    let (rv, code, _s) = lab.start_room_with(&[
+        "--source",
+        "testcard:busy",
+        "--size",
+        "1280x640",
+        "--bitrate",
+        "20M",
+    ]);
+    lab.bottleneck("b", Some(5.0));
+    let (_, v) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
+    playing(&v, 1.0, Duration::from_secs(30));
+    // Settling.
+    stats_for(&v, 5);
+    let window = stats_for(&v, 20);
+    let fps: Vec<f64> = window
+        .iter()
+        .map(|s| s["fps"].as_f64().unwrap_or(0.0))
+        .collect();
+    let p99: Vec<f64> = window
+        .iter()
+        .map(|s| s["latency_p99_ms"].as_f64().unwrap_or(f64::MAX))
+        .collect();
+    let mean_fps = fps.iter().sum::<f64>() / fps.len() as f64;
+    let last = window.last().cloned().unwrap_or_default();
+    eprintln!("fps {fps:?}\np99 {p99:?}\n{last}");
+    assert!(mean_fps >= 27.0, "{mean_fps:.1} fps: {fps:?}");
+    assert!(
+        p99.iter().all(|p| *p <= 300.0),
+        "p99 frame latency over 300 ms: {p99:?}"
+    );
+    assert_eq!(last["corrupt"], 0, "{last}");
+}
+
+/// The newest of the stats lines printed so far (waits for one if none is there).
+fn latest(rx: &mpsc::Receiver<String>) -> serde_json::Value {
+    let mut last = None;
+    for l in rx.try_iter() {
+        if l.starts_with('{') {
+            last = Some(l);
+        }
+    }
+    match last {
+        Some(l) => stats(&l),
+        None => stats(&lab::line(rx, "{", Duration::from_secs(10))),
+    }
+}
+
+fn mean(v: &[serde_json::Value], key: &str) -> f64 {
+    v.iter()
+        .map(|s| s[key].as_f64().unwrap_or(0.0))
+        .sum::<f64>()
+        / v.len().max(1) as f64
+}
+
+/// A busy test card streamed by a sender on side "a" (stats as JSON), `size` at `bitrate`.
+fn busy_room(lab: &mut Lab, size: &str, bitrate: &str) -> (String, String, mpsc::Receiver<String>) {
+    lab.start_room_with(&[
+        "--json",
+        "--source",
+        "testcard:busy",
+        "--size",
+        size,
+        "--bitrate",
+        bitrate,
+    ])
+}
+
+#[test]
+fn a_slow_viewer_moves_down_without_slowing_a_fast_one_or_causing_idrs() {
+    let _one = serial();
+    let mut lab = Lab::new(Nat::Cone, Nat::Cone);
+    let (rv, code, send) = busy_room(&mut lab, "1280x640", "12M");
+    lab.bottleneck("b", Some(3.0));
+    // The fast viewer is on the sender's own network.
+    let fast = lab.run(
+        "a",
+        &[
+            "view",
+            "--rendezvous",
+            &rv,
+            "--headless",
+            "--render-size",
+            "32x32",
+            "--verify",
+            "--json",
+            &code,
+        ],
+    );
+    playing(&fast, 25.0, Duration::from_secs(30));
+    stats_for(&fast, 3);
+    let alone = mean(&stats_for(&fast, 8), "bitrate_mbps");
+    let (_, slow) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
+    playing(&slow, 20.0, Duration::from_secs(30));
+    // Settling: the slow one finds its rate and rendition.
+    stats_for(&fast, 6);
+    let viewer = |s: &serde_json::Value, rendition: &str| {
+        s["per_viewer"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["rendition"] == rendition).cloned())
+            .unwrap_or_else(|| panic!("no viewer on the {rendition} rendition: {s}"))
+    };
+    let before = latest(&send);
+    let idrs_before = viewer(&before, "half")["idrs"].as_u64();
+    let together = stats_for(&fast, 10);
+    let after = latest(&send);
+    let slow_now = viewer(&after, "half");
+    viewer(&after, "full");
+    eprintln!(
+        "alone {alone:.2} Mbit/s; together {:.2}\n{after}",
+        mean(&together, "bitrate_mbps")
+    );
+    assert!(
+        mean(&together, "bitrate_mbps") >= 0.9 * alone,
+        "the fast viewer got {:.2} Mbit/s alone, {:.2} with the slow one",
+        alone,
+        mean(&together, "bitrate_mbps")
+    );
+    assert_eq!(
+        slow_now["idrs"].as_u64(),
+        idrs_before,
+        "IDRs on the slow viewer's rendition: {before} then {after}"
+    );
+    let slow_last = latest(&slow);
+    assert!(
+        slow_last["fps"].as_f64().unwrap_or(0.0) >= 25.0,
+        "{slow_last}"
+    );
+    assert_eq!(slow_last["corrupt"], 0, "{slow_last}");
+    assert_eq!(together.last().cloned().unwrap_or_default()["corrupt"], 0);
+}
+
+#[test]
+fn one_percent_loss_each_way_is_not_read_as_congestion() {
+    let _one = serial();
+    let mut lab = Lab::new(Nat::Cone, Nat::Cone);
+    // 20 ms each way (RTT about 40 ms), 1% of datagrams lost each way.
+    lab.netem = Some("delay=20ms,loss=1%".into());
+    let (rv, code, send) = busy_room(&mut lab, "1280x640", "6M");
+    let (_, v) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
+    playing(&v, 20.0, Duration::from_secs(30));
+    stats_for(&v, 5);
+    let mut targets = Vec::new();
+    for _ in 0..10 {
+        next_stats(&v);
+        let s = latest(&send);
+        targets.push(s["per_viewer"][0]["target_mbps"].as_f64().unwrap_or(0.0));
+        eprintln!("{}", s["per_viewer"][0]);
+    }
+    assert!(
+        targets.iter().all(|t| *t >= 0.9 * 6.0),
+        "the target fell below 90% of 6 Mbit/s: {targets:?}"
+    );
+    let last = latest(&v);
+    assert!(last["fps"].as_f64().unwrap_or(0.0) >= 25.0, "{last}");
+    assert_eq!(last["corrupt"], 0, "{last}");
+}
+
+#[test]
+fn capacity_steps_20_4_20_mbit_the_stream_stays_live() {
+    let _one = serial();
+    let mut lab = Lab::new(Nat::Cone, Nat::Cone);
+    let (rv, code, _send) = busy_room(&mut lab, "1280x640", "16M");
+    lab.bottleneck("b", Some(20.0));
+    let (_, v) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
+    playing(&v, 25.0, Duration::from_secs(30));
+    stats_for(&v, 4);
+    for capacity in [4.0, 20.0] {
+        lab.bottleneck("b", Some(capacity));
+        // The two seconds after the step may show it (adapting down takes up to 2 s); from
+        // then on, live. Never a stall.
+        let seen = stats_for(&v, 8);
+        let fps: Vec<f64> = seen
+            .iter()
+            .map(|s| s["fps"].as_f64().unwrap_or(0.0))
+            .collect();
+        eprintln!("{capacity} Mbit/s: fps {fps:?}");
+        for s in &seen {
+            assert!(
+                s.get("stalled_s").is_none(),
+                "{capacity} Mbit/s: stalled: {seen:?}"
+            );
+        }
+        for s in &seen[2..] {
+            assert!(
+                s["fps"].as_f64().unwrap_or(0.0) >= 20.0,
+                "{capacity} Mbit/s: {s}"
+            );
+        }
+        assert_eq!(seen[7]["corrupt"], 0, "{}", seen[7]);
     }
 }

@@ -81,6 +81,35 @@ mod tests {
     use crate::encode::{Encoder, EncoderConfig};
     use crate::projection::{colour_distance, Face};
 
+    /// A viewer moving between the sender's renditions gets an IDR of another size mid-stream.
+    #[test]
+    fn a_new_size_at_an_idr_decodes_at_once() {
+        let mut dec = Decoder::new().unwrap();
+        for (w, h, from) in [(640u32, 320u32, 0u64), (320, 160, 10), (640, 320, 20)] {
+            let card = TestCard::new(w, h);
+            let mut enc = Encoder::new(EncoderConfig {
+                width: w,
+                height: h,
+                fps: 30,
+                bitrate: 1_000_000,
+                threads: 1,
+            })
+            .unwrap();
+            for seq in from..from + 10 {
+                let f = enc
+                    .encode(&card.frame(seq, 0), seq, 0, false)
+                    .unwrap()
+                    .unwrap();
+                let pic = dec
+                    .decode(&f.data)
+                    .unwrap()
+                    .expect("a picture for every frame");
+                assert_eq!((pic.width, pic.height), (w, h));
+                assert_eq!(read_barcode(&pic), Some(seq as u32));
+            }
+        }
+    }
+
     #[test]
     fn testcard_survives_the_codec() {
         let card = TestCard::new(640, 320);

@@ -3,6 +3,8 @@
 //! near 1.5× the mean), SPS/PPS repeated with every IDR, BT.709 limited range tagged in the VUI.
 //! The result is Constrained Baseline, which browsers decode untouched.
 
+pub mod scale;
+
 use std::time::Instant;
 
 use bytes::Bytes;

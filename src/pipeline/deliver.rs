@@ -31,6 +31,9 @@ pub struct ViewerRate {
     pub target: u64,
     /// Bits per second actually sent to this viewer.
     pub sent: f64,
+    /// The queue its estimate reads on the path, and the share of packets lost.
+    pub queue: Duration,
+    pub loss: f64,
 }
 
 /// Where a viewer is in the ladder: on `current`, perhaps moving to `to` from frame `at` on.
@@ -121,6 +124,7 @@ pub(super) async fn serve_viewer(
     let mut waiting_key = true;
     let mut last_seq: Option<u64> = None;
     let mut sent = RateMeter::default();
+    let mut logged_target = 0u64;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
@@ -153,6 +157,7 @@ pub(super) async fn serve_viewer(
                     if waiting_key && !frame.keyframe {
                         skipped.push(frame.seq);
                     } else if age >= shared.budget || inflight.load(Ordering::Relaxed) >= max_inflight {
+                        tracing::debug!(id, seq = frame.seq, ?age, inflight = inflight.load(Ordering::Relaxed), "frame not sent: too late");
                         skipped.push(frame.seq);
                         waiting_key = true;
                         ctl.on_frame_abandoned(Instant::now(), frame.seq);
@@ -172,12 +177,14 @@ pub(super) async fn serve_viewer(
                 Err(broadcast::error::RecvError::Closed) => break Ok(()),
             },
             Some(seq) = skip_rx.recv() => {
+                tracing::debug!(id, seq, "frame abandoned at its deadline");
                 skipped.push(seq);
                 waiting_key = true;
                 ctl.on_frame_abandoned(Instant::now(), seq);
             }
             m = ctrl_rx.recv() => match m {
                 Some(Control::KeyframeRequest) => {
+                    tracing::debug!(id, "keyframe request");
                     waiting_key = true;
                     ladder.renditions[place.current].keyframe_after_loss();
                 }
@@ -203,28 +210,33 @@ pub(super) async fn serve_viewer(
                 let path = conn.stats().path;
                 ctl.on_path(now, PathSample { rtt: path.rtt, sent_packets: path.sent_packets, lost_packets: path.lost_packets });
                 let target = ctl.poll(now);
+                if target.abs_diff(logged_target) > logged_target / 5 {
+                    tracing::debug!(id, target, queue = ?ctl.queue_delay(), probing = ctl.probing(), "rate");
+                    logged_target = target;
+                }
                 revisit_place(&mut place, &ladder, shared, id, now, target, ctl.probing(), last_seq);
                 let rate = ViewerRate {
-                    rendition: place.current,
+                    // A viewer on its way to a rendition sets that one's rate already.
+                    rendition: place.switch.map_or(place.current, |s| s.0),
                     estimate: ctl.estimate(),
                     target,
                     sent: sent.rates(now).1,
+                    queue: ctl.queue_delay(),
+                    loss: ctl.loss(),
                 };
-                let all: Vec<(usize, u64)> = match shared.viewers.lock() {
-                    Ok(mut v) => {
-                        if let Some(slot) = v.iter_mut().find(|s| s.id == id) {
-                            slot.rate = Some(rate);
-                        }
-                        v.iter().filter_map(|s| s.rate.map(|r| (r.rendition, r.target))).collect()
-                    }
-                    Err(_) => Vec::new(),
-                };
-                ladder.follow(&all);
+                publish(shared, id, rate);
             }
             _ = conn.closed() => break Ok(()),
         }
         if !skipped.is_empty() {
             if waiting_key {
+                // The lower rate first, so the IDR that repairs this is made at it.
+                let mut rate = shared.viewer_rate(id).unwrap_or_default();
+                if ctl.target() < rate.target {
+                    rate.target = ctl.target();
+                    rate.rendition = place.switch.map_or(place.current, |s| s.0);
+                    publish(shared, id, rate);
+                }
                 ladder.renditions[place.current].keyframe_after_loss();
             }
             if let Ok(mut v) = shared.viewers.lock() {
@@ -244,6 +256,23 @@ pub(super) async fn serve_viewer(
     reader.abort();
     leave(&ladder, &place);
     result
+}
+
+/// Puts this viewer's rates where the stats line and the other sessions see them, and sets
+/// each rendition's bitrate from all viewers'.
+fn publish(shared: &Shared, id: usize, rate: ViewerRate) {
+    let all: Vec<(usize, u64)> = match shared.viewers.lock() {
+        Ok(mut v) => {
+            if let Some(slot) = v.iter_mut().find(|s| s.id == id) {
+                slot.rate = Some(rate);
+            }
+            v.iter()
+                .filter_map(|s| s.rate.map(|r| (r.rendition, r.target)))
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    shared.ladder.follow(&all);
 }
 
 /// The top rendition's rate as set by the other viewers on it, if any.
@@ -290,6 +319,17 @@ fn revisit_place(
     else {
         return;
     };
+    // Its rate first: a rendition that starts for this viewer starts at what it can carry.
+    let mut viewers: Vec<(usize, u64)> = match shared.viewers.lock() {
+        Ok(v) => v
+            .iter()
+            .filter(|s| s.id != id)
+            .filter_map(|s| s.rate.map(|r| (r.rendition, r.target)))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    viewers.push((to, target));
+    ladder.follow(&viewers);
     ladder.renditions[to].users.fetch_add(1, Ordering::Relaxed);
     // From a frame neither encoder has made yet (the half-size one starts with the next
     // picture it gets), and after everything this viewer already has.

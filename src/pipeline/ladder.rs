@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::PipelineError;
+use crate::encode::scale::{half_size, Halver};
 use crate::encode::{EncodedFrame, Encoder, EncoderConfig};
 use crate::picture::I420;
 
@@ -73,6 +74,7 @@ pub struct Rendition {
 struct IdrLog {
     at: VecDeque<Instant>,
     last: Option<Instant>,
+    total: u64,
 }
 
 impl Rendition {
@@ -83,7 +85,8 @@ impl Rendition {
             height,
             bitrate: AtomicU32::new(bitrate),
             users: AtomicUsize::new(0),
-            keyframe_from: AtomicU64::new(0),
+            // A new encoder starts with an IDR anyway.
+            keyframe_from: AtomicU64::new(u64::MAX),
             keyframe_loss: AtomicBool::new(false),
             next_seq: AtomicU64::new(0),
             idrs: Mutex::new(IdrLog::default()),
@@ -129,6 +132,7 @@ impl Rendition {
         self.keyframe_loss.store(false, Ordering::Relaxed);
         if let Ok(mut l) = self.idrs.lock() {
             l.last = Some(now);
+            l.total += 1;
             l.at.push_back(now);
             while l
                 .at
@@ -149,6 +153,11 @@ impl Rendition {
         })
     }
 
+    /// IDRs made since the sender started.
+    pub fn idrs(&self) -> u64 {
+        self.idrs.lock().map_or(0, |l| l.total)
+    }
+
     pub fn name(&self) -> &'static str {
         if self.index == TOP {
             "full"
@@ -166,12 +175,12 @@ pub struct Ladder {
 
 impl Ladder {
     pub fn new(cfg: LadderConfig, width: u32, height: u32) -> Self {
-        let half = I420::new(width, height).half();
+        let (hw, hh) = half_size(width, height);
         Self {
             cfg,
             renditions: [
                 Rendition::new(TOP, width, height, cfg.ceiling),
-                Rendition::new(LOW, half.width, half.height, cfg.low_max()),
+                Rendition::new(LOW, hw, hh, cfg.low_max()),
             ],
         }
     }
@@ -364,6 +373,14 @@ fn low_loop(
     frames: &broadcast::Sender<Arc<EncodedFrame>>,
 ) {
     let r = &ladder.renditions[LOW];
+    let top = &ladder.renditions[TOP];
+    let mut halver = match Halver::new(top.width, top.height) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("no half-size rendition (scaler: {e})");
+            return;
+        }
+    };
     let mut encoder: Option<Encoder> = None;
     while let Ok(job) = jobs.recv() {
         let Some(job) = job else {
@@ -372,7 +389,13 @@ fn low_loop(
             tracing::debug!("half-size rendition stopped");
             continue;
         };
-        let half = job.picture.half();
+        let half = match halver.half(&job.picture) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("half-size rendition: {e}");
+                return;
+            }
+        };
         let bitrate = r.bitrate.load(Ordering::Relaxed);
         let enc = match &mut encoder {
             Some(e) => e,
@@ -562,7 +585,9 @@ mod tests {
         let r = Rendition::new(TOP, 64, 32, 1_000_000);
         let t0 = Instant::now();
         r.made(t0, 0, true);
+        // A request from after the encoder's first IDR is not served by it.
         r.keyframe_at(5);
+        r.made(t0, 1, true);
         assert!(!r.wants_keyframe(t0, 4));
         assert!(r.wants_keyframe(t0, 5));
         r.made(t0, 5, true);
@@ -574,7 +599,8 @@ mod tests {
         assert!(r.wants_keyframe(later, 33));
         r.made(later, 33, true);
         assert!(!r.wants_keyframe(later, 34));
-        assert_eq!(r.idrs_per_minute(later), 3);
+        assert_eq!(r.idrs_per_minute(later), 4);
+        assert_eq!(r.idrs(), 4);
         assert_eq!(r.idrs_per_minute(t0 + Duration::from_secs(62)), 0);
     }
 }

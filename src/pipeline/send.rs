@@ -121,6 +121,12 @@ pub(super) struct ViewerSlot {
 }
 
 impl Shared {
+    /// One viewer's rates as its session last published them.
+    pub(super) fn viewer_rate(&self, id: usize) -> Option<ViewerRate> {
+        let v = self.viewers.lock().ok()?;
+        v.iter().find(|s| s.id == id)?.rate
+    }
+
     /// A viewer is connected from this (virtual) address.
     fn is_connected(&self, addr: SocketAddr) -> bool {
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
@@ -558,6 +564,9 @@ impl SendSession {
                         target_mbps: r.target as f64 / 1e6,
                         sent_mbps: r.sent / 1e6,
                         idr_per_min: rendition.idrs_per_minute(now),
+                        idrs: rendition.idrs(),
+                        queue_ms: r.queue.as_secs_f64() * 1000.0,
+                        loss_pct: r.loss * 100.0,
                     })
                 })
                 .collect();

@@ -138,8 +138,12 @@ pub struct ViewerLine {
     pub estimate_mbps: f64,
     pub target_mbps: f64,
     pub sent_mbps: f64,
-    /// IDRs its rendition made over the last minute.
+    /// IDRs its rendition made over the last minute, and since the start.
     pub idr_per_min: usize,
+    pub idrs: u64,
+    /// The queue its estimate reads on the path (ms) and the packets lost (%).
+    pub queue_ms: f64,
+    pub loss_pct: f64,
 }
 
 impl StatsLine {
@@ -176,8 +180,15 @@ impl StatsLine {
             .iter()
             .map(|v| {
                 format!(
-                    "\n  viewer {} {}  est {:6.2}  target {:6.2}  sent {:6.2} Mbit/s  idr/min {}",
-                    v.id, v.rendition, v.estimate_mbps, v.target_mbps, v.sent_mbps, v.idr_per_min
+                    "\n  viewer {} {}  est {:6.2}  target {:6.2}  sent {:6.2} Mbit/s  queue {:4.0} ms  loss {:4.1}%  idr/min {}",
+                    v.id,
+                    v.rendition,
+                    v.estimate_mbps,
+                    v.target_mbps,
+                    v.sent_mbps,
+                    v.queue_ms,
+                    v.loss_pct,
+                    v.idr_per_min
                 )
             })
             .collect();

@@ -129,8 +129,9 @@ pub struct ViewConfig {
     pub reorder: ReorderConfig,
     pub impairment: Option<Arc<dyn Impairment>>,
     pub connect_timeout: Duration,
-    /// A frame this old (since capture) when its turn to decode comes is skipped, up to the
-    /// next keyframe, so a slow CPU costs frames rather than ever-growing latency.
+    /// A frame that has waited this long here (since it arrived) when its turn to decode comes
+    /// is skipped, up to the next keyframe, so a slow CPU costs frames rather than ever-growing
+    /// latency.
     pub late_after: Duration,
     pub paths: PathPolicy,
     pub punch: PunchConfig,
@@ -453,9 +454,11 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                     let mut skipping = false;
                     while let Ok(item) = decoder_rx.recv() {
                         // Live beats complete: when decoding falls behind (a slow CPU), skip to
-                        // the next keyframe instead of letting latency grow.
+                        // the next keyframe instead of letting latency grow. Behind means frames
+                        // waiting here, not frames that came late: the network's delay is the
+                        // sender's to bound (it lowers the rate, abandons what is too old).
                         let age =
-                            Duration::from_micros(clock::now_us().saturating_sub(item.capture_us));
+                            Duration::from_micros(clock::now_us().saturating_sub(item.received_us));
                         if !item.keyframe && (skipping || age > late_after) {
                             if !skipping {
                                 tracing::debug!(

@@ -516,7 +516,10 @@ impl Drop for Lab {
                     eprintln!("{l}");
                 }
             }
-            let _ = std::fs::remove_file(log);
+            // INCLUBIT_LAB_LOGS=keep: leave them for a look after the run.
+            if std::env::var_os("INCLUBIT_LAB_LOGS").is_none() {
+                let _ = std::fs::remove_file(log);
+            }
         }
         for f in &self.temp_files {
             let _ = std::fs::remove_file(f);

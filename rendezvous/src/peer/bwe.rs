@@ -5,8 +5,9 @@
 //! queue building at the bottleneck shows as frames arriving later relative to when they were
 //! sent, long before a router drops anything, while random loss (Wi-Fi, 4G) leaves arrival times
 //! alone and QUIC repairs it. Per frame the controller takes the one-way delay up to a constant
-//! clock offset, `d = received (viewer clock) - sent (sender clock)`; the queue is `d` above its
-//! minimum over the last seconds. On a growing or standing queue the target drops to 85% of what
+//! clock offset, `d = received (viewer clock) - sent (sender clock)`; the queue is the least `d`
+//! of the last few frames (a lost packet or a large frame delays one frame, a queue all of
+//! them) above the minimum over the last seconds. On a growing or standing queue the target drops to 85% of what
 //! actually arrived in the last second (the delivery rate, as BBR measures it), so the queue
 //! drains; otherwise it climbs: fast until the first sign of a queue, slowly just after a
 //! decrease, then faster again, so a link that improves is found again within seconds. Loss
@@ -58,6 +59,10 @@ const BASE_WINDOW: Duration = Duration::from_secs(10);
 /// Over how long the trend and the delivery rate are measured.
 const TREND_WINDOW: Duration = Duration::from_millis(500);
 const RATE_WINDOW: Duration = Duration::from_secs(1);
+const BURST_WINDOW: Duration = Duration::from_millis(300);
+/// The queue is read from the least delay of the last frames within this (or this many).
+const FILTER_WINDOW: Duration = Duration::from_millis(150);
+const FILTER_FRAMES: usize = 5;
 /// Share of the delivery rate kept on a decrease: the rest drains the queue.
 const BACKOFF: f64 = 0.85;
 /// Loss above this share of packets lowers the target.
@@ -80,6 +85,8 @@ pub struct RateController {
     pending: VecDeque<(u64, Instant, u32)>,
     /// (sent, one-way delay + offset in ms) per reported frame, for the base and the trend.
     delays: VecDeque<(Instant, f64)>,
+    /// (sent, least delay of the last few frames) per report, for the trend.
+    filtered: VecDeque<(Instant, f64)>,
     /// (received µs on the viewer's clock, bytes) per reported frame, for the delivery rate.
     received: VecDeque<(u64, u32)>,
     queue_ms: f64,
@@ -108,6 +115,7 @@ impl RateController {
             epoch: now,
             pending: VecDeque::new(),
             delays: VecDeque::new(),
+            filtered: VecDeque::new(),
             received: VecDeque::new(),
             queue_ms: 0.0,
             trend: 0.0,
@@ -149,11 +157,11 @@ impl RateController {
         self.detect(now);
     }
 
-    /// The sender gave up on a frame for this viewer (too late): the path is overloaded.
+    /// The sender gave up on a frame for this viewer (too late): the path is badly overloaded.
     pub fn on_frame_abandoned(&mut self, now: Instant, seq: u64) {
         self.pending.retain(|p| p.0 != seq);
         self.usage = Usage::Overuse;
-        self.decrease(now);
+        self.decrease(now, 0.7);
     }
 
     /// The connection's own figures.
@@ -163,11 +171,13 @@ impl RateController {
             Some((at, prev)) if now.saturating_duration_since(at) >= Duration::from_millis(500) => {
                 let sent = s.sent_packets.saturating_sub(prev.sent_packets);
                 let lost = s.lost_packets.saturating_sub(prev.lost_packets);
-                self.loss = if sent > 0 {
+                let sample = if sent > 0 {
                     (lost as f64 / sent as f64).min(1.0)
                 } else {
                     0.0
                 };
+                // Smoothed over a couple of seconds: a few hundred packets say little alone.
+                self.loss = 0.7 * self.loss + 0.3 * sample;
                 self.last_path = Some((now, s));
                 if self.loss > LOSS_HIGH && self.may_decrease(now) {
                     self.target =
@@ -244,7 +254,7 @@ impl RateController {
         Duration::from_secs_f64(self.queue_ms.max(0.0) / 1000.0)
     }
 
-    /// Share of packets lost over the last half second or so.
+    /// Share of packets lost, smoothed over the last seconds.
     pub fn loss(&self) -> f64 {
         self.loss
     }
@@ -269,21 +279,39 @@ impl RateController {
         }
     }
 
-    /// Bits per second received over the last second, once there is a second's worth.
+    /// Bits per second received over the last second, once there is half a second's worth.
     fn delivery_rate(&self) -> Option<f64> {
-        let (first, _) = *self.received.front()?;
+        Self::rate_of(self.received.iter(), Duration::from_millis(500))
+    }
+
+    /// Bits per second received over the last `BURST_WINDOW`: while a queue builds, frames
+    /// leave the bottleneck back to back, so this is what the path carries now.
+    fn recent_delivery_rate(&self) -> Option<f64> {
         let (last, _) = *self.received.back()?;
-        let span = last.saturating_sub(first) as f64 / 1e6;
-        if span < 0.5 {
-            return None;
-        }
+        let window = BURST_WINDOW.as_micros() as u64;
+        let recent = self
+            .received
+            .iter()
+            .skip_while(|(t, _)| last.saturating_sub(*t) > window);
+        Self::rate_of(recent, BURST_WINDOW / 6)
+    }
+
+    fn rate_of<'a>(
+        mut frames: impl Iterator<Item = &'a (u64, u32)>,
+        min_span: Duration,
+    ) -> Option<f64> {
+        let (first, _) = *frames.next()?;
         // The first frame's bytes arrived before the span began.
-        let bytes: u64 = self.received.iter().skip(1).map(|(_, b)| *b as u64).sum();
-        Some(bytes as f64 * 8.0 / span)
+        let (mut last, mut bytes, mut n) = (first, 0u64, 0);
+        for (t, b) in frames {
+            (last, bytes, n) = (*t, bytes + *b as u64, n + 1);
+        }
+        let span = last.saturating_sub(first) as f64 / 1e6;
+        (n >= 1 && span >= min_span.as_secs_f64()).then(|| bytes as f64 * 8.0 / span)
     }
 
     fn detect(&mut self, now: Instant) {
-        let Some(&(_, latest)) = self.delays.back() else {
+        let Some(&(latest_at, _)) = self.delays.back() else {
             return;
         };
         let base = self
@@ -291,9 +319,26 @@ impl RateController {
             .iter()
             .map(|(_, d)| *d)
             .fold(f64::INFINITY, f64::min);
-        // Smoothed: one large frame (an IDR) is not a queue.
-        self.queue_ms = 0.7 * self.queue_ms + 0.3 * (latest - base);
-        self.trend = self.slope(now);
+        // The least delay of the last few frames: a queue delays them all, while a lost packet
+        // (repaired a round trip later) or one large frame (an IDR) delays only one.
+        let current = self
+            .delays
+            .iter()
+            .rev()
+            .take_while(|(t, _)| latest_at.saturating_duration_since(*t) <= FILTER_WINDOW)
+            .take(FILTER_FRAMES)
+            .map(|(_, d)| *d)
+            .fold(f64::INFINITY, f64::min);
+        self.queue_ms = current - base;
+        self.filtered.push_back((latest_at, current));
+        while self
+            .filtered
+            .front()
+            .is_some_and(|(t, _)| latest_at.saturating_duration_since(*t) > TREND_WINDOW)
+        {
+            self.filtered.pop_front();
+        }
+        self.trend = self.slope();
         self.usage = if self.queue_ms > QUEUE_HIGH_MS
             || (self.queue_ms > QUEUE_LOW_MS && self.trend > TREND_HIGH)
         {
@@ -304,28 +349,23 @@ impl RateController {
             Usage::Hold
         };
         if self.usage == Usage::Overuse {
-            self.decrease(now);
+            self.decrease(now, BACKOFF.sqrt());
         }
     }
 
-    /// Least-squares slope of the one-way delay over the trend window, ms per second.
-    fn slope(&self, now: Instant) -> f64 {
-        let recent: Vec<(f64, f64)> = self
-            .delays
-            .iter()
-            .rev()
-            .take_while(|(t, _)| now.saturating_duration_since(*t) <= TREND_WINDOW)
-            .map(|(t, d)| (t.saturating_duration_since(self.epoch).as_secs_f64(), *d))
-            .collect();
-        if recent.len() < 4 {
+    /// Least-squares slope of the filtered one-way delay over the trend window, ms per second.
+    fn slope(&self) -> f64 {
+        if self.filtered.len() < 4 {
             return 0.0;
         }
-        let n = recent.len() as f64;
-        let (mx, my) = recent
+        let n = self.filtered.len() as f64;
+        let x = |t: &Instant| t.saturating_duration_since(self.epoch).as_secs_f64();
+        let (mx, my) = self
+            .filtered
             .iter()
-            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-        let (num, den) = recent.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
-            (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
+            .fold((0.0, 0.0), |(a, b), (t, y)| (a + x(t) / n, b + y / n));
+        let (num, den) = self.filtered.iter().fold((0.0, 0.0), |(a, b), (t, y)| {
+            (a + (x(t) - mx) * (y - my), b + (x(t) - mx) * (x(t) - mx))
         });
         if den <= f64::EPSILON {
             0.0
@@ -338,13 +378,16 @@ impl RateController {
         self.hold_until.is_none_or(|t| now >= t)
     }
 
-    fn decrease(&mut self, now: Instant) {
+    /// Down to what the path carries, and at least by `at_least` (of the target).
+    fn decrease(&mut self, now: Instant, at_least: f64) {
         if !self.may_decrease(now) {
             return;
         }
-        let next = match self.delivery_rate() {
-            Some(rate) => (BACKOFF * rate).min(self.target * BACKOFF.sqrt()),
-            None => self.target * 0.7,
+        // What arrives now while a queue builds is what the path carries; without that, a
+        // cut that does not trust last second's rate (the path may have just shrunk).
+        let next = match self.recent_delivery_rate() {
+            Some(rate) => (BACKOFF * rate).min(self.target * at_least),
+            None => (BACKOFF * self.delivery_rate().unwrap_or(f64::MAX)).min(0.7 * self.target),
         };
         self.target = next.max(self.cfg.floor as f64);
         self.after_decrease(now);
@@ -444,7 +487,6 @@ mod tests {
                     .count() as u64;
                 self.link.sent_packets += packets + lost;
                 self.link.lost_packets += lost;
-                // Lost packets are sent again (a little later, ignored here).
                 let start = self.link.free_at.max(self.now);
                 if start.duration_since(self.now) > Duration::from_millis(200) {
                     // The bottleneck's queue is full: tail drop; the sender gives up at its deadline.
@@ -455,7 +497,11 @@ mod tests {
                         (bytes as u64 + (packets + lost) * 40) as f64 * 8.0 / self.link.capacity,
                     );
                     self.link.free_at = start + tx;
-                    let arrived = self.link.free_at + self.link.prop;
+                    let mut arrived = self.link.free_at + self.link.prop;
+                    if lost > 0 {
+                        // Repaired about a round trip later.
+                        arrived += self.link.prop * 5 / 2;
+                    }
                     self.delivered.push((self.now, arrived));
                     let a = FrameArrival {
                         seq: self.seq,

@@ -129,6 +129,9 @@ impl Netem {
     /// From `INCLUBIT_NETEM`, if set (a malformed value is reported and ignored).
     pub fn from_env() -> Option<std::sync::Arc<dyn Impairment>> {
         let v = std::env::var("INCLUBIT_NETEM").ok()?;
+        if v.trim().is_empty() {
+            return None;
+        }
         match Self::parse(&v) {
             Ok(n) => {
                 tracing::warn!("network emulation on (INCLUBIT_NETEM={v})");
