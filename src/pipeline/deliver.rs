@@ -93,6 +93,7 @@ pub(super) async fn serve_viewer(
     // (then the half-size picture, until its estimate shows it can carry more).
     let others_top = others_top_rate(shared, id);
     let current = match others_top {
+        _ if !ladder.has_low => TOP,
         Some(rate) if rate as u64 > 2 * ctl.target() => LOW,
         _ => RenditionChooser::start(&ladder.cfg, ctl.target()),
     };
@@ -309,6 +310,9 @@ fn revisit_place(
             place.switch = None;
             ladder.renditions[place.current].keyframe_after_loss();
         }
+        return;
+    }
+    if !ladder.has_low {
         return;
     }
     // Against the top's rate as the others hold it: alone there, the top follows this viewer.

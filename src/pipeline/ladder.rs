@@ -22,7 +22,11 @@ pub const LOW: usize = 1;
 pub const RENDITIONS: usize = 2;
 
 /// IDRs asked for after a loss, per rendition, at most one per this long.
-pub const LOSS_IDR_GAP: Duration = Duration::from_secs(1);
+pub const LOSS_IDR_GAP: Duration = Duration::from_millis(500);
+
+/// Below this width the full-size picture is the only rendition (half of it would be too small
+/// to be worth watching in a headset).
+pub const LADDER_MIN_WIDTH: u32 = 1280;
 
 /// Bitrate bounds of the ladder, bits per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -171,6 +175,8 @@ impl Rendition {
 pub struct Ladder {
     pub cfg: LadderConfig,
     pub renditions: [Rendition; RENDITIONS],
+    /// Whether there is a half-size rendition (see `LADDER_MIN_WIDTH`).
+    pub has_low: bool,
 }
 
 impl Ladder {
@@ -182,6 +188,7 @@ impl Ladder {
                 Rendition::new(TOP, width, height, cfg.ceiling),
                 Rendition::new(LOW, hw, hh, cfg.low_max()),
             ],
+            has_low: width >= LADDER_MIN_WIDTH,
         }
     }
 
@@ -581,7 +588,7 @@ mod tests {
     }
 
     #[test]
-    fn keyframes_at_a_frame_number_and_after_loss_at_most_once_a_second() {
+    fn keyframes_at_a_frame_number_and_after_loss_rate_limited() {
         let r = Rendition::new(TOP, 64, 32, 1_000_000);
         let t0 = Instant::now();
         r.made(t0, 0, true);
@@ -592,15 +599,21 @@ mod tests {
         assert!(r.wants_keyframe(t0, 5));
         r.made(t0, 5, true);
         assert!(!r.wants_keyframe(t0, 6), "served");
-        // Losses: not within a second of the last IDR, then one.
+        // Losses: not within `LOSS_IDR_GAP` of the last IDR, then one.
         r.keyframe_after_loss();
-        assert!(!r.wants_keyframe(t0 + Duration::from_millis(500), 20));
-        let later = t0 + Duration::from_millis(1100);
+        assert!(!r.wants_keyframe(t0 + LOSS_IDR_GAP / 2, 20));
+        let later = t0 + LOSS_IDR_GAP + Duration::from_millis(100);
         assert!(r.wants_keyframe(later, 33));
         r.made(later, 33, true);
         assert!(!r.wants_keyframe(later, 34));
         assert_eq!(r.idrs_per_minute(later), 4);
         assert_eq!(r.idrs(), 4);
         assert_eq!(r.idrs_per_minute(t0 + Duration::from_secs(62)), 0);
+    }
+
+    #[test]
+    fn small_pictures_have_one_rendition() {
+        assert!(Ladder::new(cfg(), 1280, 640).has_low);
+        assert!(!Ladder::new(cfg(), 640, 320).has_low);
     }
 }

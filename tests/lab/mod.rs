@@ -483,6 +483,28 @@ impl Lab {
         }
     }
 
+    /// Runs any program in namespace `short` (a competing flow, say) until the lab goes.
+    pub fn spawn(&mut self, short: &str, program: &[&str]) {
+        let ns = self.name(short);
+        let log = std::env::temp_dir().join(format!("{}-{}.log", ns, self.procs.len()));
+        let err = std::fs::File::create(&log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.join(" ")));
+        self.logs.push(log);
+        self.procs.push(child);
+    }
+
+    /// The process id of the `i`-th process started (`ip netns exec` becomes the program).
+    pub fn pid(&self, i: usize) -> u32 {
+        self.procs[i].id()
+    }
+
     /// Waits for the `i`-th process to exit; returns its exit code and stderr.
     pub fn wait(&mut self, i: usize, timeout: Duration) -> (Option<i32>, String) {
         use wait_timeout::ChildExt;

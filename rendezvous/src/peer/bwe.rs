@@ -63,6 +63,8 @@ const BURST_WINDOW: Duration = Duration::from_millis(300);
 /// The queue is read from the least delay of the last frames within this (or this many).
 const FILTER_WINDOW: Duration = Duration::from_millis(150);
 const FILTER_FRAMES: usize = 5;
+/// Two frames abandoned within this are congestion, not a late repair.
+const ABANDON_BURST: Duration = Duration::from_millis(300);
 /// Share of the delivery rate kept on a decrease: the rest drains the queue.
 const BACKOFF: f64 = 0.85;
 /// Loss above this share of packets lowers the target.
@@ -91,6 +93,8 @@ pub struct RateController {
     received: VecDeque<(u64, u32)>,
     queue_ms: f64,
     trend: f64,
+    /// When frames were abandoned lately.
+    abandoned: VecDeque<Instant>,
     usage: Usage,
     rtt: Duration,
     last_path: Option<(Instant, PathSample)>,
@@ -119,6 +123,7 @@ impl RateController {
             received: VecDeque::new(),
             queue_ms: 0.0,
             trend: 0.0,
+            abandoned: VecDeque::new(),
             usage: Usage::Normal,
             rtt: Duration::from_millis(100),
             last_path: None,
@@ -157,11 +162,23 @@ impl RateController {
         self.detect(now);
     }
 
-    /// The sender gave up on a frame for this viewer (too late): the path is badly overloaded.
+    /// The sender gave up on a frame for this viewer (too late). With a queue, or several in a
+    /// row, the path is badly overloaded; one alone with no queue is a lost packet repaired too
+    /// late (a tail loss waits for QUIC's probe timeout), which is not congestion.
     pub fn on_frame_abandoned(&mut self, now: Instant, seq: u64) {
         self.pending.retain(|p| p.0 != seq);
-        self.usage = Usage::Overuse;
-        self.decrease(now, 0.7);
+        while self
+            .abandoned
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > ABANDON_BURST)
+        {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(now);
+        if self.queue_ms > QUEUE_LOW_MS || self.abandoned.len() >= 2 {
+            self.usage = Usage::Overuse;
+            self.decrease(now, 0.7);
+        }
     }
 
     /// The connection's own figures.
@@ -650,6 +667,18 @@ mod tests {
             now += Duration::from_millis(33);
         }
         assert!(c.target() <= 8_000_000, "{}", c.target());
+    }
+
+    #[test]
+    fn one_abandoned_frame_alone_is_a_late_repair_two_are_congestion() {
+        let t0 = Instant::now();
+        let mut c = RateController::new(t0, cfg(20.0));
+        c.on_frame_abandoned(t0, 1);
+        assert_eq!(c.target(), 4_000_000, "one, with no queue");
+        c.on_frame_abandoned(t0 + Duration::from_millis(500), 2);
+        assert_eq!(c.target(), 4_000_000, "another, long after");
+        c.on_frame_abandoned(t0 + Duration::from_millis(600), 3);
+        assert!(c.target() <= 2_800_000, "two in a row: {}", c.target());
     }
 
     #[test]
