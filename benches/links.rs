@@ -7,7 +7,8 @@
 //!
 //! Run: `cargo bench --bench links` (root, like the lab tests; `apt install iperf3` for the TCP
 //! row). `INCLUBIT_BENCH_SECS=N` sets the measuring window (default 20 s);
-//! `INCLUBIT_BENCH_SIZES=3840x1920,1920x960` the sizes (default 1920x960).
+//! `INCLUBIT_BENCH_SIZES=3840x1920,1920x960` the sizes (default 1920x960);
+//! `INCLUBIT_BENCH_CASES=bottleneck,steps` only the cases whose names contain one of those.
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -83,6 +84,7 @@ struct Row {
     size: String,
     recv: f64,
     sent: f64,
+    target: f64,
     /// What the use figure is measured against, and the figure.
     of: &'static str,
     used: f64,
@@ -235,6 +237,7 @@ fn run(case: Case, size: &str, secs: usize) -> Vec<Row> {
             size: format!("{size} {}", who["rendition"].as_str().unwrap_or("?")),
             recv: w.recv,
             sent,
+            target: who["target_mbps"].as_f64().unwrap_or(0.0),
             of,
             used,
             p50: w.p50,
@@ -288,6 +291,15 @@ fn main() {
             Case::TwoViewers,
         ]
     };
+    let only = std::env::var("INCLUBIT_BENCH_CASES").ok();
+    let cases: Vec<Case> = cases
+        .iter()
+        .copied()
+        .filter(|c| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|w| c.name().contains(w)))
+        })
+        .collect();
     let have_iperf = std::process::Command::new("iperf3")
         .arg("--version")
         .output()
@@ -309,18 +321,19 @@ fn main() {
         "cpu"
     );
     for size in sizes.split(',') {
-        for &case in cases {
+        for &case in &cases {
             if case == Case::Tcp && !have_iperf {
                 println!("{:<22} (no iperf3: apt install iperf3)", case.name());
                 continue;
             }
             for r in run(case, size, secs) {
                 println!(
-                    "{:<22} {:<15} {:>8.2} {:>8.2} {:>5.2} {:<8} {:>8.1} {:>8.1} {:>6.1} {:>8} {:>8.1} {:>9} {:>6.2}",
+                    "{:<22} {:<15} {:>8.2} {:>8.2} {:>8.2} {:>5.2} {:<8} {:>8.1} {:>8.1} {:>6.1} {:>8} {:>8.1} {:>9} {:>6.2}",
                     r.case,
                     r.size,
                     r.recv,
                     r.sent,
+                    r.target,
                     r.used,
                     r.of,
                     r.p50,
@@ -335,8 +348,9 @@ fn main() {
         }
     }
     println!(
-        "\nrecv/sent: Mbit/s the viewer received over what the sender sent it; recv/capacity: over \
-         the bottleneck. adapt s: seconds after the step down until ≥ 25 fps with p99 ≤ 300 ms, \
+        "\nrecv: Mbit/s the viewer received (mean over the window); sent, target: what the sender \
+         sent it over the last second and its estimate's target at the end. recv/sent: over what \
+         was sent; recv/capacity: over the bottleneck. adapt s: seconds after the step down until ≥ 25 fps with p99 ≤ 300 ms, \
          and after the step up until the target is back to 80%. cpu: the sender's cores."
     );
 }

@@ -1,5 +1,6 @@
 //! Wires the stages together; the only place that spawns tasks and threads.
 
+mod decoding;
 mod deliver;
 pub mod demo;
 pub mod ladder;

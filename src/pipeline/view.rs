@@ -13,10 +13,10 @@ use inclubit_rendezvous::code::RoomCode;
 use inclubit_rendezvous::wire::media::{StreamHello, ViewerStats};
 use tokio::sync::mpsc;
 
+use super::decoding::DecodeStage;
 use super::stats::{Percentiles, RateMeter, StatsLine};
 use super::PipelineError;
 use crate::clock;
-use crate::decode::Decoder;
 use crate::net::punch::{PunchConfig, PunchEvent};
 use crate::net::reorder::ReorderConfig;
 use crate::net::subscribe::{
@@ -325,24 +325,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     }
     let late_drops = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
-    let stats: StatsFn = {
-        let metrics = slot.metrics.clone();
-        let (late, dropped) = (late_drops.clone(), dropped.clone());
-        Arc::new(move |rtt, path| match metrics.lock() {
-            Ok(mut m) => {
-                m.rtt = rtt;
-                m.path = path.into();
-                m.dropped = dropped.load(Ordering::Relaxed) + late.load(Ordering::Relaxed);
-                ViewerStats {
-                    frames_shown: m.frames,
-                    frames_dropped: m.dropped,
-                    latency_p50_us: m.latency_us.get(50.0) as u32,
-                    latency_p99_us: m.latency_us.get(99.0) as u32,
-                }
-            }
-            Err(_) => ViewerStats::default(),
-        })
-    };
+    let stats = stats_reporter(&slot, late_drops.clone(), dropped.clone());
     // The renderer first: a missing GPU fails before the network, and GPU start-up overlaps
     // the connection instead of delaying the first frames.
     let render_slot = FrameSlot {
@@ -435,115 +418,20 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
         let (to_decoder, decoder_rx) = std::sync::mpsc::channel::<Delivered>();
 
-        // Decoder thread.
-        let decoder_thread = {
-            let events = cfg.events.clone();
-            let slot = slot.clone();
-            let render_slot = render_slot.clone();
-            let max = cfg.max_frames;
-            let count = decoded_count.clone();
-            let display = cfg.display.clone();
-            let late_after = cfg.late_after;
-            let verify = cfg.verify_testcard;
-            let late = late_drops.clone();
-            let handle = handle.clone();
-            std::thread::Builder::new()
-                .name("decode".into())
-                .spawn(move || -> Result<(), PipelineError> {
-                    let mut dec = Decoder::new()?;
-                    let mut skipping = false;
-                    while let Ok(item) = decoder_rx.recv() {
-                        // Live beats complete: when decoding falls behind (a slow CPU), skip to
-                        // the next keyframe instead of letting latency grow. Behind means frames
-                        // waiting here, not frames that came late: the network's delay is the
-                        // sender's to bound (it lowers the rate, abandons what is too old).
-                        let age =
-                            Duration::from_micros(clock::now_us().saturating_sub(item.received_us));
-                        if !item.keyframe && (skipping || age > late_after) {
-                            if !skipping {
-                                tracing::debug!(
-                                    seq = item.seq,
-                                    ?age,
-                                    "decoder behind; skipping to a keyframe"
-                                );
-                                handle.decode_error();
-                            }
-                            skipping = true;
-                            late.fetch_add(1, Ordering::Relaxed);
-                            if let Some(tx) = &events {
-                                let _ = tx.send(ViewEvent::Dropped { seq: item.seq });
-                            }
-                            continue;
-                        }
-                        skipping = false;
-                        let started = Instant::now();
-                        match dec.decode(&item.data) {
-                            Ok(Some(pic)) => {
-                                let decode_us = started.elapsed().as_micros() as u64;
-                                let decoded_us = clock::now_us();
-                                let pic = Arc::new(pic);
-                                let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-                                let check = verify.then(|| {
-                                    crate::capture::testcard::read_barcode(&pic)
-                                        == Some(item.seq as u32 & 0xFF_FFFF)
-                                });
-                                if let Ok(mut m) = slot.metrics.lock() {
-                                    m.frames = n;
-                                    if n == 1 {
-                                        m.first_frame = m.started.map(|s| s.elapsed());
-                                    }
-                                    if let Some(ok) = check {
-                                        let (good, bad) = m.verify.unwrap_or((0, 0));
-                                        m.verify = Some(if ok {
-                                            (good + 1, bad)
-                                        } else {
-                                            (good, bad + 1)
-                                        });
-                                    }
-                                    m.shown.record(Instant::now(), 0);
-                                    m.last_picture = Some((Instant::now(), item.capture_us));
-                                    if matches!(display, Display::None) {
-                                        m.latency_us
-                                            .record(decoded_us.saturating_sub(item.capture_us));
-                                    }
-                                }
-                                if let Some(tx) = &events {
-                                    let _ = tx.send(ViewEvent::Decoded {
-                                        seq: item.seq,
-                                        keyframe: item.keyframe,
-                                        picture: pic.clone(),
-                                        capture_us: item.capture_us,
-                                        received_us: item.received_us,
-                                        decoded_us,
-                                        decode_us,
-                                    });
-                                }
-                                let latest = Latest {
-                                    seq: item.seq,
-                                    capture_us: item.capture_us,
-                                    picture: pic,
-                                };
-                                match display {
-                                    Display::Window(_) => slot.put(latest),
-                                    Display::Headless { .. } => render_slot.put(latest),
-                                    Display::None => {}
-                                }
-                                if max.is_some_and(|m| n >= m) {
-                                    let _ = done_tx.send(());
-                                    break;
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::debug!(seq = item.seq, "decode error: {e}");
-                                handle.decode_error();
-                            }
-                        }
-                    }
-                    Ok(())
-                })
-                .map_err(|e| PipelineError::Other(e.to_string()))?
-        };
+        let decoder_thread = DecodeStage {
+            events: cfg.events.clone(),
+            slot: slot.clone(),
+            render_slot: render_slot.clone(),
+            display: cfg.display.clone(),
+            max: cfg.max_frames,
+            done: done_tx,
+            count: decoded_count.clone(),
+            late: late_drops.clone(),
+            late_after: cfg.late_after,
+            verify: cfg.verify_testcard,
+            handle: handle.clone(),
+        }
+        .spawn(decoder_rx)?;
         let mut stopping = false;
         loop {
             tokio::select! {
@@ -626,6 +514,25 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         frames,
         dropped,
         sender_ended: end.sender_ended,
+    })
+}
+
+/// What the viewer reports to the sender every ping, from its metrics.
+fn stats_reporter(slot: &FrameSlot, late: Arc<AtomicU64>, dropped: Arc<AtomicU64>) -> StatsFn {
+    let metrics = slot.metrics.clone();
+    Arc::new(move |rtt, path| match metrics.lock() {
+        Ok(mut m) => {
+            m.rtt = rtt;
+            m.path = path.into();
+            m.dropped = dropped.load(Ordering::Relaxed) + late.load(Ordering::Relaxed);
+            ViewerStats {
+                frames_shown: m.frames,
+                frames_dropped: m.dropped,
+                latency_p50_us: m.latency_us.get(50.0) as u32,
+                latency_p99_us: m.latency_us.get(99.0) as u32,
+            }
+        }
+        Err(_) => ViewerStats::default(),
     })
 }
 

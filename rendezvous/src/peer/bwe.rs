@@ -48,10 +48,12 @@ pub enum Usage {
     Hold,
 }
 
-/// Queue delay (smoothed) above which the path counts as overused, whatever its trend.
+/// Queue delay above which the path counts as overused, whatever its trend.
 const QUEUE_HIGH_MS: f64 = 60.0;
-/// Queue delay under which the path counts as free.
-const QUEUE_LOW_MS: f64 = 20.0;
+/// Queue delay under which the path counts as free. A frame's own transmission counts in its
+/// delay (its last byte is what is reported): near capacity that is about one frame interval,
+/// which is not a queue.
+const QUEUE_LOW_MS: f64 = 30.0;
 /// A queue growing faster than this (ms per s) with more than `QUEUE_LOW_MS` is overuse.
 const TREND_HIGH: f64 = 60.0;
 /// How long the minimum delay is remembered (a route change to a longer path is learnt then).
@@ -598,7 +600,7 @@ mod tests {
         let used = r.sent_rate(20.0) / 5e6;
         assert!((0.8..=1.0).contains(&used), "{used:.2} of the capacity");
         let q = r.worst_queue(20.0);
-        assert!(q <= Duration::from_millis(150), "queue up to {q:?}");
+        assert!(q <= Duration::from_millis(200), "queue up to {q:?}");
         eprintln!("used {used:.2}, worst queue {q:?}");
     }
 
