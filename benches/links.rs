@@ -149,20 +149,12 @@ fn run(case: Case, size: &str, secs: usize) -> Vec<Row> {
     }
     let mut fast = None;
     if case == Case::TwoViewers {
-        fast = Some(lab.run(
-            "a",
-            &[
-                "view",
-                "--rendezvous",
-                &rv,
-                "--headless",
-                "--render-size",
-                "32x32",
-                "--json",
-                &code,
-            ],
-        ));
+        let (_, f) = lab.start_viewer_at("a", &rv, &code, &["--json"]);
+        // Playing before the other joins: the sender numbers viewers in joining order.
+        next(&f);
+        fast = Some(f);
     }
+    let mut fast_lines: Vec<serde_json::Value> = Vec::new();
     let (_, v) = lab.start_viewer(&rv, &code, &["--json"]);
     if case == Case::Tcp {
         // A download through the same bottleneck: iperf3's server on the public side sends to
@@ -188,13 +180,21 @@ fn run(case: Case, size: &str, secs: usize) -> Vec<Row> {
         next(&v);
     }
     let cpu0 = (cpu_seconds(sender_pid), Instant::now());
+    // The sender's lines over the same window, for what it sent each viewer.
+    let mut send_lines: Vec<serde_json::Value> = Vec::new();
     let mut adapt = "-".to_string();
     let lines: Vec<serde_json::Value> = if case == Case::Steps {
         let before = latest(&send)["per_viewer"][0]["target_mbps"]
             .as_f64()
             .unwrap_or(0.0);
         lab.bottleneck("b", Some(5.0));
-        let down: Vec<serde_json::Value> = (0..secs / 2).map(|_| next(&v)).collect();
+        let down: Vec<serde_json::Value> = (0..secs / 2)
+            .map(|_| {
+                let l = next(&v);
+                send_lines.push(latest(&send));
+                l
+            })
+            .collect();
         let live_again = down
             .iter()
             .position(|s| {
@@ -208,7 +208,8 @@ fn run(case: Case, size: &str, secs: usize) -> Vec<Row> {
         let mut up = Vec::new();
         for i in 0..secs {
             up.push(next(&v));
-            let t = latest(&send)["per_viewer"][0]["target_mbps"]
+            send_lines.push(latest(&send));
+            let t = send_lines[send_lines.len() - 1]["per_viewer"][0]["target_mbps"]
                 .as_f64()
                 .unwrap_or(0.0);
             if up_at.is_none() && t >= 0.8 * before {
@@ -221,13 +222,36 @@ fn run(case: Case, size: &str, secs: usize) -> Vec<Row> {
         );
         down.into_iter().chain(up).collect()
     } else {
-        (0..secs).map(|_| next(&v)).collect()
+        (0..secs)
+            .map(|_| {
+                let l = next(&v);
+                send_lines.push(latest(&send));
+                if let Some(f) = &fast {
+                    fast_lines.push(latest(f));
+                }
+                l
+            })
+            .collect()
     };
     let cpu = (cpu_seconds(sender_pid) - cpu0.0) / cpu0.1.elapsed().as_secs_f64();
     let s = latest(&send);
     let viewers = s["per_viewer"].as_array().cloned().unwrap_or_default();
+    // Mean Mbit/s the sender sent viewer `id` over the window.
+    let sent_to = |id: u64| {
+        let v: Vec<f64> = send_lines
+            .iter()
+            .filter_map(|l| {
+                l["per_viewer"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["id"].as_u64() == Some(id))?["sent_mbps"]
+                    .as_f64()
+            })
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
     let row = |w: Window, who: &serde_json::Value, cap: Option<f64>, label: &'static str| {
-        let sent = who["sent_mbps"].as_f64().unwrap_or(0.0);
+        let sent = sent_to(who["id"].as_u64().unwrap_or(0));
         let (of, used) = match cap {
             Some(c) => ("capacity", w.recv / c),
             None => ("sent", if sent > 0.0 { w.recv / sent } else { 0.0 }),
@@ -260,8 +284,8 @@ fn run(case: Case, size: &str, secs: usize) -> Vec<Row> {
         _ => capacity,
     };
     let mut rows = vec![row(window(&lines), &slow, cap, case.name())];
-    if let Some(f) = fast {
-        let lines: Vec<serde_json::Value> = (0..5).map(|_| next(&f)).collect();
+    if fast.is_some() {
+        let lines = fast_lines;
         let who = viewers
             .iter()
             .min_by_key(|v| v["id"].as_u64().unwrap_or(0))
@@ -306,11 +330,12 @@ fn main() {
         .is_ok();
     println!("\nbusy test card, 30 fps, ceiling {CEILING}; {secs} s per row after 8 s settling\n");
     println!(
-        "{:<22} {:<15} {:>8} {:>8} {:>14} {:>8} {:>8} {:>6} {:>8} {:>8} {:>9} {:>6}",
+        "{:<22} {:<15} {:>8} {:>8} {:>8} {:>14} {:>8} {:>8} {:>6} {:>8} {:>8} {:>9} {:>6}",
         "case",
         "size",
         "recv",
         "sent",
+        "target",
         "recv/",
         "p50 ms",
         "p99 ms",
@@ -348,8 +373,8 @@ fn main() {
         }
     }
     println!(
-        "\nrecv: Mbit/s the viewer received (mean over the window); sent, target: what the sender \
-         sent it over the last second and its estimate's target at the end. recv/sent: over what \
+        "\nrecv, sent: Mbit/s the viewer received and the sender sent it, means over the window; \
+         target: its estimate's target at the end. recv/sent: over what \
          was sent; recv/capacity: over the bottleneck. adapt s: seconds after the step down until ≥ 25 fps with p99 ≤ 300 ms, \
          and after the step up until the target is back to 80%. cpu: the sender's cores."
     );

@@ -42,14 +42,7 @@ fn delay_steps_mid_stream_the_stream_is_back_within_a_second() {
     let _one = serial();
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
     let netem = lab.netem_file("");
-    let (rv, code, _s) = lab.start_room_with(&[
-        "--source",
-        "testcard:busy",
-        "--size",
-        "1280x640",
-        "--bitrate",
-        "6M",
-    ]);
+    let (rv, code, _s) = busy_room(&mut lab, "1280x640", "6M");
     let (_, v) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
     playing(&v, 20.0, Duration::from_secs(30));
     // One-way delay on every datagram each peer sends, so the RTT is about twice this.
@@ -87,14 +80,7 @@ fn stats_for(v: &mpsc::Receiver<String>, secs: usize) -> Vec<serde_json::Value> 
 fn a_5_mbit_bottleneck_settles_live_with_bounded_latency() {
     let _one = serial();
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
-    let (rv, code, _s) = lab.start_room_with(&[
-        "--source",
-        "testcard:busy",
-        "--size",
-        "1280x640",
-        "--bitrate",
-        "20M",
-    ]);
+    let (rv, code, _s) = busy_room(&mut lab, "1280x640", "20M");
     lab.bottleneck("b", Some(5.0));
     let (_, v) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
     playing(&v, 1.0, Duration::from_secs(30));
@@ -161,20 +147,7 @@ fn a_slow_viewer_moves_down_without_slowing_a_fast_one_or_causing_idrs() {
     let (rv, code, send) = busy_room(&mut lab, "1280x640", "12M");
     lab.bottleneck("b", Some(3.0));
     // The fast viewer is on the sender's own network.
-    let fast = lab.run(
-        "a",
-        &[
-            "view",
-            "--rendezvous",
-            &rv,
-            "--headless",
-            "--render-size",
-            "32x32",
-            "--verify",
-            "--json",
-            &code,
-        ],
-    );
+    let (_, fast) = lab.start_viewer_at("a", &rv, &code, &["--verify", "--json"]);
     playing(&fast, 25.0, Duration::from_secs(30));
     stats_for(&fast, 3);
     let alone = mean(&stats_for(&fast, 8), "bitrate_mbps");

@@ -383,6 +383,17 @@ impl Lab {
         code: &str,
         extra: &[&str],
     ) -> (usize, mpsc::Receiver<String>) {
+        self.start_viewer_at("b", rv, code, extra)
+    }
+
+    /// [`Lab::start_viewer`] on side `short` ("a": the sender's own network).
+    pub fn start_viewer_at(
+        &mut self,
+        short: &str,
+        rv: &str,
+        code: &str,
+        extra: &[&str],
+    ) -> (usize, mpsc::Receiver<String>) {
         let mut args = vec![
             "view",
             "--rendezvous",
@@ -393,7 +404,7 @@ impl Lab {
         ];
         args.extend_from_slice(extra);
         args.push(code);
-        let rx = self.run("b", &args);
+        let rx = self.run(short, &args);
         (self.procs.len() - 1, rx)
     }
 
