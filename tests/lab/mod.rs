@@ -543,6 +543,16 @@ impl Drop for Lab {
         for log in &self.logs {
             if std::thread::panicking() {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
+                // A process's own panic first (a backtrace would push it out of the tail).
+                let lines: Vec<&str> = text.lines().collect();
+                for (i, l) in lines.iter().enumerate() {
+                    if l.contains("panicked at") {
+                        eprintln!("--- {} panicked:", log.display());
+                        for l in &lines[i..(i + 3).min(lines.len())] {
+                            eprintln!("{l}");
+                        }
+                    }
+                }
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 eprintln!("--- {} (last lines)", log.display());
                 for l in tail.iter().rev() {
