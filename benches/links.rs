@@ -160,7 +160,7 @@ fn run(case: Case, size: &str, secs: usize) -> Vec<Row> {
         // A download through the same bottleneck: iperf3's server on the public side sends to
         // a client behind the viewer's router.
         lab.spawn("rv", &["iperf3", "-s", "-1"]);
-        std::thread::sleep(Duration::from_millis(300));
+        lab.wait_listening("rv", 5201, Duration::from_secs(5));
         lab.spawn(
             "b",
             &[

@@ -150,8 +150,8 @@ fn a_slow_viewer_moves_down_without_slowing_a_fast_one_or_causing_idrs() {
     let (_, fast) = lab.start_viewer_at("a", &rv, &code, &["--verify", "--json"]);
     playing(&fast, 25.0, Duration::from_secs(30));
     stats_for(&fast, 3);
-    let alone = mean(&stats_for(&fast, 8), "bitrate_mbps");
-    let (_, slow) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
+    let alone_before = mean(&stats_for(&fast, 8), "bitrate_mbps");
+    let (slow_proc, slow) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
     playing(&slow, 20.0, Duration::from_secs(30));
     // Settling: the slow one finds its rate and rendition.
     stats_for(&fast, 6);
@@ -167,14 +167,21 @@ fn a_slow_viewer_moves_down_without_slowing_a_fast_one_or_causing_idrs() {
     let after = latest(&send);
     let slow_now = viewer(&after, "half");
     viewer(&after, "full");
+    let slow_last = latest(&slow);
+    // Alone again: the busy card's own bitrate drifts, so "alone" is the lower of the windows
+    // before and after.
+    lab.kill(slow_proc);
+    stats_for(&fast, 3);
+    let alone_after = mean(&stats_for(&fast, 8), "bitrate_mbps");
+    let alone = alone_before.min(alone_after);
     eprintln!(
-        "alone {alone:.2} Mbit/s; together {:.2}\n{after}",
+        "alone {alone_before:.2} / {alone_after:.2} Mbit/s; together {:.2}\n{after}",
         mean(&together, "bitrate_mbps")
     );
     assert!(
         mean(&together, "bitrate_mbps") >= 0.9 * alone,
-        "the fast viewer got {:.2} Mbit/s alone, {:.2} with the slow one",
-        alone,
+        "the fast viewer got {alone_before:.2} and {alone_after:.2} Mbit/s alone, {:.2} with the \
+         slow one",
         mean(&together, "bitrate_mbps")
     );
     assert_eq!(
@@ -182,7 +189,6 @@ fn a_slow_viewer_moves_down_without_slowing_a_fast_one_or_causing_idrs() {
         idrs_before,
         "IDRs on the slow viewer's rendition: {before} then {after}"
     );
-    let slow_last = latest(&slow);
     assert!(
         slow_last["fps"].as_f64().unwrap_or(0.0) >= 25.0,
         "{slow_last}"

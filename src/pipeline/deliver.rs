@@ -86,15 +86,17 @@ pub(super) async fn serve_viewer(
         RateConfig {
             floor: ladder.cfg.floor as u64,
             ceiling: ladder.cfg.ceiling as u64,
-            start: ladder.cfg.top_min() as u64 * 6 / 5,
+            // Half the ceiling: a first picture that looks like the stream (a start far
+            // lower made the joining IDR a blur), and a weak path is found within a second.
+            start: ladder.cfg.ceiling as u64 / 2,
         },
     );
-    // Where to start: the top, unless others hold it far above what this viewer starts at
+    // Where to start: the top, unless others hold it well above what this viewer starts at
     // (then the half-size picture, until its estimate shows it can carry more).
     let others_top = others_top_rate(shared, id);
     let current = match others_top {
         _ if !ladder.has_low => TOP,
-        Some(rate) if rate as u64 > 2 * ctl.target() => LOW,
+        Some(rate) if rate as u64 * 2 > 3 * ctl.target() => LOW,
         _ => RenditionChooser::start(&ladder.cfg, ctl.target()),
     };
     let mut place = Place {

@@ -511,6 +511,25 @@ impl Lab {
         self.procs.push(child);
     }
 
+    /// Waits until something in namespace `short` listens on TCP `port`.
+    pub fn wait_listening(&self, short: &str, port: u16, within: Duration) {
+        let ns = self.name(short);
+        let end = Instant::now() + within;
+        let want = format!(":{port} ");
+        loop {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns, "ss", "-Hltn"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if out.contains(&want) {
+                return;
+            }
+            assert!(Instant::now() < end, "nothing listens on {port} in {short}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The process id of the `i`-th process started (`ip netns exec` becomes the program).
     pub fn pid(&self, i: usize) -> u32 {
         self.procs[i].id()
