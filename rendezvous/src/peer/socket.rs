@@ -42,6 +42,18 @@ pub struct MediaSocket {
     signal_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     impairment: Option<Arc<dyn Impairment>>,
     relays: Mutex<RelayTable>,
+    /// Datagrams the emulated delay holds, in sending order.
+    delayed: std::sync::OnceLock<mpsc::UnboundedSender<DelayedSend>>,
+}
+
+struct DelayedSend {
+    due: tokio::time::Instant,
+    contents: Vec<u8>,
+    dest: SocketAddr,
+    ecn: Option<quinn::udp::EcnCodepoint>,
+    segment_size: Option<usize>,
+    src_ip: Option<std::net::IpAddr>,
+    route: Route,
 }
 
 /// Peers by virtual address: the relay session, the direct path once punched, and the real
@@ -142,6 +154,7 @@ impl MediaSocket {
             signal_tx,
             impairment,
             relays: Mutex::new(RelayTable::default()),
+            delayed: std::sync::OnceLock::new(),
         });
         Ok((socket.clone(), SignalPort { socket, rx }))
     }
@@ -302,7 +315,9 @@ impl MediaSocket {
         }
     }
 
-    /// Emulated delay: the datagram leaves later from a task; the caller sees it sent.
+    /// Emulated delay: the datagram leaves later, in the order it was sent (one task drains a
+    /// queue; a timer per packet let packets due in the same millisecond overtake each other,
+    /// which QUIC counts as loss); the caller sees it sent.
     fn send_later(
         &self,
         delay: std::time::Duration,
@@ -310,33 +325,48 @@ impl MediaSocket {
         dest: SocketAddr,
         route: Route,
     ) -> io::Result<()> {
-        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return Ok(());
         };
-        let contents = t.contents.to_vec();
-        let (segment_size, ecn) = (t.segment_size, t.ecn);
+        let queue = self.delayed.get_or_init(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<DelayedSend>();
+            let me = self.me.clone();
+            rt.spawn(async move {
+                while let Some(d) = rx.recv().await {
+                    tokio::time::sleep_until(d.due).await;
+                    let Some(me) = me.upgrade() else { break };
+                    let t = Transmit {
+                        destination: d.dest,
+                        ecn: d.ecn,
+                        contents: &d.contents,
+                        segment_size: d.segment_size,
+                        src_ip: d.src_ip,
+                    };
+                    let _ = match d.route {
+                        Route::Relay(server, session) => me.send_relayed(&t, server, session),
+                        Route::Direct(hop) => me.inner.try_send(&Transmit {
+                            destination: me.wire(hop),
+                            ..t
+                        }),
+                        Route::Nowhere => Ok(()),
+                    };
+                }
+            });
+            tx
+        });
         let src_ip = if is_relay_address(&dest) {
             None
         } else {
             t.src_ip
         };
-        rt.spawn(async move {
-            tokio::time::sleep(delay).await;
-            let t = Transmit {
-                destination: dest,
-                ecn,
-                contents: &contents,
-                segment_size,
-                src_ip,
-            };
-            let _ = match route {
-                Route::Relay(server, session) => me.send_relayed(&t, server, session),
-                Route::Direct(hop) => me.inner.try_send(&Transmit {
-                    destination: me.wire(hop),
-                    ..t
-                }),
-                Route::Nowhere => Ok(()),
-            };
+        let _ = queue.send(DelayedSend {
+            due: tokio::time::Instant::now() + delay,
+            contents: t.contents.to_vec(),
+            dest,
+            ecn: t.ecn,
+            segment_size: t.segment_size,
+            src_ip,
+            route,
         });
         Ok(())
     }
@@ -494,7 +524,13 @@ impl AsyncUdpSocket for MediaSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments()
+        // Impairment loses and delays packets one by one, as a link does: a GSO batch would
+        // be lost whole (1% "loss" dropped ~6% of the packets).
+        if self.impairment.is_some() {
+            1
+        } else {
+            self.inner.max_transmit_segments()
+        }
     }
 
     fn max_receive_segments(&self) -> usize {
