@@ -128,15 +128,7 @@ fn run(case: Case, size: &str, secs: usize) -> Vec<Row> {
     if case == Case::Loss {
         lab.netem = Some("delay=20ms,loss=1%".into());
     }
-    let (rv, code, send) = lab.start_room_with(&[
-        "--json",
-        "--source",
-        "testcard:busy",
-        "--size",
-        size,
-        "--bitrate",
-        CEILING,
-    ]);
+    let (rv, code, send) = lab.start_busy_room(size, CEILING);
     let sender_pid = lab.pid(1);
     let capacity = match case {
         Case::Bottleneck | Case::Tcp => Some(10.0),

@@ -42,7 +42,7 @@ fn delay_steps_mid_stream_the_stream_is_back_within_a_second() {
     let _one = serial();
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
     let netem = lab.netem_file("");
-    let (rv, code, _s) = busy_room(&mut lab, "1280x640", "6M");
+    let (rv, code, _s) = lab.start_busy_room("1280x640", "6M");
     let (_, v) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
     playing(&v, 20.0, Duration::from_secs(30));
     // One-way delay on every datagram each peer sends, so the RTT is about twice this.
@@ -80,7 +80,7 @@ fn stats_for(v: &mpsc::Receiver<String>, secs: usize) -> Vec<serde_json::Value> 
 fn a_5_mbit_bottleneck_settles_live_with_bounded_latency() {
     let _one = serial();
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
-    let (rv, code, _s) = busy_room(&mut lab, "1280x640", "20M");
+    let (rv, code, _s) = lab.start_busy_room("1280x640", "20M");
     lab.bottleneck("b", Some(5.0));
     let (_, v) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
     playing(&v, 1.0, Duration::from_secs(30));
@@ -127,24 +127,11 @@ fn mean(v: &[serde_json::Value], key: &str) -> f64 {
         / v.len().max(1) as f64
 }
 
-/// A busy test card streamed by a sender on side "a" (stats as JSON), `size` at `bitrate`.
-fn busy_room(lab: &mut Lab, size: &str, bitrate: &str) -> (String, String, mpsc::Receiver<String>) {
-    lab.start_room_with(&[
-        "--json",
-        "--source",
-        "testcard:busy",
-        "--size",
-        size,
-        "--bitrate",
-        bitrate,
-    ])
-}
-
 #[test]
 fn a_slow_viewer_moves_down_without_slowing_a_fast_one_or_causing_idrs() {
     let _one = serial();
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
-    let (rv, code, send) = busy_room(&mut lab, "1280x640", "12M");
+    let (rv, code, send) = lab.start_busy_room("1280x640", "12M");
     lab.bottleneck("b", Some(3.0));
     // The fast viewer is on the sender's own network.
     let (_, fast) = lab.start_viewer_at("a", &rv, &code, &["--verify", "--json"]);
@@ -203,7 +190,7 @@ fn one_percent_loss_each_way_is_not_read_as_congestion() {
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
     // 20 ms each way (RTT about 40 ms), 1% of datagrams lost each way.
     lab.netem = Some("delay=20ms,loss=1%".into());
-    let (rv, code, send) = busy_room(&mut lab, "1280x640", "6M");
+    let (rv, code, send) = lab.start_busy_room("1280x640", "6M");
     let (_, v) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
     playing(&v, 20.0, Duration::from_secs(30));
     stats_for(&v, 5);
@@ -229,7 +216,7 @@ fn one_percent_loss_each_way_is_not_read_as_congestion() {
 fn capacity_steps_20_4_20_mbit_the_stream_stays_live() {
     let _one = serial();
     let mut lab = Lab::new(Nat::Cone, Nat::Cone);
-    let (rv, code, _send) = busy_room(&mut lab, "1280x640", "16M");
+    let (rv, code, _send) = lab.start_busy_room("1280x640", "16M");
     lab.bottleneck("b", Some(20.0));
     let (_, v) = lab.start_viewer(&rv, &code, &["--verify", "--json"]);
     playing(&v, 25.0, Duration::from_secs(30));

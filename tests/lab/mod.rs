@@ -361,6 +361,23 @@ impl Lab {
         self.start_room_with(&["--source", "testcard", "--size", size])
     }
 
+    /// The busy (camera-like) test card at `size` and `bitrate`, stats as JSON.
+    pub fn start_busy_room(
+        &mut self,
+        size: &str,
+        bitrate: &str,
+    ) -> (String, String, mpsc::Receiver<String>) {
+        self.start_room_with(&[
+            "--json",
+            "--source",
+            "testcard:busy",
+            "--size",
+            size,
+            "--bitrate",
+            bitrate,
+        ])
+    }
+
     /// [`Lab::start_room`] with the sender's source and settings given (`send ARGS`).
     pub fn start_room_with(&mut self, send: &[&str]) -> (String, String, mpsc::Receiver<String>) {
         let rv = format!("{RV}:7000");
