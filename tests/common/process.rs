@@ -90,7 +90,11 @@ impl Proc {
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.starts_with(prefix) => return l,
                 Ok(_) => {}
-                Err(e) => panic!("no line starting with {prefix:?}: {e}"),
+                Err(e) => panic!(
+                    "`inclubit {}`: no line starting with {prefix:?}: {e}\nits stderr:\n{}",
+                    self.args,
+                    self.stderr()
+                ),
             }
         }
     }

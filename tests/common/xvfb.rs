@@ -1,8 +1,7 @@
 //! A virtual X display (Xvfb) for window tests, and screenshots of it.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Xvfb {
     child: Child,
@@ -10,45 +9,43 @@ pub struct Xvfb {
 }
 
 impl Xvfb {
-    /// An Xvfb on a free display from :90 to :139, ready when its socket exists.
+    /// An Xvfb on a display it finds free itself (`-displayfd`: it takes the first display whose
+    /// lock it wins and prints the number once it accepts connections), so parallel tests and
+    /// stale locks of killed servers never share or block a display.
     pub fn start(w: u32, h: u32) -> Xvfb {
-        // Parallel test processes, and tests within one, start their search at different displays.
-        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let first = std::process::id() % 50
-            + 7 * STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for n in (0..50).map(|i| 90 + (first + i) % 50) {
-            let socket = format!("/tmp/.X11-unix/X{n}");
-            if Path::new(&socket).exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists() {
-                continue;
-            }
-            let child = Command::new("Xvfb")
-                .args([
-                    &format!(":{n}"),
-                    "-screen",
-                    "0",
-                    &format!("{w}x{h}x24"),
-                    "-nolisten",
-                    "tcp",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("Xvfb (apt package xvfb)");
-            let mut x = Xvfb {
-                child,
-                display: format!(":{n}"),
-            };
-            let end = Instant::now() + Duration::from_secs(10);
-            // Another process may have taken the display first: that Xvfb exits.
-            while !Path::new(&socket).exists() && x.child.try_wait().ok().flatten().is_none() {
-                assert!(Instant::now() < end, "Xvfb {n} did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if x.child.try_wait().ok().flatten().is_none() {
-                return x;
-            }
-        }
-        panic!("no free X display");
+        use std::io::BufRead;
+        let mut child = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                &format!("{w}x{h}x24"),
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb (apt package xvfb)");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut x = Xvfb {
+            child,
+            display: String::new(),
+        };
+        let n = rx
+            .recv_timeout(Duration::from_secs(10))
+            .ok()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("Xvfb named no display within 10 s"));
+        x.display = format!(":{n}");
+        x
     }
 
     /// The whole screen as RGB rows.
@@ -64,8 +61,15 @@ impl Xvfb {
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM: Xvfb removes its lock and socket (SIGKILL leaves them, and fifty of those
+        // used every display up).
+        // SAFETY: a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        use wait_timeout::ChildExt;
+        if !matches!(self.child.wait_timeout(Duration::from_secs(5)), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
