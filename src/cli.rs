@@ -234,6 +234,10 @@ pub struct ViewArgs {
     /// many seconds: a sender restarted with `send --code` comes back on screen. 0: exit at once.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub rejoin: u64,
+    /// Ask the sender for at most this bitrate, e.g. 4M on a metered link (it still adapts
+    /// below it to what the path carries).
+    #[arg(long, value_parser = parse_bitrate)]
+    pub max_bitrate: Option<u32>,
     #[command(flatten)]
     pub net: NetArgs,
 }

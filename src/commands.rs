@@ -274,6 +274,7 @@ fn view_config(a: &ViewArgs, rendezvous: SocketAddr, display: Display) -> ViewCo
     let mut cfg = ViewConfig::new(a.code, rendezvous);
     cfg.bind = a.net.bind;
     cfg.rejoin = (a.rejoin > 0).then(|| Duration::from_secs(a.rejoin));
+    cfg.prefer.max_bitrate = a.max_bitrate.unwrap_or(0) as u64;
     cfg.paths = a.net.path_policy();
     cfg.verify_testcard = a.verify;
     cfg.punch = a.net.punch();

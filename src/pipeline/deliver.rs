@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inclubit_rendezvous::peer::bwe::{PathSample, RateConfig, RateController};
-use inclubit_rendezvous::wire::media::{Codec, Control, FrameHeader, Projection};
+use inclubit_rendezvous::wire::media::{Codec, Control, FrameHeader, Preference, Projection};
 use tokio::sync::{broadcast, mpsc};
 
 use super::ladder::{Ladder, RenditionChooser, LOW, TOP};
@@ -65,14 +65,17 @@ pub(super) async fn serve_viewer(
             .await
             .map_err(|_| PipelineError::Protocol("no control stream within 5 s".into()))?
             .map_err(|e| PipelineError::Connection(e.to_string()))?;
-    match read_control(&mut ctrl_recv).await? {
-        Some(Control::ViewerHello { name }) => tracing::debug!(id, %name, "hello"),
+    let mut prefer = match read_control(&mut ctrl_recv).await? {
+        Some(Control::ViewerHello { name, prefer }) => {
+            tracing::debug!(id, %name, ?prefer, "hello");
+            prefer
+        }
         other => {
             return Err(PipelineError::Protocol(format!(
                 "expected hello, got {other:?}"
             )))
         }
-    }
+    };
     let ladder = shared.ladder.clone();
     let mut hello = shared.hello.clone();
     hello.next_seq = ladder.renditions[TOP].next_seq.load(Ordering::Relaxed);
@@ -96,8 +99,9 @@ pub(super) async fn serve_viewer(
     let others_top = others_top_rate(shared, id);
     let current = match others_top {
         _ if !ladder.has_low => TOP,
+        _ if prefer.rendition.is_some() => pinned(&prefer).unwrap_or(TOP),
         Some(rate) if rate as u64 * 2 > 3 * ctl.target() => LOW,
-        _ => RenditionChooser::start(&ladder.cfg, ctl.target()),
+        _ => RenditionChooser::start(ctl.target(), ladder.cfg.top_min() as u64),
     };
     let mut place = Place {
         current,
@@ -192,6 +196,10 @@ pub(super) async fn serve_viewer(
                     ladder.renditions[place.current].keyframe_after_loss();
                 }
                 Some(Control::Arrivals(list)) => ctl.on_arrivals(Instant::now(), &list),
+                Some(Control::Prefer(p)) => {
+                    tracing::debug!(id, ?p, "viewer preference");
+                    prefer = p;
+                }
                 Some(Control::Ping { viewer_us }) => {
                     let pong = Control::Pong { viewer_us, sender_us: clock::now_us() };
                     if let Err(e) = ctrl_send.write_all(&pong.frame()).await {
@@ -212,12 +220,12 @@ pub(super) async fn serve_viewer(
                 let now = Instant::now();
                 let path = conn.stats().path;
                 ctl.on_path(now, PathSample { rtt: path.rtt, sent_packets: path.sent_packets, lost_packets: path.lost_packets });
-                let target = ctl.poll(now);
+                let target = capped(&prefer, ctl.poll(now));
                 if target.abs_diff(logged_target) > logged_target / 5 {
                     tracing::debug!(id, target, queue = ?ctl.queue_delay(), probing = ctl.probing(), "rate");
                     logged_target = target;
                 }
-                revisit_place(&mut place, &ladder, shared, id, now, target, ctl.probing(), last_seq);
+                revisit_place(&mut place, &ladder, shared, id, now, (target, ctl.probing()), pinned(&prefer), last_seq);
                 let rate = ViewerRate {
                     // A viewer on its way to a rendition sets that one's rate already.
                     rendition: place.switch.map_or(place.current, |s| s.0),
@@ -235,8 +243,9 @@ pub(super) async fn serve_viewer(
             if waiting_key {
                 // The lower rate first, so the IDR that repairs this is made at it.
                 let mut rate = shared.viewer_rate(id).unwrap_or_default();
-                if ctl.target() < rate.target {
-                    rate.target = ctl.target();
+                let target = capped(&prefer, ctl.target());
+                if target < rate.target {
+                    rate.target = target;
                     rate.rendition = place.switch.map_or(place.current, |s| s.0);
                     publish(shared, id, rate);
                 }
@@ -289,7 +298,21 @@ fn others_top_rate(shared: &Shared, id: usize) -> Option<u32> {
         .max()
 }
 
-/// Starts a move to another rendition when the estimate says so; gives up one that stalls.
+/// The rendition a viewer asked to be on, if any (the ladder has two).
+fn pinned(prefer: &Preference) -> Option<usize> {
+    prefer.rendition.map(|r| (r as usize).min(LOW))
+}
+
+/// `target` within what the viewer asked for.
+fn capped(prefer: &Preference, target: u64) -> u64 {
+    match prefer.max_bitrate {
+        0 => target,
+        max => target.min(max),
+    }
+}
+
+/// Starts a move to another rendition when the estimate (`target`, still `probing`) says so or
+/// the viewer asked for one (`pinned`); gives up one that stalls.
 #[allow(clippy::too_many_arguments)]
 fn revisit_place(
     place: &mut Place,
@@ -297,8 +320,8 @@ fn revisit_place(
     shared: &Shared,
     id: usize,
     now: Instant,
-    target: u64,
-    probing: bool,
+    (target, probing): (u64, bool),
+    pinned: Option<usize>,
     last_seq: Option<u64>,
 ) {
     if let Some((to, _, began)) = place.switch {
@@ -319,10 +342,17 @@ fn revisit_place(
     }
     // Against the top's rate as the others hold it: alone there, the top follows this viewer.
     let top_rate = others_top_rate(shared, id).unwrap_or(ladder.cfg.top_min());
-    let Some(to) = place
-        .chooser
-        .update(now, &ladder.cfg, place.current, target, probing, top_rate)
-    else {
+    let to = match pinned {
+        Some(r) => (r != place.current).then_some(r),
+        None => place.chooser.update(
+            now,
+            place.current,
+            (target, probing),
+            top_rate as u64,
+            ladder.cfg.top_min() as u64,
+        ),
+    };
+    let Some(to) = to else {
         return;
     };
     // Its rate first: a rendition that starts for this viewer starts at what it can carry.

@@ -17,9 +17,9 @@ use crate::encode::scale::{half_size, Halver};
 use crate::encode::{EncodedFrame, Encoder, EncoderConfig};
 use crate::picture::I420;
 
-pub const TOP: usize = 0;
-pub const LOW: usize = 1;
-pub const RENDITIONS: usize = 2;
+pub use inclubit_rendezvous::peer::rendition::{
+    LadderConfig, RenditionChooser, LOW, RENDITIONS, TOP,
+};
 
 /// IDRs asked for after a loss, per rendition, at most one per this long.
 pub const LOSS_IDR_GAP: Duration = Duration::from_millis(500);
@@ -27,34 +27,6 @@ pub const LOSS_IDR_GAP: Duration = Duration::from_millis(500);
 /// Below this width the full-size picture is the only rendition (half of it would be too small
 /// to be worth watching in a headset).
 pub const LADDER_MIN_WIDTH: u32 = 1280;
-
-/// Bitrate bounds of the ladder, bits per second.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LadderConfig {
-    /// `--bitrate`: the top rendition's ceiling.
-    pub ceiling: u32,
-    /// The least any rendition gets.
-    pub floor: u32,
-}
-
-impl LadderConfig {
-    pub fn new(ceiling: u32) -> Self {
-        Self {
-            ceiling,
-            floor: (ceiling / 40).clamp(150_000, ceiling.max(1)),
-        }
-    }
-
-    /// Below this a viewer is better served by the half-size picture.
-    pub fn top_min(&self) -> u32 {
-        (self.ceiling / 4).max(self.floor)
-    }
-
-    /// The most the half-size rendition gets.
-    pub fn low_max(&self) -> u32 {
-        (self.ceiling / 3).max(self.floor)
-    }
-}
 
 /// One rendition's state, shared by its encoder and the viewer sessions.
 pub struct Rendition {
@@ -213,94 +185,6 @@ pub fn plan(cfg: &LadderConfig, viewers: &[(usize, u64)]) -> [u32; RENDITIONS] {
         t.clamp(cfg.floor as u64, cfg.low_max() as u64)
     });
     [top as u32, low as u32]
-}
-
-/// Which rendition one viewer should be on, with hysteresis: down when its target has been
-/// too low for a second, up when it has been high enough for three, and after an up-move that
-/// did not hold, not again for a while (doubling, up to a minute).
-#[derive(Debug)]
-pub struct RenditionChooser {
-    since: Option<(usize, Instant)>,
-    last_up: Option<Instant>,
-    up_backoff: Duration,
-    not_before: Option<Instant>,
-}
-
-const DOWN_AFTER: Duration = Duration::from_secs(1);
-const UP_AFTER: Duration = Duration::from_secs(3);
-
-impl Default for RenditionChooser {
-    fn default() -> Self {
-        Self {
-            since: None,
-            last_up: None,
-            up_backoff: Duration::from_secs(10),
-            not_before: None,
-        }
-    }
-}
-
-impl RenditionChooser {
-    /// Where a viewer starting with `target` begins.
-    pub fn start(cfg: &LadderConfig, target: u64) -> usize {
-        if target >= cfg.top_min() as u64 {
-            TOP
-        } else {
-            LOW
-        }
-    }
-
-    /// The rendition this viewer should move to, if any. `probing`: its estimate has seen no
-    /// queue yet (a low target then means "not measured", not "cannot").
-    pub fn update(
-        &mut self,
-        now: Instant,
-        cfg: &LadderConfig,
-        current: usize,
-        target: u64,
-        probing: bool,
-        top_rate: u32,
-    ) -> Option<usize> {
-        let want = match current {
-            TOP => {
-                let behind = !probing && target < (0.7 * top_rate as f64) as u64;
-                (target < cfg.top_min() as u64 || behind).then_some(LOW)
-            }
-            _ => {
-                let enough = target >= (1.2 * cfg.top_min() as f64) as u64
-                    && target >= (0.9 * top_rate as f64) as u64;
-                let allowed = self.not_before.is_none_or(|t| now >= t);
-                (enough && allowed).then_some(TOP)
-            }
-        };
-        let Some(want) = want else {
-            self.since = None;
-            return None;
-        };
-        let since = match self.since {
-            Some((w, t)) if w == want => t,
-            _ => {
-                self.since = Some((want, now));
-                now
-            }
-        };
-        let after = if want == LOW { DOWN_AFTER } else { UP_AFTER };
-        if now.saturating_duration_since(since) < after {
-            return None;
-        }
-        self.since = None;
-        if want == TOP {
-            self.last_up = Some(now);
-        } else if self
-            .last_up
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10))
-        {
-            // The way up did not hold: wait longer before trying again.
-            self.not_before = Some(now + self.up_backoff);
-            self.up_backoff = (self.up_backoff * 2).min(Duration::from_secs(60));
-        }
-        Some(want)
-    }
 }
 
 /// A picture for the half-size encoder.
@@ -490,100 +374,6 @@ mod tests {
         assert_eq!(
             plan(&c, &[(TOP, u64::MAX), (LOW, u64::MAX)]),
             [20_000_000, c.low_max()]
-        );
-    }
-
-    #[test]
-    fn a_viewer_moves_down_after_a_second_and_up_after_three() {
-        let c = cfg();
-        let t0 = Instant::now();
-        let mut ch = RenditionChooser::default();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        // Too low for the top: down, but only after a second of it.
-        assert_eq!(
-            ch.update(at(0), &c, TOP, 3_000_000, false, 20_000_000),
-            None
-        );
-        assert_eq!(
-            ch.update(at(900), &c, TOP, 3_000_000, false, 20_000_000),
-            None
-        );
-        assert_eq!(
-            ch.update(at(1000), &c, TOP, 3_000_000, false, 20_000_000),
-            Some(LOW)
-        );
-        // A blip back up resets the count.
-        assert_eq!(
-            ch.update(at(1100), &c, LOW, 19_000_000, false, 20_000_000),
-            None
-        );
-        assert_eq!(
-            ch.update(at(1200), &c, LOW, 2_000_000, false, 20_000_000),
-            None
-        );
-        assert_eq!(
-            ch.update(at(2200), &c, LOW, 19_000_000, false, 20_000_000),
-            None
-        );
-        assert_eq!(
-            ch.update(at(5200), &c, LOW, 19_000_000, false, 20_000_000),
-            Some(TOP)
-        );
-        // It did not hold: down again, and no way up for 10 s.
-        assert_eq!(
-            ch.update(at(6000), &c, TOP, 2_000_000, false, 20_000_000),
-            None
-        );
-        assert_eq!(
-            ch.update(at(7000), &c, TOP, 2_000_000, false, 20_000_000),
-            Some(LOW)
-        );
-        assert_eq!(
-            ch.update(at(8000), &c, LOW, 19_000_000, false, 20_000_000),
-            None
-        );
-        assert_eq!(
-            ch.update(at(12000), &c, LOW, 19_000_000, false, 20_000_000),
-            None
-        );
-        assert_eq!(
-            ch.update(at(17000), &c, LOW, 19_000_000, false, 20_000_000),
-            None
-        );
-        assert_eq!(
-            ch.update(at(20000), &c, LOW, 19_000_000, false, 20_000_000),
-            Some(TOP)
-        );
-    }
-
-    #[test]
-    fn a_probing_viewer_is_not_moved_for_being_below_the_top_rate() {
-        let c = cfg();
-        let t0 = Instant::now();
-        let mut ch = RenditionChooser::default();
-        for s in 0..5 {
-            let now = t0 + Duration::from_secs(s);
-            assert_eq!(ch.update(now, &c, TOP, 8_000_000, true, 20_000_000), None);
-        }
-        // Once measured, 8 of 20 Mbit/s is behind.
-        ch.update(
-            t0 + Duration::from_secs(6),
-            &c,
-            TOP,
-            8_000_000,
-            false,
-            20_000_000,
-        );
-        assert_eq!(
-            ch.update(
-                t0 + Duration::from_secs(7),
-                &c,
-                TOP,
-                8_000_000,
-                false,
-                20_000_000
-            ),
-            Some(LOW)
         );
     }
 

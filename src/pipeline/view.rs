@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use inclubit_rendezvous::code::RoomCode;
-use inclubit_rendezvous::wire::media::{StreamHello, ViewerStats};
+use inclubit_rendezvous::wire::media::{Preference, StreamHello, ViewerStats};
 use tokio::sync::mpsc;
 
 use super::decoding::DecodeStage;
@@ -143,6 +143,8 @@ pub struct ViewConfig {
     /// After losing the sender (not a sender that ended the stream), join again for this long:
     /// a sender restarted with its code (`send --code`) comes back.
     pub rejoin: Option<Duration>,
+    /// Asked of the sender: a rendition, a bitrate cap (by default it chooses by the path).
+    pub prefer: Preference,
 }
 
 /// Between attempts to join again.
@@ -171,6 +173,7 @@ impl ViewConfig {
             no_upnp: false,
             name: "inclubit-view".into(),
             rejoin: None,
+            prefer: Preference::default(),
         }
     }
 }
@@ -370,6 +373,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             no_upnp: cfg.no_upnp,
             name: cfg.name.clone(),
             stats: Some(stats.clone()),
+            prefer: cfg.prefer,
         })
         .await;
         let sub = match sub {

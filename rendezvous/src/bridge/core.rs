@@ -16,6 +16,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use crate::code::RoomCode;
+use crate::peer::rendition::{LadderConfig, RenditionChooser, LOW, TOP};
 
 /// One H.264 access unit (Annex B) as the sender encoded it.
 #[derive(Debug, Clone)]
@@ -66,8 +67,17 @@ pub enum CoreOutput {
         destination: SocketAddr,
         contents: Vec<u8>,
     },
-    /// A viewer joined or lost a picture: the room's sender should encode a keyframe.
-    WantKeyframe(RoomCode),
+    /// A viewer joined, lost a picture or moves: the room's sender should encode a keyframe on
+    /// this rendition.
+    WantKeyframe(RoomCode, usize),
+    /// Browsers of the room are on this rendition and carry at most `max_bitrate` (0: no
+    /// limit known): keep an upstream of it and ask no more of the sender. Repeated every
+    /// [`DEMAND_EVERY`] while any browser is on it.
+    Demand {
+        room: RoomCode,
+        rendition: usize,
+        max_bitrate: u64,
+    },
     /// ICE and DTLS are up for this viewer.
     Connected { peer: PeerId, room: RoomCode },
     /// This viewer is gone (left, timed out, or its room ended).
@@ -81,6 +91,16 @@ const REPLAY_MAX: usize = 10;
 /// How long a viewer may take from its offer to a working connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How often each browser's rendition is revisited and the upstreams told what they carry.
+pub const DEMAND_EVERY: Duration = Duration::from_millis(500);
+/// A move whose keyframe has not come by then is asked for again; by `SWITCH_GIVE_UP`, dropped.
+const SWITCH_RETRY: Duration = Duration::from_secs(1);
+const SWITCH_GIVE_UP: Duration = Duration::from_secs(5);
+/// The top rendition's rate is measured over this long.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// A room's ceiling before its sender's hello is known.
+const DEFAULT_CEILING: u64 = 20_000_000;
+
 struct Peer {
     id: PeerId,
     room: RoomCode,
@@ -93,6 +113,12 @@ struct Peer {
     timeout: Option<Instant>,
     /// str0m panicked inside this peer's session: it is removed at the next drive.
     failed: bool,
+    /// The rendition it gets, and the one it moves to at that one's next keyframe.
+    rendition: usize,
+    switch: Option<(usize, Instant)>,
+    chooser: RenditionChooser,
+    /// str0m's TWCC estimate of what reaches this browser, once it has one.
+    estimate: Option<u64>,
 }
 
 pub struct BridgeCore {
@@ -100,9 +126,13 @@ pub struct BridgeCore {
     /// One DTLS certificate for every browser: generating one per offer delays each answer.
     cert: Option<str0m::crypto::dtls::DtlsCert>,
     peers: Vec<Peer>,
-    /// Per room, the access units since the last keyframe (while few): a browser whose
-    /// connection completes just after a keyframe starts from it instead of waiting for another.
-    recent: HashMap<RoomCode, Vec<AccessUnit>>,
+    /// Per room and rendition, the access units since the last keyframe (while few): a
+    /// browser whose connection completes just after a keyframe starts from it instead of
+    /// waiting for another.
+    recent: HashMap<(RoomCode, usize), Vec<AccessUnit>>,
+    /// Per room: its ladder (from the sender's ceiling) and the top rendition's recent sizes.
+    rooms: HashMap<RoomCode, RoomRates>,
+    next_demand: Option<Instant>,
     next_id: PeerId,
     out: VecDeque<CoreOutput>,
 }
@@ -117,6 +147,8 @@ impl BridgeCore {
                 .generate_certificate(),
             peers: Vec::new(),
             recent: HashMap::new(),
+            rooms: HashMap::new(),
+            next_demand: None,
             next_id: 1,
             out: VecDeque::new(),
         }
@@ -138,7 +170,7 @@ impl BridgeCore {
         let parsed =
             SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::BadSdp(e.to_string()))?;
         check_offer(offer)?;
-        let (rtc, video, answer) = self.negotiate(now, parsed)?;
+        let (rtc, video, answer) = self.negotiate(now, room, parsed)?;
         let id = self.next_id;
         self.next_id += 1;
         let mut peer = Peer {
@@ -151,13 +183,18 @@ impl BridgeCore {
             created: now,
             timeout: None,
             failed: false,
+            rendition: TOP,
+            switch: None,
+            chooser: RenditionChooser::default(),
+            estimate: None,
         };
         // ICE-lite sends nothing before the browser does; this only learns the first timeout.
         drive(&mut peer, &mut self.out, |_, _| {});
         tracing::debug!(peer = id, %room, "browser viewer offered");
         self.peers.push(peer);
         // Ask now: the keyframe is on its way while ICE and DTLS finish, and is replayed then.
-        self.out.push_back(CoreOutput::WantKeyframe(room));
+        self.out.push_back(CoreOutput::WantKeyframe(room, TOP));
+        self.next_demand.get_or_insert(now);
         Ok((id, answer))
     }
 
@@ -166,12 +203,20 @@ impl BridgeCore {
     fn negotiate(
         &self,
         now: Instant,
+        room: RoomCode,
         offer: SdpOffer,
     ) -> Result<(Rtc, (Mid, Pt), String), OfferError> {
+        // TWCC estimate from the start at the room's ceiling: a path that carries less shows
+        // it within a second, and the browser moves to the half-size rendition.
+        let ceiling = self
+            .rooms
+            .get(&room)
+            .map_or(DEFAULT_CEILING, |r| r.ladder.ceiling as u64);
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .clear_codecs()
-            .enable_h264(true);
+            .enable_h264(true)
+            .enable_bwe(Some(str0m::bwe::Bitrate::bps(ceiling)));
         if let Some(cert) = &self.cert {
             config = config.set_dtls_cert(cert.clone());
         }
@@ -222,9 +267,35 @@ impl BridgeCore {
         true
     }
 
+    /// The room's sender streams with this bitrate ceiling (its hello): sets the room's ladder.
+    pub fn set_ceiling(&mut self, room: RoomCode, ceiling: u64) {
+        self.rooms.entry(room).or_default().ladder =
+            LadderConfig::new(ceiling.min(u32::MAX as u64) as u32);
+    }
+
+    /// The room's upstream of `rendition` ended: the top one ends the room; from the half-size
+    /// one, its browsers move back to the top.
+    pub fn end_rendition(&mut self, now: Instant, room: RoomCode, rendition: usize) {
+        if rendition == TOP {
+            return self.end_room(room);
+        }
+        self.recent.remove(&(room, rendition));
+        let mut moved = false;
+        for p in self.peers.iter_mut().filter(|p| p.room == room) {
+            if p.rendition == rendition || p.switch.is_some_and(|s| s.0 == rendition) {
+                p.switch = Some((TOP, now));
+                moved = true;
+            }
+        }
+        if moved {
+            self.out.push_back(CoreOutput::WantKeyframe(room, TOP));
+        }
+    }
+
     /// The room's stream ended: every viewer of it is let go.
     pub fn end_room(&mut self, room: RoomCode) {
-        self.recent.remove(&room);
+        self.recent.retain(|k, _| k.0 != room);
+        self.rooms.remove(&room);
         let ids: Vec<_> = self
             .peers
             .iter()
@@ -282,9 +353,22 @@ impl BridgeCore {
         true
     }
 
-    /// An access unit of `room`'s stream: sent to every connected viewer of the room.
-    pub fn handle_access_unit(&mut self, now: Instant, room: RoomCode, au: &AccessUnit) {
-        let recent = self.recent.entry(room).or_default();
+    /// An access unit of `room`'s stream on `rendition`: sent to every connected viewer of the
+    /// room on it (or moving to it, from its keyframe on).
+    pub fn handle_access_unit(
+        &mut self,
+        now: Instant,
+        room: RoomCode,
+        rendition: usize,
+        au: &AccessUnit,
+    ) {
+        if rendition == TOP {
+            self.rooms
+                .entry(room)
+                .or_default()
+                .top_sent(now, au.data.len());
+        }
+        let recent = self.recent.entry((room, rendition)).or_default();
         if au.keyframe {
             recent.clear();
             recent.push(au.clone());
@@ -293,18 +377,37 @@ impl BridgeCore {
         } else {
             recent.clear();
         }
-        for i in 0..self.peers.len() {
+        let mut i = 0;
+        while i < self.peers.len() {
             let p = &mut self.peers[i];
             if p.room != room || !p.connected {
+                i += 1;
+                continue;
+            }
+            match p.switch {
+                Some((to, _)) if to == rendition && au.keyframe => {
+                    tracing::debug!(peer = p.id, from = p.rendition, to, "browser moved");
+                    p.rendition = to;
+                    p.switch = None;
+                }
+                _ => {}
+            }
+            if p.rendition != rendition {
+                i += 1;
                 continue;
             }
             write(p, now, au);
-            self.drive_peer(now, i);
+            if !self.drive_peer(now, i) {
+                i += 1;
+            }
         }
         self.reap_failed();
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_demand.is_some_and(|t| t <= now) {
+            self.revisit_renditions(now);
+        }
         let mut i = 0;
         while i < self.peers.len() {
             let p = &mut self.peers[i];
@@ -350,6 +453,7 @@ impl BridgeCore {
                 let connect = (!p.connected).then(|| p.created + CONNECT_TIMEOUT);
                 [p.timeout, connect]
             })
+            .chain([self.next_demand])
             .flatten()
             .min()
     }
@@ -365,9 +469,12 @@ impl BridgeCore {
         let mut want_keyframe = false;
         let mut became_connected = false;
         let mut gone = false;
-        drive(peer, &mut self.out, |_, ev| match ev {
+        drive(peer, &mut self.out, |p, ev| match ev {
             Event::Connected => became_connected = true,
             Event::KeyframeRequest(_) => want_keyframe = true,
+            Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate, .. }) => {
+                p.estimate = Some(estimate.as_u64());
+            }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => gone = true,
             _ => {}
         });
@@ -376,7 +483,11 @@ impl BridgeCore {
             peer.connected = true;
             self.out.push_back(CoreOutput::Connected { peer: id, room });
             // First picture fast: the latest keyframe and what followed it, else a new one.
-            match self.recent.get(&room).filter(|r| !r.is_empty()) {
+            match self
+                .recent
+                .get(&(room, peer.rendition))
+                .filter(|r| !r.is_empty())
+            {
                 Some(recent) => {
                     for au in recent {
                         write(peer, now, au);
@@ -387,7 +498,9 @@ impl BridgeCore {
             }
         }
         if want_keyframe {
-            self.out.push_back(CoreOutput::WantKeyframe(room));
+            // On the rendition it gets, or the one it waits for.
+            let r = peer.switch.map_or(peer.rendition, |s| s.0);
+            self.out.push_back(CoreOutput::WantKeyframe(room, r));
         }
         let alive = !peer.failed && guarded("is_alive", || peer.rtc.is_alive()).unwrap_or(false);
         if gone || !alive {
@@ -396,6 +509,129 @@ impl BridgeCore {
             return true;
         }
         false
+    }
+}
+
+impl BridgeCore {
+    /// Moves browsers between renditions by their estimates, and tells each upstream what its
+    /// browsers carry.
+    fn revisit_renditions(&mut self, now: Instant) {
+        self.next_demand = (!self.peers.is_empty()).then_some(now + DEMAND_EVERY);
+        let mut demands: HashMap<(RoomCode, usize), u64> = HashMap::new();
+        for p in self.peers.iter_mut().filter(|p| p.connected) {
+            let room = self.rooms.entry(p.room).or_default();
+            let top_rate = room.top_rate(now);
+            let top_min = room.ladder.top_min() as u64;
+            match p.switch {
+                Some((to, since)) => {
+                    let waited = now.saturating_duration_since(since);
+                    if waited > SWITCH_GIVE_UP {
+                        tracing::debug!(peer = p.id, to, "no keyframe to move on; staying");
+                        p.switch = None;
+                    } else if waited > SWITCH_RETRY {
+                        self.out.push_back(CoreOutput::WantKeyframe(p.room, to));
+                        p.switch = Some((to, now));
+                    }
+                }
+                None => {
+                    if let Some(estimate) = p.estimate {
+                        // Below the top's rate a browser is moved down; up once it carries it.
+                        let to = p.chooser.update(
+                            now,
+                            p.rendition,
+                            (estimate, false),
+                            top_rate.max(top_min),
+                            top_min,
+                        );
+                        if let Some(to) = to {
+                            tracing::debug!(peer = p.id, estimate, top_rate, to, "moving browser");
+                            p.switch = Some((to, now));
+                            self.out.push_back(CoreOutput::WantKeyframe(p.room, to));
+                        }
+                    }
+                }
+            }
+            // On the low rendition, probe for what the top would need.
+            if p.rendition == LOW {
+                let desired = (top_rate.max(top_min) as f64 * 1.2) as u64;
+                let _ = guarded("bwe", || {
+                    p.rtc
+                        .bwe()
+                        .set_bitrate(str0m::bwe::Bitrate::ZERO, str0m::bwe::Bitrate::bps(desired))
+                });
+            }
+            // The top carries its fastest browser's estimate, the half size its slowest's.
+            for r in [Some(p.rendition), p.switch.map(|s| s.0)]
+                .into_iter()
+                .flatten()
+            {
+                let e = p.estimate.unwrap_or(0);
+                demands
+                    .entry((p.room, r))
+                    .and_modify(|d| {
+                        *d = match (r, *d, e) {
+                            (_, 0, _) | (_, _, 0) => 0,
+                            (TOP, d, e) => d.max(e),
+                            (_, d, e) => d.min(e),
+                        }
+                    })
+                    .or_insert(e);
+            }
+        }
+        for ((room, rendition), max_bitrate) in demands {
+            self.out.push_back(CoreOutput::Demand {
+                room,
+                rendition,
+                max_bitrate,
+            });
+        }
+        self.rooms
+            .retain(|room, _| self.peers.iter().any(|p| p.room == *room));
+    }
+
+    /// The rendition browser `peer` is on (or moving to), and its estimate.
+    pub fn placement(&self, peer: PeerId) -> Option<(usize, Option<u64>)> {
+        let p = self.peers.iter().find(|p| p.id == peer)?;
+        Some((p.switch.map_or(p.rendition, |s| s.0), p.estimate))
+    }
+}
+
+/// One room's ladder, and what its top rendition has sent lately.
+struct RoomRates {
+    ladder: LadderConfig,
+    top: VecDeque<(Instant, usize)>,
+}
+
+impl Default for RoomRates {
+    fn default() -> Self {
+        Self {
+            ladder: LadderConfig::new(DEFAULT_CEILING as u32),
+            top: VecDeque::new(),
+        }
+    }
+}
+
+impl RoomRates {
+    fn top_sent(&mut self, now: Instant, bytes: usize) {
+        self.top.push_back((now, bytes));
+        while self
+            .top
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > RATE_WINDOW)
+        {
+            self.top.pop_front();
+        }
+    }
+
+    /// Bits per second over the last [`RATE_WINDOW`].
+    fn top_rate(&self, now: Instant) -> u64 {
+        let bytes: usize = self
+            .top
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= RATE_WINDOW)
+            .map(|(_, b)| b)
+            .sum();
+        (bytes as f64 * 8.0 / RATE_WINDOW.as_secs_f64()) as u64
     }
 }
 
@@ -685,7 +921,7 @@ mod tests {
             let ev = run(now, core, &mut bs, |c, _| {
                 c.peers.iter().any(|p| p.id == id && p.connected)
             });
-            seen = ev.iter().any(|e| matches!(e, CoreOutput::WantKeyframe(_)))
+            seen = ev.iter().any(|e| matches!(e, CoreOutput::WantKeyframe(..)))
                 || core.peers.iter().any(|p| p.id == id && p.connected);
         }
         assert!(seen);
@@ -700,9 +936,9 @@ mod tests {
         let (b, _) = connect(&mut now, &mut core, 2);
         let mut bs = [b];
         // Delta frames before any keyframe are held back: a browser cannot start from them.
-        core.handle_access_unit(now, room(), &au(1, false));
-        core.handle_access_unit(now, room(), &au(2, true));
-        core.handle_access_unit(now, room(), &au(3, false));
+        core.handle_access_unit(now, room(), TOP, &au(1, false));
+        core.handle_access_unit(now, room(), TOP, &au(2, true));
+        core.handle_access_unit(now, room(), TOP, &au(3, false));
         run(&mut now, &mut core, &mut bs, |_, b| b[0].frames.len() >= 2);
         let got = &bs[0].frames;
         assert_eq!(
@@ -721,14 +957,17 @@ mod tests {
         let (mut b, offer, pending) = Browser::offer(now, 2, |c| c);
         let (_, answer) = core.accept_offer(now, room(), &offer).unwrap();
         // Asked at the offer, and again at connection when nothing arrived meanwhile.
-        assert_eq!(core.poll_output(), Some(CoreOutput::WantKeyframe(room())));
+        assert_eq!(
+            core.poll_output(),
+            Some(CoreOutput::WantKeyframe(room(), TOP))
+        );
         b.answer(pending, &answer);
         let mut bs = [b];
         let mut ev = run(&mut now, &mut core, &mut bs, |c, _| {
             c.peers.iter().all(|p| p.connected)
         });
         ev.extend(std::iter::from_fn(|| core.poll_output()));
-        assert!(ev.contains(&CoreOutput::WantKeyframe(room())));
+        assert!(ev.contains(&CoreOutput::WantKeyframe(room(), TOP)));
     }
 
     #[test]
@@ -737,17 +976,23 @@ mod tests {
         let mut core = BridgeCore::new(vec![BRIDGE.parse().unwrap()]);
         let (mut b, offer, pending) = Browser::offer(now, 2, |c| c);
         let (_, answer) = core.accept_offer(now, room(), &offer).unwrap();
-        assert_eq!(core.poll_output(), Some(CoreOutput::WantKeyframe(room())));
+        assert_eq!(
+            core.poll_output(),
+            Some(CoreOutput::WantKeyframe(room(), TOP))
+        );
         b.answer(pending, &answer);
         // The keyframe asked for at the offer arrives before ICE and DTLS are done.
-        core.handle_access_unit(now, room(), &au(7, true));
-        core.handle_access_unit(now, room(), &au(8, false));
+        core.handle_access_unit(now, room(), TOP, &au(7, true));
+        core.handle_access_unit(now, room(), TOP, &au(8, false));
         let mut bs = [b];
         let ev = run(&mut now, &mut core, &mut bs, |_, b| b[0].frames.len() >= 2);
         assert_eq!(bs[0].frames[0], au(7, true).data.to_vec());
         assert_eq!(bs[0].frames[1], au(8, false).data.to_vec());
         // Replayed, so no second keyframe is needed.
-        assert!(!ev.contains(&CoreOutput::WantKeyframe(room())), "{ev:?}");
+        assert!(
+            !ev.contains(&CoreOutput::WantKeyframe(room(), TOP)),
+            "{ev:?}"
+        );
     }
 
     #[test]
@@ -758,14 +1003,14 @@ mod tests {
         let (b, _) = connect(&mut now, &mut core, 3);
         assert_eq!(core.viewers(room()), 2);
         let mut bs = [a, b];
-        core.handle_access_unit(now, room(), &au(10, true));
+        core.handle_access_unit(now, room(), TOP, &au(10, true));
         run(&mut now, &mut core, &mut bs, |_, b| {
             b.iter().all(|b| b.frames.len() == 1)
         });
         assert!(core.remove(room(), id_a));
         assert!(!core.remove(room(), id_a), "a second DELETE finds nothing");
         assert_eq!(core.viewers(room()), 1);
-        core.handle_access_unit(now, room(), &au(11, false));
+        core.handle_access_unit(now, room(), TOP, &au(11, false));
         run(&mut now, &mut core, &mut bs, |_, b| b[1].frames.len() == 2);
         assert_eq!(bs[0].frames.len(), 1);
     }
@@ -785,6 +1030,185 @@ mod tests {
                 room: room()
             })
         );
+    }
+
+    /// A one-way link from the bridge to a browser: `rate` bits per second (None: unlimited),
+    /// 20 ms of delay, and a drop-tail queue of 200 ms, as a tbf bottleneck.
+    struct Link {
+        rate: Option<u64>,
+        free_at: Instant,
+        queue: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+    }
+
+    impl Link {
+        fn send(&mut self, now: Instant, source: SocketAddr, data: Vec<u8>) {
+            let start = self.free_at.max(now);
+            let Some(rate) = self.rate else {
+                self.queue
+                    .push_back((now + Duration::from_millis(20), source, data));
+                return;
+            };
+            if start.saturating_duration_since(now) > Duration::from_millis(200) {
+                return;
+            }
+            self.free_at = start + Duration::from_secs_f64(data.len() as f64 * 8.0 / rate as f64);
+            self.queue
+                .push_back((self.free_at + Duration::from_millis(20), source, data));
+        }
+    }
+
+    /// A browser moves to the half-size rendition when its path (str0m's TWCC estimate, from
+    /// the browser's real feedback through a simulated 2 Mbit/s link) cannot carry the top; the
+    /// keyframe for the move is asked of that rendition only, the upstreams are told what their
+    /// browsers carry, and a browser on a fast path stays on the top.
+    #[test]
+    fn a_browser_on_a_slow_path_moves_to_the_half_size_rendition() {
+        let mut now = Instant::now();
+        let mut core = BridgeCore::new(vec![BRIDGE.parse().unwrap()]);
+        core.set_ceiling(room(), 8_000_000);
+        let (fast, fast_id) = connect(&mut now, &mut core, 2);
+        let (slow, slow_id) = connect(&mut now, &mut core, 3);
+        let mut bs = [fast, slow];
+        let mut links: Vec<Link> = [None, Some(2_000_000)]
+            .into_iter()
+            .map(|rate| Link {
+                rate,
+                free_at: now,
+                queue: VecDeque::new(),
+            })
+            .collect();
+        // Frames of each rendition, marked by their last byte: 6 Mbit/s on the top, 1/4 of it
+        // on the half size (once the bridge asks for it).
+        let frame = |seq: u64, keyframe: bool, rendition: usize| {
+            let mut a = au(seq, keyframe);
+            let size = if rendition == TOP { 25_000 } else { 6_000 };
+            let mut d = a.data.to_vec();
+            d.resize(size, 0);
+            d.push(0xA0 + rendition as u8);
+            a.data = d.into();
+            a
+        };
+        let mut events = Vec::new();
+        let mut low_asked = false;
+        let mut keyframe_on = [true, false];
+        let mut next_frame = now;
+        let mut seq = 100;
+        let end = now + Duration::from_secs(20);
+        let moved = |c: &BridgeCore, b: &[Browser]| {
+            c.placement(slow_id).map(|p| p.0) == Some(LOW)
+                && b[1].frames.last().and_then(|f| f.last()) == Some(&0xA1)
+        };
+        while now < end && !moved(&core, &bs) {
+            if now >= next_frame {
+                seq += 1;
+                for r in [TOP, LOW] {
+                    if r == LOW && !low_asked {
+                        continue;
+                    }
+                    let key = std::mem::take(&mut keyframe_on[r]) || seq % 300 == 0;
+                    core.handle_access_unit(now, room(), r, &frame(seq, key, r));
+                }
+                next_frame += Duration::from_millis(33);
+            }
+            let mut next = next_frame;
+            for (b, link) in bs.iter_mut().zip(&mut links) {
+                while link.queue.front().is_some_and(|q| q.0 <= now) {
+                    let (_, source, data) = link.queue.pop_front().unwrap();
+                    let input = Input::Receive(
+                        now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source,
+                            destination: b.addr,
+                            contents: data.as_slice().try_into().unwrap(),
+                        },
+                    );
+                    b.rtc.handle_input(input).unwrap();
+                }
+                let (out, t) = b.poll();
+                next = next.min(t);
+                for (dst, data) in out {
+                    core.handle_receive(now, b.addr, dst, &data);
+                }
+            }
+            while let Some(o) = core.poll_output() {
+                match o {
+                    CoreOutput::Transmit {
+                        source,
+                        destination,
+                        contents,
+                    } => {
+                        let i = bs.iter().position(|b| b.addr == destination).unwrap();
+                        links[i].send(now, source, contents);
+                    }
+                    CoreOutput::WantKeyframe(_, r) => {
+                        keyframe_on[r] = true;
+                        events.push(CoreOutput::WantKeyframe(room(), r));
+                    }
+                    CoreOutput::Demand { rendition, .. } if rendition == LOW => {
+                        low_asked = true;
+                        events.push(o);
+                    }
+                    other => events.push(other),
+                }
+            }
+            for l in &links {
+                if let Some(q) = l.queue.front() {
+                    next = next.min(q.0);
+                }
+            }
+            if let Some(t) = core.poll_timeout() {
+                next = next.min(t);
+            }
+            now = next.max(now + Duration::from_micros(200));
+            for b in bs.iter_mut() {
+                b.rtc.handle_input(Input::Timeout(now)).unwrap();
+            }
+            core.handle_timeout(now);
+        }
+        let (fast_r, fast_estimate) = core.placement(fast_id).unwrap();
+        let (slow_r, slow_estimate) = core.placement(slow_id).unwrap();
+        assert!(
+            moved(&core, &bs),
+            "slow browser on {slow_r} at {slow_estimate:?} bit/s; events {:?}",
+            events.iter().rev().take(20).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            fast_r, TOP,
+            "the fast browser stays on the top ({fast_estimate:?})"
+        );
+        assert!(slow_estimate.unwrap() < 2_500_000, "{slow_estimate:?}");
+        // The top's upstream was told the fast browser's estimate, never the slow one's.
+        let top_limits: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                CoreOutput::Demand {
+                    rendition: TOP,
+                    max_bitrate,
+                    ..
+                } => Some(*max_bitrate),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            top_limits
+                .iter()
+                .rev()
+                .take(3)
+                .all(|m| *m == 0 || *m > 4_000_000),
+            "{top_limits:?}"
+        );
+        // The move asked for a keyframe on the half size; once there, the slow browser got
+        // only half-size frames, from its keyframe on.
+        assert!(events.contains(&CoreOutput::WantKeyframe(room(), LOW)));
+        let slow = &bs[1].frames;
+        let first_low = slow.iter().position(|f| f.last() == Some(&0xA1)).unwrap();
+        assert!(
+            slow[first_low].starts_with(&[0, 0, 0, 1, 0x67]),
+            "a keyframe first"
+        );
+        assert!(slow[first_low..].iter().all(|f| f.last() == Some(&0xA1)));
+        assert!(bs[0].frames.iter().all(|f| f.last() != Some(&0xA1)));
     }
 
     #[test]
@@ -915,7 +1339,7 @@ a=rtpmap:96 H264/90000\r\n";
         assert!(err.to_string().contains("video section"), "{err}");
         // str0m itself, were the check missed: the panic costs this offer only.
         let parsed = SdpOffer::from_sdp_string(TWO_VIDEOS_ONE_PT).unwrap();
-        let err = core.negotiate(now, parsed).map(|_| ()).unwrap_err();
+        let err = core.negotiate(now, room(), parsed).map(|_| ()).unwrap_err();
         assert!(
             matches!(err, OfferError::Internal(ref m) if m.contains("Pt locked")),
             "{err:?}"
@@ -924,7 +1348,7 @@ a=rtpmap:96 H264/90000\r\n";
         let (second, _) = connect(&mut now, &mut core, 3);
         assert_eq!(core.viewers(room()), 2);
         let mut bs = [first, second];
-        core.handle_access_unit(now, room(), &au(20, true));
+        core.handle_access_unit(now, room(), TOP, &au(20, true));
         run(&mut now, &mut core, &mut bs, |_, b| {
             b.iter().all(|b| b.frames.len() == 1)
         });
@@ -993,7 +1417,7 @@ a=rtpmap:96 H264/90000\r\n";
             proptest::prop_assert!(r.is_ok(), "a panic escaped the core on:\n{offer}");
             let (second, _) = connect(&mut now, &mut core, 3);
             let mut bs = [second];
-            core.handle_access_unit(now, room(), &au(1, true));
+            core.handle_access_unit(now, room(), TOP, &au(1, true));
             run(&mut now, &mut core, &mut bs, |_, b| b[0].frames.len() == 1);
         }
     }

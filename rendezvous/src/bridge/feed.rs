@@ -1,5 +1,6 @@
-//! One upstream per room: the bridge joins the room as an ordinary QUIC viewer and passes the
-//! sender's access units on. Started by the first browser viewer, stopped when the last leaves.
+//! The upstreams: per room, the bridge joins as an ordinary QUIC viewer of the full-size
+//! rendition, and of the half-size one while some browser is on it, and passes the sender's
+//! access units on. Started by the first browser viewer, stopped when the last leaves.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,17 +11,23 @@ use tokio::sync::{mpsc, watch};
 use super::core::AccessUnit;
 use crate::code::RoomCode;
 use crate::peer::control::SessionError;
+use crate::peer::rendition::TOP;
 use crate::peer::subscribe::{subscribe, SubEvent, SubHandle, SubscribeConfig};
 use crate::peer::NetError;
-use crate::wire::media::StreamHello;
+use crate::wire::media::{Preference, StreamHello};
 use crate::wire::signal::ErrorKind;
 
 /// What the bridge's driver hears from the feeds.
 #[derive(Debug)]
 pub enum FeedMsg {
-    Frame(RoomCode, AccessUnit),
-    Ended(RoomCode),
+    /// An access unit of the room's stream on a rendition.
+    Frame(RoomCode, usize, AccessUnit),
+    /// The room's upstream of a rendition ended.
+    Ended(RoomCode, usize),
 }
+
+/// One upstream: a room's rendition.
+type Key = (RoomCode, usize);
 
 /// Why a room cannot be watched in a browser right now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +57,7 @@ struct Feed {
 /// The rooms the bridge is subscribed to.
 pub struct Feeds {
     rendezvous: SocketAddr,
-    feeds: Mutex<HashMap<RoomCode, Feed>>,
+    feeds: Mutex<HashMap<Key, Feed>>,
     next_id: std::sync::atomic::AtomicU64,
     to_driver: mpsc::UnboundedSender<FeedMsg>,
 }
@@ -65,11 +72,22 @@ impl Feeds {
         }
     }
 
-    /// Subscribes to `room` unless already subscribed; returns once its stream is live.
+    /// Subscribes to `room` (its full-size rendition) unless already subscribed; returns once
+    /// its stream is live.
     pub async fn ensure(self: &Arc<Self>, room: RoomCode) -> Result<StreamHello, FeedError> {
+        self.ensure_rendition(room, TOP).await
+    }
+
+    /// Subscribes to `room`'s `rendition` unless already subscribed; returns once it is live.
+    pub async fn ensure_rendition(
+        self: &Arc<Self>,
+        room: RoomCode,
+        rendition: usize,
+    ) -> Result<StreamHello, FeedError> {
+        let key = (room, rendition);
         let mut state = {
             let mut feeds = self.feeds.lock().map_err(|_| poisoned())?;
-            match feeds.get(&room) {
+            match feeds.get(&key) {
                 Some(f) => f.state.clone(),
                 None => {
                     let (tx, rx) = watch::channel(State::Connecting);
@@ -78,14 +96,14 @@ impl Feeds {
                         .next_id
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     feeds.insert(
-                        room,
+                        key,
                         Feed {
                             id,
                             state: rx.clone(),
                             handle: handle.clone(),
                         },
                     );
-                    tokio::spawn(self.clone().run(room, id, tx, handle));
+                    tokio::spawn(self.clone().run(key, id, tx, handle));
                     rx
                 }
             }
@@ -102,51 +120,95 @@ impl Feeds {
         }
     }
 
-    /// Asks the room's sender for a keyframe.
-    pub fn request_keyframe(&self, room: RoomCode) {
-        if let Some(h) = self.handle(room) {
+    /// Asks the room's sender for a keyframe on `rendition`.
+    pub fn request_keyframe(&self, room: RoomCode, rendition: usize) {
+        if let Some(h) = self.handle((room, rendition)) {
             h.request_keyframe();
         }
     }
 
-    /// No browser watches `room` any more: leave it.
+    /// Tells the sender of `room`'s upstream of `rendition` to send no more than `max_bitrate`
+    /// (0: no limit). False when there is no such upstream (yet).
+    pub fn limit(&self, room: RoomCode, rendition: usize, max_bitrate: u64) -> bool {
+        let Some(h) = self.handle((room, rendition)) else {
+            return self.has((room, rendition));
+        };
+        h.prefer(Preference {
+            rendition: Some(rendition as u8),
+            max_bitrate,
+        });
+        true
+    }
+
+    /// No browser watches `room` any more: leave it (every rendition).
     pub fn release(&self, room: RoomCode) {
-        if let Some(h) = self.handle(room) {
-            tracing::info!(%room, "no browser viewers left; leaving the room");
+        for key in self.keys(room) {
+            self.release_rendition(key.0, key.1);
+        }
+    }
+
+    /// No browser is on `room`'s `rendition` any more: leave that upstream.
+    pub fn release_rendition(&self, room: RoomCode, rendition: usize) {
+        if let Some(h) = self.handle((room, rendition)) {
+            tracing::info!(%room, rendition, "no browser viewers left on it; leaving");
             // Forgotten now: a browser arriving while this one winds down gets a fresh one.
-            self.forget(room, None);
+            self.forget((room, rendition), None);
             h.stop();
         }
     }
 
     /// Rooms with a live upstream.
     pub fn live(&self) -> Vec<RoomCode> {
-        self.feeds
+        let mut rooms: Vec<RoomCode> = self
+            .feeds
             .lock()
             .map(|f| {
                 f.iter()
                     .filter(|(_, f)| matches!(*f.state.borrow(), State::Live(_)))
-                    .map(|(r, _)| *r)
+                    .map(|(k, _)| k.0)
                     .collect()
             })
+            .unwrap_or_default();
+        rooms.sort_by_key(|r| r.to_string());
+        rooms.dedup();
+        rooms
+    }
+
+    /// The renditions of `room` with an upstream (live or on its way).
+    pub fn renditions(&self, room: RoomCode) -> Vec<usize> {
+        self.keys(room).into_iter().map(|k| k.1).collect()
+    }
+
+    fn keys(&self, room: RoomCode) -> Vec<Key> {
+        self.feeds
+            .lock()
+            .map(|f| f.keys().filter(|k| k.0 == room).copied().collect())
             .unwrap_or_default()
     }
 
-    fn handle(&self, room: RoomCode) -> Option<SubHandle> {
+    fn has(&self, key: Key) -> bool {
+        self.feeds.lock().is_ok_and(|f| f.contains_key(&key))
+    }
+
+    fn handle(&self, key: Key) -> Option<SubHandle> {
         let feeds = self.feeds.lock().ok()?;
-        let h = feeds.get(&room)?.handle.lock().ok()?.clone();
+        let h = feeds.get(&key)?.handle.lock().ok()?.clone();
         h
     }
 
     async fn run(
         self: Arc<Self>,
-        room: RoomCode,
+        (room, rendition): Key,
         id: u64,
         state: watch::Sender<State>,
         handle_slot: Arc<Mutex<Option<SubHandle>>>,
     ) {
         let mut cfg = SubscribeConfig::new(room, self.rendezvous);
         cfg.name = "web-bridge".into();
+        cfg.prefer = Preference {
+            rendition: Some(rendition as u8),
+            max_bitrate: 0,
+        };
         // The bridge serves browsers from a server: no router to map a port on.
         cfg.no_upnp = true;
         let result = match subscribe(cfg).await {
@@ -161,13 +223,13 @@ impl Feeds {
         };
         match result {
             Err(e) => {
-                tracing::info!(%room, "browser bridge cannot subscribe: {e}");
-                self.forget(room, Some(id));
+                tracing::info!(%room, rendition, "browser bridge cannot subscribe: {e}");
+                self.forget((room, rendition), Some(id));
                 let _ = state.send(State::Failed(e));
             }
             Ok(sub) => {
                 let (hello, handle, mut events, task) = sub.into_parts();
-                tracing::info!(%room, w = hello.width, h = hello.height, "browser bridge subscribed");
+                tracing::info!(%room, rendition, w = hello.width, h = hello.height, "browser bridge subscribed");
                 if let Ok(mut h) = handle_slot.lock() {
                     *h = Some(handle.clone());
                 }
@@ -180,36 +242,40 @@ impl Feeds {
                             capture_us: f.capture_us,
                             data: Arc::from(&f.data[..]),
                         };
-                        if self.to_driver.send(FeedMsg::Frame(room, au)).is_err() {
+                        if self
+                            .to_driver
+                            .send(FeedMsg::Frame(room, rendition, au))
+                            .is_err()
+                        {
                             handle.stop();
                         }
                     }
                 }
                 let end = crate::peer::subscribe::Subscription::finished(task).await;
-                tracing::info!(%room, sender_ended = end.sender_ended, "browser bridge left the room");
-                let newer = !self.forget(room, Some(id));
+                tracing::info!(%room, rendition, sender_ended = end.sender_ended, "browser bridge left the room");
+                let newer = !self.forget((room, rendition), Some(id));
                 let _ = state.send(State::Failed(FeedError::Offline(
                     room,
                     "the stream ended".into(),
                 )));
                 // A newer subscription to the room serves its browsers now: leave them be.
                 if !newer {
-                    let _ = self.to_driver.send(FeedMsg::Ended(room));
+                    let _ = self.to_driver.send(FeedMsg::Ended(room, rendition));
                 }
             }
         }
     }
 
-    /// Removes `room`'s entry if it is subscription `id` (any, for `None`). False when another
+    /// Removes upstream `key` if it is subscription `id` (any, for `None`). False when another
     /// subscription holds the room.
-    fn forget(&self, room: RoomCode, id: Option<u64>) -> bool {
+    fn forget(&self, key: Key, id: Option<u64>) -> bool {
         let Ok(mut f) = self.feeds.lock() else {
             return true;
         };
-        match f.get(&room) {
+        match f.get(&key) {
             Some(feed) if id.is_some_and(|id| id != feed.id) => false,
             Some(_) => {
-                f.remove(&room);
+                f.remove(&key);
                 true
             }
             None => true,

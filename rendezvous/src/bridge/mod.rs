@@ -1,5 +1,6 @@
 //! The browser bridge: joins rooms as a QUIC viewer ([`feed`]) and serves their H.264 to
-//! browsers over WebRTC ([`core`], str0m), one upstream per room fanned out to every browser.
+//! browsers over WebRTC ([`core`], str0m), fanned out to every browser: one upstream per room
+//! and rendition, each browser on the one its path carries (str0m's TWCC estimate).
 //! Used by the standalone `inclubit-rendezvous` and by `inclubit send --web`.
 
 pub mod core;
@@ -17,6 +18,7 @@ use tokio::task::JoinHandle;
 use self::core::{BridgeCore, CoreOutput, OfferError, PeerId};
 use self::feed::{FeedError, FeedMsg, Feeds};
 use crate::code::RoomCode;
+use crate::peer::rendition::{LOW, TOP};
 use crate::wire::media::StreamHello;
 
 /// A room is left this long after its last browser viewer.
@@ -66,6 +68,7 @@ pub struct Answer {
 enum Command {
     Offer {
         room: RoomCode,
+        ceiling: u64,
         sdp: String,
         reply: oneshot::Sender<Result<(PeerId, String), OfferError>>,
     },
@@ -116,6 +119,7 @@ impl Bridge {
             announced: local[announce_from..].to_vec(),
             feeds: feeds.clone(),
             idle_since: HashMap::new(),
+            low_wanted: HashMap::new(),
         };
         tasks.push(tokio::spawn(driver.run(command_rx, feed_rx, recv_rx)));
         Ok(Self {
@@ -136,7 +140,12 @@ impl Bridge {
         let hello = self.feeds.ensure(room).await?;
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Offer { room, sdp, reply })
+            .send(Command::Offer {
+                room,
+                ceiling: hello.bitrate as u64,
+                sdp,
+                reply,
+            })
             .map_err(|_| BridgeError::Stopped)?;
         let (peer, sdp) = rx.await.map_err(|_| BridgeError::Stopped)??;
         Ok(Answer { peer, sdp, hello })
@@ -253,6 +262,8 @@ struct Driver {
     announced: Vec<SocketAddr>,
     feeds: Arc<Feeds>,
     idle_since: HashMap<RoomCode, Instant>,
+    /// When a browser was last on each room's half-size rendition.
+    low_wanted: HashMap<RoomCode, Instant>,
 }
 
 impl Driver {
@@ -271,10 +282,12 @@ impl Driver {
                     self.command(c);
                 }
                 Some(m) = feed.recv() => match m {
-                    FeedMsg::Frame(room, au) => {
-                        self.with_core(|c| c.handle_access_unit(Instant::now(), room, &au));
+                    FeedMsg::Frame(room, r, au) => {
+                        self.with_core(|c| c.handle_access_unit(Instant::now(), room, r, &au));
                     }
-                    FeedMsg::Ended(room) => self.with_core(|c| c.end_room(room)).unwrap_or(()),
+                    FeedMsg::Ended(room, r) => {
+                        self.with_core(|c| c.end_rendition(Instant::now(), room, r)).unwrap_or(())
+                    }
                 },
                 Some((local, from, data)) = datagrams.recv() => {
                     let announced = self.announced.clone();
@@ -323,9 +336,17 @@ impl Driver {
 
     fn command(&mut self, c: Command) {
         match c {
-            Command::Offer { room, sdp, reply } => {
+            Command::Offer {
+                room,
+                ceiling,
+                sdp,
+                reply,
+            } => {
                 let accepted = self
-                    .with_core(|c| c.accept_offer(Instant::now(), room, &sdp))
+                    .with_core(|c| {
+                        c.set_ceiling(room, ceiling);
+                        c.accept_offer(Instant::now(), room, &sdp)
+                    })
                     .unwrap_or_else(|| {
                         Err(OfferError::Internal(
                             "the bridge failed on this offer".into(),
@@ -372,7 +393,24 @@ impl Driver {
                         }
                     }
                 }
-                CoreOutput::WantKeyframe(room) => self.feeds.request_keyframe(room),
+                CoreOutput::WantKeyframe(room, r) => self.feeds.request_keyframe(room, r),
+                CoreOutput::Demand {
+                    room,
+                    rendition,
+                    max_bitrate,
+                } => {
+                    if rendition != TOP {
+                        self.low_wanted.insert(room, Instant::now());
+                    }
+                    if !self.feeds.limit(room, rendition, max_bitrate) {
+                        let feeds = self.feeds.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = feeds.ensure_rendition(room, rendition).await {
+                                tracing::info!(%room, rendition, "no upstream of this rendition: {e}");
+                            }
+                        });
+                    }
+                }
                 CoreOutput::Connected { peer, room } => {
                     tracing::info!(peer, %room, "browser viewer connected");
                 }
@@ -388,6 +426,17 @@ impl Driver {
 
     fn release_idle(&mut self) {
         let now = Instant::now();
+        // Half-size upstreams nobody has been on for a while.
+        for room in self.feeds.live() {
+            let wanted = self
+                .low_wanted
+                .get(&room)
+                .is_some_and(|t| now.duration_since(*t) < IDLE_GRACE);
+            if !wanted && self.feeds.renditions(room).contains(&LOW) {
+                self.feeds.release_rendition(room, LOW);
+                self.low_wanted.remove(&room);
+            }
+        }
         let live = self.feeds.live();
         self.idle_since.retain(|room, since| {
             if self.core.viewers(*room) > 0 {
@@ -419,6 +468,7 @@ mod tests {
             announced: Vec::new(),
             feeds: Arc::new(Feeds::new("192.0.2.9:7000".parse().unwrap(), feed_tx)),
             idle_since: HashMap::new(),
+            low_wanted: HashMap::new(),
         };
         // A browser's offer, as a str0m peer makes it.
         let mut rtc = str0m::RtcConfig::new().build(Instant::now());

@@ -10,6 +10,7 @@ pub mod netem;
 pub mod paths;
 pub mod portmap;
 pub mod punch;
+pub mod rendition;
 pub mod reorder;
 pub mod signal;
 pub mod socket;

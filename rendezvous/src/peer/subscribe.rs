@@ -23,7 +23,7 @@ use super::{Impairment, MediaSocket, NetError, PathPolicy, PeerEndpoint};
 use crate::client::{ClientEvent, Role};
 use crate::code::RoomCode;
 use crate::wire::media::{
-    Control, FrameArrival, FrameHeader, StreamHello, ViewerStats, MAX_FRAME_LEN,
+    Control, FrameArrival, FrameHeader, Preference, StreamHello, ViewerStats, MAX_FRAME_LEN,
 };
 
 /// How often frame arrivals are reported to the sender.
@@ -48,6 +48,8 @@ pub struct SubscribeConfig {
     pub name: String,
     /// What to report to the sender every ping; `None` reports zeros.
     pub stats: Option<StatsFn>,
+    /// Asked of the sender in the hello (the sender chooses, by default).
+    pub prefer: Preference,
 }
 
 impl SubscribeConfig {
@@ -64,6 +66,7 @@ impl SubscribeConfig {
             no_upnp: false,
             name: "inclubit-view".into(),
             stats: None,
+            prefer: Preference::default(),
         }
     }
 }
@@ -104,6 +107,7 @@ pub enum SubEvent {
 enum Command {
     DecodeError,
     RequestKeyframe,
+    Prefer(Preference),
     Stop,
 }
 
@@ -124,6 +128,11 @@ impl SubHandle {
     /// A new consumer needs a keyframe soon (a browser joined).
     pub fn request_keyframe(&self) {
         let _ = self.commands.send(Command::RequestKeyframe);
+    }
+
+    /// Tells the sender what this viewer wants now (a rendition, a bitrate cap).
+    pub fn prefer(&self, p: Preference) {
+        let _ = self.commands.send(Command::Prefer(p));
     }
 
     /// Leave: the subscription closes the connection and ends.
@@ -313,6 +322,7 @@ pub async fn subscribe(cfg: SubscribeConfig) -> Result<Subscription, SessionErro
         .write_all(
             &Control::ViewerHello {
                 name: cfg.name.clone(),
+                prefer: cfg.prefer,
             }
             .frame(),
         )
@@ -473,6 +483,9 @@ impl Running {
                     Some(Command::DecodeError) => reorder.handle_decode_error(Instant::now()),
                     Some(Command::RequestKeyframe) => {
                         let _ = ctrl_out_tx.send(Control::KeyframeRequest);
+                    }
+                    Some(Command::Prefer(p)) => {
+                        let _ = ctrl_out_tx.send(Control::Prefer(p));
                     }
                     Some(Command::Stop) | None => {
                         local_stop = true;

@@ -8,7 +8,7 @@
 use super::codec::{Reader, WireError, Writer};
 
 /// 2: viewers report frame arrivals (`Control::Arrivals`) for the sender's rate control.
-pub const MEDIA_VERSION: u8 = 2;
+pub const MEDIA_VERSION: u8 = 3;
 /// ALPN for peer-to-peer media connections.
 pub const ALPN: &[u8] = b"inclubit/1";
 /// Largest control message body.
@@ -172,7 +172,7 @@ pub struct ViewerStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// Viewer → sender, first message.
-    ViewerHello { name: String },
+    ViewerHello { name: String, prefer: Preference },
     /// Sender → viewer, answer to the hello.
     Hello(StreamHello),
     /// Viewer → sender: decoding cannot go on until an IDR.
@@ -188,6 +188,19 @@ pub enum Control {
     /// Viewer → sender, a few times a second: when each frame's last byte arrived (viewer
     /// clock). The sender's bandwidth estimate reads the queue on the path from their spacing.
     Arrivals(Vec<FrameArrival>),
+    /// Viewer → sender: what this viewer wants, in place of the sender's own choice. The
+    /// browser bridge sends it for each upstream: one rendition for the browsers on it, at no
+    /// more than they carry.
+    Prefer(Preference),
+}
+
+/// A viewer's wishes for its stream. The sender still never exceeds its own estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Preference {
+    /// The rendition (0 full size, 1 half size), or `None` for the sender to choose.
+    pub rendition: Option<u8>,
+    /// Bits per second at most; 0 for no limit.
+    pub max_bitrate: u64,
 }
 
 /// One frame fully received by a viewer.
@@ -210,6 +223,23 @@ const C_PING: u8 = 5;
 const C_PONG: u8 = 6;
 const C_STATS: u8 = 7;
 const C_ARRIVALS: u8 = 8;
+const C_PREFER: u8 = 9;
+/// `Preference::rendition` of `None` on the wire.
+const AUTO: u8 = u8::MAX;
+
+impl Preference {
+    fn write(&self, w: &mut Writer) {
+        w.u8(self.rendition.unwrap_or(AUTO));
+        w.u64(self.max_bitrate);
+    }
+
+    fn read(r: &mut Reader) -> Result<Self, WireError> {
+        Ok(Self {
+            rendition: Some(r.u8()?).filter(|v| *v != AUTO),
+            max_bitrate: r.u64()?,
+        })
+    }
+}
 
 impl Control {
     /// Body only; [`Control::frame`] adds the length prefix.
@@ -217,9 +247,10 @@ impl Control {
         let mut w = Writer::default();
         w.u8(MEDIA_VERSION);
         match self {
-            Self::ViewerHello { name } => {
+            Self::ViewerHello { name, prefer } => {
                 w.u8(C_VIEWER_HELLO);
                 w.short_str(name);
+                prefer.write(&mut w);
             }
             Self::Hello(h) => {
                 w.u8(C_HELLO);
@@ -271,6 +302,10 @@ impl Control {
                     w.u64(a.received_us);
                 }
             }
+            Self::Prefer(p) => {
+                w.u8(C_PREFER);
+                p.write(&mut w);
+            }
         }
         w.buf
     }
@@ -296,6 +331,7 @@ impl Control {
         let msg = match r.u8()? {
             C_VIEWER_HELLO => Self::ViewerHello {
                 name: r.short_str()?.to_string(),
+                prefer: Preference::read(&mut r)?,
             },
             C_HELLO => Self::Hello(StreamHello {
                 codec: Codec::from_u8(r.u8()?)?,
@@ -338,6 +374,7 @@ impl Control {
                 }
                 Self::Arrivals(list)
             }
+            C_PREFER => Self::Prefer(Preference::read(&mut r)?),
             t => return Err(WireError::UnknownType(t)),
         };
         r.finish()?;
@@ -352,6 +389,15 @@ mod tests {
 
     fn projection() -> impl Strategy<Value = Projection> {
         (0u8..3).prop_map(|v| Projection::from_u8(v).unwrap())
+    }
+
+    fn preference() -> impl Strategy<Value = Preference> {
+        (proptest::option::of(0u8..8), any::<u64>()).prop_map(|(rendition, max_bitrate)| {
+            Preference {
+                rendition,
+                max_bitrate,
+            }
+        })
     }
 
     fn header() -> impl Strategy<Value = FrameHeader> {
@@ -384,7 +430,8 @@ mod tests {
 
     fn control() -> impl Strategy<Value = Control> {
         prop_oneof![
-            "[a-z]{0,40}".prop_map(|name| Control::ViewerHello { name }),
+            ("[a-z]{0,40}", preference())
+                .prop_map(|(name, prefer)| Control::ViewerHello { name, prefer }),
             (
                 any::<u16>(),
                 any::<u16>(),
@@ -438,6 +485,7 @@ mod tests {
                     .map(|(seq, received_us)| FrameArrival { seq, received_us })
                     .collect()
             )),
+            preference().prop_map(Control::Prefer),
         ]
     }
 
