@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use inclubit::capture::testcard::read_barcode;
+use inclubit::pipeline::send;
 use inclubit::pipeline::view::{self, Display, FrameSlot, ViewConfig, ViewEvent};
 use inclubit::projection::{colour_distance, Face, Pose};
 use inclubit::render::{rgba_at, ViewParams};
@@ -211,5 +212,72 @@ async fn the_senders_yaw_travels_in_the_hello_and_turns_the_viewers_scene() {
         colour_distance(left, Face::Front.colour()) <= 12,
         "{left:?}"
     );
+    send.stop().await.unwrap();
+}
+
+/// A viewer asking for at most 1.5 Mbit/s (`view --max-bitrate`; the browser bridge asks the
+/// same way for each upstream) is served the half-size rendition at that rate, every frame
+/// right, while the full size stays available at the ceiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_viewer_asking_for_less_gets_the_half_size_at_that_rate() {
+    let rv = rendezvous().await;
+    let mut scfg = testcard_config(rv, 1280, 640);
+    scfg.source = inclubit::capture::SourceSpec::BusyTestCard;
+    scfg.bitrate = Some(8_000_000);
+    let send = send::start(scfg).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut cfg = ViewConfig::new(send.code, rv);
+    cfg.bind = LOOPBACK.parse().unwrap();
+    cfg.display = Display::Headless {
+        width: 32,
+        height: 32,
+    };
+    cfg.events = Some(tx);
+    cfg.prefer.max_bitrate = 1_500_000;
+    let run = tokio::spawn(view::run(cfg, FrameSlot::default()));
+    // Placed on the half size within its target's bound.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let stats = send.stats();
+        if let Some(v) = stats
+            .per_viewer
+            .iter()
+            .find(|v| v.rendition == "half" && v.sent_mbps > 0.0)
+        {
+            break v.clone();
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "never on the half size: {:?}",
+            stats.per_viewer
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(line.target_mbps <= 1.5, "{line:?}");
+    // Half-size pictures from then on, each with the right barcode.
+    let events = collect(&mut rx, Duration::from_secs(20), |ev| {
+        ev.iter()
+            .filter(|e| matches!(e, ViewEvent::Decoded { picture, .. } if picture.width == 640))
+            .count()
+            >= 60
+    })
+    .await;
+    let mut half = 0;
+    for e in &events {
+        if let ViewEvent::Decoded { seq, picture, .. } = e {
+            assert_eq!(
+                read_barcode(picture),
+                Some(*seq as u32 & 0xFF_FFFF),
+                "barcode of frame {seq} ({}x{})",
+                picture.width,
+                picture.height
+            );
+            half += usize::from(picture.width == 640);
+        }
+    }
+    assert!(half >= 60, "{half} half-size frames");
+    let sent = send.stats().per_viewer[0].sent_mbps;
+    assert!(sent <= 2.0, "sent {sent:.2} Mbit/s to a viewer asking 1.5");
+    run.abort();
     send.stop().await.unwrap();
 }
