@@ -4,6 +4,7 @@ mod decoding;
 mod deliver;
 pub mod demo;
 pub mod ladder;
+mod room;
 pub mod send;
 pub mod stats;
 pub mod view;

@@ -5,10 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use inclubit_rendezvous::client::{ClientEvent, Role};
 use inclubit_rendezvous::code::RoomCode;
-use inclubit_rendezvous::server::rooms::{RoomsConfig, TicketKey};
-use inclubit_rendezvous::server::{Server, ServerConfig};
+use inclubit_rendezvous::server::rooms::TicketKey;
 use inclubit_rendezvous::wire::media::{Codec, Projection, StreamHello, ViewerStats};
 use inclubit_rendezvous::wire::signal::{Claim, RoomTicket, WebSide};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -16,17 +14,16 @@ use tokio::task::JoinHandle;
 
 use super::deliver::{self, ViewerRate};
 use super::ladder::{self, Ladder, LadderConfig, LowEncoder};
+use super::room::{follow_room, open_room};
 use super::stats::{Percentiles, RateMeter, StatsLine, ViewerLine};
 use super::PipelineError;
 use crate::capture::{self, CaptureConfig, SourceSpec};
 use crate::clock;
 use crate::encode::{EncodedFrame, Encoder, EncoderConfig};
-use crate::net::candidates::host_candidates;
-use crate::net::paths::PathManager;
 use crate::net::portmap::{self, PortMapper};
 use crate::net::punch::PunchConfig;
 use crate::net::signal::Signalling;
-use crate::net::{Identity, Impairment, NetError, PathPolicy, PeerEndpoint};
+use crate::net::{Impairment, PathPolicy};
 use crate::projection::FisheyeLens;
 
 #[derive(Clone)]
@@ -128,7 +125,7 @@ impl Shared {
     }
 
     /// A viewer is connected from this (virtual) address.
-    fn is_connected(&self, addr: SocketAddr) -> bool {
+    pub(super) fn is_connected(&self, addr: SocketAddr) -> bool {
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
         self.viewers.lock().is_ok_and(|v| {
             v.iter()
@@ -159,8 +156,10 @@ pub struct SendSession {
     done: watch::Receiver<bool>,
 }
 
-pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
-    // The source first: a missing camera or file fails before anything touches the network.
+/// The source and its full-size encoder, at the configured (or default) bitrate.
+async fn open_source(
+    cfg: &SendConfig,
+) -> Result<(Box<dyn capture::FrameSource>, Encoder, EncoderConfig), PipelineError> {
     let spec = cfg.source.clone();
     let capture_cfg = cfg.capture.clone();
     let source = tokio::task::spawn_blocking(move || capture::open(&spec, &capture_cfg))
@@ -178,87 +177,20 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         threads: cfg.encoder_threads,
     };
     let encoder = Encoder::new(enc_cfg.clone())?;
+    Ok((source, encoder, enc_cfg))
+}
+
+pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
+    // The source first: a missing camera or file fails before anything touches the network.
+    let (source, encoder, enc_cfg) = open_source(&cfg).await?;
+    let (width, height, fps) = (enc_cfg.width, enc_cfg.height, enc_cfg.fps);
     let ladder = Arc::new(Ladder::new(
         LadderConfig::new(enc_cfg.bitrate),
         width,
         height,
     ));
 
-    let identity = Identity::generate()?;
-    let ep = PeerEndpoint::bind(cfg.bind, Some(&identity), cfg.impairment.clone())?;
-
-    let (rendezvous, embedded, server_task) = match cfg.rendezvous {
-        Some(addr) => (addr, false, None),
-        None => {
-            let (addr, task) =
-                embed_rendezvous(cfg.bind, cfg.embedded_port, cfg.ticket_key).await?;
-            (addr, true, Some(task))
-        }
-    };
-    // Talk to an embedded rendezvous over loopback when bound to every interface.
-    let signal_to = if embedded && rendezvous.ip().is_unspecified() {
-        SocketAddr::new([127, 0, 0, 1].into(), rendezvous.port())
-    } else {
-        rendezvous
-    };
-    let hosts = host_candidates(ep.local_addr);
-    // A router port mapping makes us reachable even behind a symmetric NAT. Nothing waits for
-    // it: it is announced when it arrives, and punching moves to it.
-    let mapping = portmap::wanted(cfg.no_upnp, cfg.bind, signal_to)
-        .then(|| PortMapper::start(ep.local_addr.port()));
-    let PeerEndpoint {
-        endpoint,
-        signal,
-        local_addr,
-        socket,
-    } = ep;
-    let media_socket = socket.clone();
-    // Viewers that cannot reach us directly come through the rendezvous relay.
-    socket.set_relay_server(signal_to);
-    socket.set_relay_allowed(cfg.paths != PathPolicy::DirectOnly);
-    let (paths, peer_sink) = PathManager::start(socket.clone(), cfg.punch.clone(), None, None);
-    let (signalling, mut events) = Signalling::spawn(
-        signal,
-        signal_to,
-        Role::Sender {
-            hosts: hosts.clone(),
-            fingerprint: identity.fingerprint(),
-            claim: cfg.claim,
-            direct_only: cfg.paths == PathPolicy::DirectOnly,
-        },
-        Some(peer_sink),
-    );
-    let (code, web, ticket) = match events.recv().await {
-        Some(ClientEvent::Opened {
-            code,
-            reflexive,
-            web,
-            ticket,
-        }) => {
-            tracing::debug!(%code, %reflexive, "room opened");
-            if let Some(c) = cfg.claim.filter(|c| c.code != code) {
-                tracing::warn!(
-                    "the rendezvous does not recognise the ticket of {} (it restarted with a new \
-                     key); this stream has a new code",
-                    c.code
-                );
-            }
-            (code, web, ticket)
-        }
-        Some(ClientEvent::Refused(kind)) => return Err(NetError::Refused(kind).into()),
-        _ => return Err(NetError::Unreachable(signal_to).into()),
-    };
-    // What to tell viewers: a concrete address for the embedded rendezvous.
-    let advertised = if embedded && rendezvous.ip().is_unspecified() {
-        hosts
-            .iter()
-            .find(|a| a.is_ipv4())
-            .map(|a| SocketAddr::new(a.ip(), rendezvous.port()))
-            .unwrap_or(signal_to)
-    } else {
-        rendezvous
-    };
-
+    let room = open_room(&cfg).await?;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         hello: StreamHello {
@@ -298,109 +230,49 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
             .map_err(|e| PipelineError::Other(e.to_string()))?
     };
 
-    if let Some(m) = &mapping {
-        portmap::spawn_announcer(m, hosts.clone(), signalling.hosts_updater(), paths.clone());
+    if let Some(m) = &room.mapping {
+        portmap::spawn_announcer(
+            m,
+            room.hosts.clone(),
+            room.signalling.hosts_updater(),
+            room.paths.clone(),
+        );
     }
     // Punch towards every viewer the rendezvous tells us about; stop for those who left.
-    let punch = cfg.paths != PathPolicy::RelayOnly;
-    let peers_task = {
-        let (shared, socket) = (shared.clone(), media_socket.clone());
-        tokio::spawn(async move {
-            // Viewers from before the room was re-opened (the rendezvous restarted) are not in
-            // the new room's lists, but their streams go on: their paths stay while they are
-            // connected.
-            let mut listed: Vec<u64> = Vec::new();
-            let mut carried: Vec<u64> = Vec::new();
-            while let Some(ev) = events.recv().await {
-                match ev {
-                    ClientEvent::Viewers(list) => {
-                        if punch {
-                            for v in &list {
-                                paths.add_peer(v.relay, v.secret, &v.candidates);
-                            }
-                        }
-                        listed = list.iter().map(|v| v.relay).collect();
-                        carried.retain(|r| shared.is_connected(socket.relay_peer(*r)));
-                        paths.retain(&[&listed[..], &carried[..]].concat());
-                    }
-                    ClientEvent::Lost => tracing::warn!("rendezvous not answering; streams go on"),
-                    ClientEvent::Restored => tracing::info!("rendezvous answering again"),
-                    ClientEvent::RoomGone => {
-                        tracing::warn!(
-                            "the rendezvous forgot this room (restarted?); re-opening it"
-                        )
-                    }
-                    // Re-opening was refused (e.g. the server is full): say so, the stream goes on.
-                    ClientEvent::Refused(kind) => tracing::warn!(
-                        "the rendezvous refused to re-open this room ({kind}); new viewers cannot \
-                         join, the current ones go on"
-                    ),
-                    ClientEvent::Opened { code: again, .. } => {
-                        carried.append(&mut listed);
-                        if again == code {
-                            tracing::info!(%code, "room re-opened at the rendezvous; viewers can join again")
-                        } else {
-                            tracing::warn!(
-                                "the rendezvous no longer knows this room's ticket: new code \
-                                 {again}; viewers need the new code"
-                            )
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        })
-    };
+    let peers_task = tokio::spawn(follow_room(
+        room.events,
+        room.paths,
+        shared.clone(),
+        room.socket.clone(),
+        room.code,
+        cfg.paths != PathPolicy::RelayOnly,
+    ));
     let mut tasks = vec![
         peers_task,
         tokio::spawn(accept_loop(
-            endpoint.clone(),
+            room.endpoint.clone(),
             shared.clone(),
             frames_tx,
             cfg.paths,
         )),
     ];
-    tasks.extend(server_task);
+    tasks.extend(room.server_task);
     Ok(SendSession {
-        code,
-        ticket,
-        rendezvous: advertised,
-        embedded_rendezvous: embedded,
-        web,
-        media_addr: local_addr,
+        code: room.code,
+        ticket: room.ticket,
+        rendezvous: room.advertised,
+        embedded_rendezvous: room.embedded,
+        web: room.web,
+        media_addr: room.local_addr,
         shared,
-        endpoint,
-        signalling: Some(signalling),
-        socket: media_socket,
-        mapping,
+        endpoint: room.endpoint,
+        signalling: Some(room.signalling),
+        socket: room.socket,
+        mapping: room.mapping,
         encoder: Some(enc_thread),
         tasks,
         done,
     })
-}
-
-async fn embed_rendezvous(
-    bind: SocketAddr,
-    port: u16,
-    ticket_key: Option<TicketKey>,
-) -> Result<(SocketAddr, JoinHandle<()>), PipelineError> {
-    let cfg = |port| ServerConfig {
-        listen: SocketAddr::new(bind.ip(), port),
-        rooms: RoomsConfig {
-            ticket_key,
-            ..Default::default()
-        },
-    };
-    let server = match Server::bind(cfg(port)).await {
-        Ok(s) => s,
-        Err(e) if port != 0 => {
-            tracing::info!("{e}; using another port");
-            Server::bind(cfg(0)).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let addr = server.local_addr();
-    Ok((addr, tokio::spawn(server.run())))
 }
 
 fn encode_loop(

@@ -20,7 +20,7 @@ use crate::clock;
 use crate::net::punch::{PunchConfig, PunchEvent};
 use crate::net::reorder::ReorderConfig;
 use crate::net::subscribe::{
-    subscribe, Delivered, StatsFn, SubEvent, SubscribeConfig, Subscription,
+    subscribe, Delivered, StatsFn, SubEnd, SubEvent, SubscribeConfig, Subscription,
 };
 use crate::net::{Impairment, PathPolicy};
 use crate::picture::I420;
@@ -326,9 +326,8 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
     if let Ok(mut m) = slot.metrics.lock() {
         m.started = Some(Instant::now());
     }
-    let late_drops = Arc::new(AtomicU64::new(0));
-    let dropped = Arc::new(AtomicU64::new(0));
-    let stats = stats_reporter(&slot, late_drops.clone(), dropped.clone());
+    let counters = Counters::default();
+    let stats = stats_reporter(&slot, counters.late.clone(), counters.dropped.clone());
     // The renderer first: a missing GPU fails before the network, and GPU start-up overlaps
     // the connection instead of delaying the first frames.
     let render_slot = FrameSlot {
@@ -336,29 +335,8 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         hello: slot.hello.clone(),
         ..Default::default()
     };
-    let render_thread = match &cfg.display {
-        Display::Headless { width, height } => {
-            let (w, h) = (*width, *height);
-            let probes = cfg.probes.clone();
-            let events = cfg.events.clone();
-            let rslot = render_slot.clone();
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let t = std::thread::Builder::new()
-                .name("render".into())
-                .spawn(move || render_headless(rslot, w, h, probes, events, ready_tx))
-                .map_err(|e| PipelineError::Other(e.to_string()))?;
-            // Fail early and clearly when there is no GPU at all.
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err(PipelineError::Other("render thread ended".into())),
-            }
-            Some(t)
-        }
-        _ => None,
-    };
+    let render_thread = start_renderer(&cfg, &render_slot)?;
 
-    let decoded_count = Arc::new(AtomicU64::new(0));
     let mut rejoin_until: Option<Instant> = None;
     let end = loop {
         let sub = subscribe(SubscribeConfig {
@@ -400,96 +378,7 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
                 return Err(e.into());
             }
         };
-        let remote = sub.remote;
-        let (hello, handle, mut sub_events, sub_task) = sub.into_parts();
-        if let Ok(mut h) = slot.hello.lock() {
-            *h = Some(hello.clone());
-        }
-        if let Ok(mut m) = slot.metrics.lock() {
-            m.path = handle.path().into();
-            m.connected = m.started.map(|s| s.elapsed());
-        }
-        let emit = |e: ViewEvent| {
-            if let Some(tx) = &cfg.events {
-                let _ = tx.send(e);
-            }
-        };
-        emit(ViewEvent::Connected {
-            remote,
-            hello: hello.clone(),
-        });
-
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
-        let (to_decoder, decoder_rx) = std::sync::mpsc::channel::<Delivered>();
-
-        let decoder_thread = DecodeStage {
-            events: cfg.events.clone(),
-            slot: slot.clone(),
-            render_slot: render_slot.clone(),
-            display: cfg.display.clone(),
-            max: cfg.max_frames,
-            done: done_tx,
-            count: decoded_count.clone(),
-            late: late_drops.clone(),
-            late_after: cfg.late_after,
-            verify: cfg.verify_testcard,
-            handle: handle.clone(),
-        }
-        .spawn(decoder_rx)?;
-        let mut stopping = false;
-        loop {
-            tokio::select! {
-                ev = sub_events.recv() => {
-                    let Some(ev) = ev else { break };
-                    match ev {
-                        SubEvent::Frame(f) => {
-                            let _ = to_decoder.send(f);
-                        }
-                        SubEvent::Received { bytes } => {
-                            if let Ok(mut m) = slot.metrics.lock() {
-                                m.received.record(Instant::now(), bytes);
-                            }
-                        }
-                        SubEvent::KeyframeRequested => emit(ViewEvent::KeyframeRequested),
-                        SubEvent::Dropped { seq } => {
-                            // Frames before the first keyframe of a mid-stream join are not losses.
-                            if decoded_count.load(Ordering::Relaxed) > 0 {
-                                dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                            emit(ViewEvent::Dropped { seq });
-                        }
-                        SubEvent::Path { path, event, at } => {
-                            if let Ok(mut m) = slot.metrics.lock() {
-                                m.path = path.into();
-                                if matches!(event, PunchEvent::Direct { .. }) && m.direct.is_none() {
-                                    m.direct = m.started.map(|s| at.duration_since(s));
-                                }
-                            }
-                            if matches!(event, PunchEvent::Direct { .. } | PunchEvent::Lost { .. }) {
-                                emit(ViewEvent::Path { path });
-                            }
-                        }
-                    }
-                }
-                _ = done_rx.recv(), if !stopping => {
-                    stopping = true;
-                    handle.stop();
-                }
-                _ = slot.closed(), if !stopping => {
-                    stopping = true;
-                    handle.stop();
-                }
-            }
-        }
-        let end = Subscription::finished(sub_task).await;
-        drop(to_decoder);
-        let dec = tokio::task::spawn_blocking(move || decoder_thread.join())
-            .await
-            .map_err(|e| PipelineError::Other(e.to_string()))?;
-        match dec {
-            Ok(r) => r?,
-            Err(_) => return Err(PipelineError::Other("decoder thread panicked".into())),
-        }
+        let (end, stopping) = play(&cfg, &slot, &render_slot, sub, &counters).await?;
         match (&end.lost, cfg.rejoin) {
             // Lost, not ended: the sender may be restarting (same code, `send --code`). Keep the
             // last picture up and join again.
@@ -504,8 +393,8 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
             _ => break end,
         }
     };
-    let frames = decoded_count.load(Ordering::Relaxed);
-    let dropped = dropped.load(Ordering::Relaxed) + late_drops.load(Ordering::Relaxed);
+    let frames = counters.decoded.load(Ordering::Relaxed);
+    let dropped = counters.dropped.load(Ordering::Relaxed) + counters.late.load(Ordering::Relaxed);
     render_slot.close();
     if let Some(t) = render_thread {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -519,6 +408,146 @@ pub async fn run(cfg: ViewConfig, slot: FrameSlot) -> Result<ViewSummary, Pipeli
         dropped,
         sender_ended: end.sender_ended,
     })
+}
+
+/// The headless renderer's thread (the window and the headset render on the main thread),
+/// once it holds a GPU device: a missing GPU fails here, before the network.
+fn start_renderer(
+    cfg: &ViewConfig,
+    render_slot: &FrameSlot,
+) -> Result<Option<std::thread::JoinHandle<()>>, PipelineError> {
+    Ok(match &cfg.display {
+        Display::Headless { width, height } => {
+            let (w, h) = (*width, *height);
+            let probes = cfg.probes.clone();
+            let events = cfg.events.clone();
+            let rslot = render_slot.clone();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let t = std::thread::Builder::new()
+                .name("render".into())
+                .spawn(move || render_headless(rslot, w, h, probes, events, ready_tx))
+                .map_err(|e| PipelineError::Other(e.to_string()))?;
+            // Fail early and clearly when there is no GPU at all.
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(PipelineError::Other("render thread ended".into())),
+            }
+            Some(t)
+        }
+        _ => None,
+    })
+}
+
+/// Frames decoded, and frames lost on the way or skipped for being late, over every
+/// connection of one `run`.
+#[derive(Default)]
+struct Counters {
+    decoded: Arc<AtomicU64>,
+    late: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// One connection to the sender, from its hello to its end: frames to the decode stage, path
+/// and loss events to the metrics. Returns how it ended and whether this side stopped it.
+async fn play(
+    cfg: &ViewConfig,
+    slot: &FrameSlot,
+    render_slot: &FrameSlot,
+    sub: Subscription,
+    counters: &Counters,
+) -> Result<(SubEnd, bool), PipelineError> {
+    let remote = sub.remote;
+    let (hello, handle, mut sub_events, sub_task) = sub.into_parts();
+    if let Ok(mut h) = slot.hello.lock() {
+        *h = Some(hello.clone());
+    }
+    if let Ok(mut m) = slot.metrics.lock() {
+        m.path = handle.path().into();
+        m.connected = m.started.map(|s| s.elapsed());
+    }
+    let emit = |e: ViewEvent| {
+        if let Some(tx) = &cfg.events {
+            let _ = tx.send(e);
+        }
+    };
+    emit(ViewEvent::Connected {
+        remote,
+        hello: hello.clone(),
+    });
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let (to_decoder, decoder_rx) = std::sync::mpsc::channel::<Delivered>();
+
+    let decoder_thread = DecodeStage {
+        events: cfg.events.clone(),
+        slot: slot.clone(),
+        render_slot: render_slot.clone(),
+        display: cfg.display.clone(),
+        max: cfg.max_frames,
+        done: done_tx,
+        count: counters.decoded.clone(),
+        late: counters.late.clone(),
+        late_after: cfg.late_after,
+        verify: cfg.verify_testcard,
+        handle: handle.clone(),
+    }
+    .spawn(decoder_rx)?;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            ev = sub_events.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    SubEvent::Frame(f) => {
+                        let _ = to_decoder.send(f);
+                    }
+                    SubEvent::Received { bytes } => {
+                        if let Ok(mut m) = slot.metrics.lock() {
+                            m.received.record(Instant::now(), bytes);
+                        }
+                    }
+                    SubEvent::KeyframeRequested => emit(ViewEvent::KeyframeRequested),
+                    SubEvent::Dropped { seq } => {
+                        // Frames before the first keyframe of a mid-stream join are not losses.
+                        if counters.decoded.load(Ordering::Relaxed) > 0 {
+                            counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        emit(ViewEvent::Dropped { seq });
+                    }
+                    SubEvent::Path { path, event, at } => {
+                        if let Ok(mut m) = slot.metrics.lock() {
+                            m.path = path.into();
+                            if matches!(event, PunchEvent::Direct { .. }) && m.direct.is_none() {
+                                m.direct = m.started.map(|s| at.duration_since(s));
+                            }
+                        }
+                        if matches!(event, PunchEvent::Direct { .. } | PunchEvent::Lost { .. }) {
+                            emit(ViewEvent::Path { path });
+                        }
+                    }
+                }
+            }
+            _ = done_rx.recv(), if !stopping => {
+                stopping = true;
+                handle.stop();
+            }
+            _ = slot.closed(), if !stopping => {
+                stopping = true;
+                handle.stop();
+            }
+        }
+    }
+    let end = Subscription::finished(sub_task).await;
+    drop(to_decoder);
+    let dec = tokio::task::spawn_blocking(move || decoder_thread.join())
+        .await
+        .map_err(|e| PipelineError::Other(e.to_string()))?;
+    match dec {
+        Ok(r) => r?,
+        Err(_) => return Err(PipelineError::Other("decoder thread panicked".into())),
+    }
+    Ok((end, stopping))
 }
 
 /// What the viewer reports to the sender every ping, from its metrics.
