@@ -195,6 +195,81 @@ async fn two_browsers_then_one_leaves_and_the_other_keeps_playing() {
     b.close().await.unwrap();
 }
 
+/// The picture width the page is playing.
+async fn video_width(c: &Client) -> u64 {
+    c.execute("return document.getElementById('v').videoWidth", vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A browser behind a slow link (the sender, its bridge and page in a namespace whose uplink
+/// to the host is a 1.5 Mbit/s kernel `tbf`): str0m's estimate from the browser's own TWCC
+/// feedback puts it on the half-size rendition, where it plays on; when the link is lifted it
+/// comes back to the full size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_on_a_slow_link_plays_the_half_size_and_comes_back() {
+    let _one = ONE_BROWSER.lock().await;
+    let up = common::uplink::Uplink::new(1.5);
+    let web = format!("{}:0", up.addr);
+    let sender = Proc::start_in_netns(
+        &up.ns,
+        &[
+            "send",
+            "--web",
+            &web,
+            "--webrtc",
+            &web,
+            "--rendezvous-port",
+            "0",
+            "--bind",
+            "127.0.0.1:0",
+            "--no-upnp",
+            "--source",
+            "testcard:busy",
+            "--size",
+            "1280x640",
+            "--bitrate",
+            "6M",
+        ],
+    );
+    let line = sender.line("browser", Duration::from_secs(30));
+    let url = line.split_whitespace().last().unwrap().to_string();
+    let mut d = Driver::start();
+    let c = d.browser().await;
+    c.goto(&url).await.unwrap();
+    wait_for(&c, "inclubit.frames >= 10", LONG).await;
+    // On the half size, and playing there.
+    wait_for(
+        &c,
+        "document.getElementById('v').videoWidth === 640 && inclubit.phase === 'playing'",
+        Duration::from_secs(60),
+    )
+    .await;
+    let before = page(&c, "frames").await.as_u64().unwrap();
+    wait_for(
+        &c,
+        &format!(
+            "inclubit.frames >= {} && inclubit.phase === 'playing'",
+            before + 60
+        ),
+        LONG,
+    )
+    .await;
+    assert_eq!(video_width(&c).await, 640);
+    // The link recovers: back on the full size.
+    up.set_rate(100.0);
+    wait_for(
+        &c,
+        "document.getElementById('v').videoWidth === 1280 && inclubit.phase === 'playing'",
+        Duration::from_secs(60),
+    )
+    .await;
+    c.close().await.unwrap();
+    drop(sender);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enter_vr_with_iwer_renders_both_eyes_and_follows_the_head() {
     let iwer = std::env::var("INCLUBIT_IWER").unwrap_or_else(|_| {

@@ -3,6 +3,7 @@
 
 pub mod chrome;
 pub mod process;
+pub mod uplink;
 pub mod xr;
 pub mod xvfb;
 

@@ -26,6 +26,13 @@ impl Proc {
         Self::start_with(args, env, &[], Stdio::null())
     }
 
+    /// [`Proc::start`] in network namespace `ns` (`ip netns exec`, which becomes the program).
+    pub fn start_in_netns(ns: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, BIN]).args(args);
+        Self::spawn(cmd, args, Stdio::null())
+    }
+
     /// [`Proc::start`] with variables set, others removed, and the given stdin.
     pub fn start_with(args: &[&str], env: &[(&str, &str)], remove: &[&str], stdin: Stdio) -> Proc {
         let mut cmd = Command::new(BIN);
@@ -33,8 +40,12 @@ impl Proc {
         for r in remove {
             cmd.env_remove(r);
         }
+        cmd.envs(env.iter().copied());
+        Self::spawn(cmd, args, stdin)
+    }
+
+    fn spawn(mut cmd: Command, args: &[&str], stdin: Stdio) -> Proc {
         let mut child = cmd
-            .envs(env.iter().copied())
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -297,6 +297,21 @@ impl Headset {
         [both, right]
     }
 
+    /// Waits until the viewer (started with `--json`) has decoded video: the headset renders
+    /// from its first frame on, with or without a stream.
+    pub fn wait_decoded(&self, timeout: Duration) {
+        let view = self.view.as_ref().expect("a running viewer");
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            let line = view.line("{", left);
+            let stats: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if stats["frames"].as_u64().unwrap_or(0) > 0 {
+                return;
+            }
+        }
+    }
+
     /// The viewer's exit code and stderr, within `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> (i32, String) {
         self.view.take().expect("a running viewer").wait(timeout)

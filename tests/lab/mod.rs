@@ -229,7 +229,10 @@ impl Lab {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns, BIN])
             .args(args)
-            .env("RUST_LOG", "inclubit=debug,inclubit_rendezvous=info")
+            .env(
+                "RUST_LOG",
+                "inclubit=debug,inclubit_rendezvous=info,inclubit_rendezvous::peer::subscribe=debug",
+            )
             .env("INCLUBIT_NETEM", self.netem.as_deref().unwrap_or(""))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -525,10 +525,14 @@ impl Running {
                         received_us,
                     }),
                     Output::RequestKeyframe => {
+                        tracing::debug!("asking the sender for a keyframe");
                         let _ = ctrl_out_tx.send(Control::KeyframeRequest);
                         SubEvent::KeyframeRequested
                     }
-                    Output::Dropped { seq } => SubEvent::Dropped { seq },
+                    Output::Dropped { seq } => {
+                        tracing::trace!(seq, "frame lost or skipped");
+                        SubEvent::Dropped { seq }
+                    }
                 };
                 let _ = events.send(ev);
             }
