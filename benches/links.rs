@@ -187,6 +187,17 @@ fn run(case: Case, size: &str, secs: usize) -> Vec<Row> {
                 l
             })
             .collect();
+        // Adapted: the sender's target within the new capacity.
+        let within = send_lines
+            .iter()
+            .position(|l| {
+                l["per_viewer"][0]["target_mbps"]
+                    .as_f64()
+                    .unwrap_or(f64::MAX)
+                    <= 5.0
+            })
+            .map(|i| format!("{}", i + 1))
+            .unwrap_or(">".into());
         let live_again = down
             .iter()
             .position(|s| {
@@ -209,7 +220,7 @@ fn run(case: Case, size: &str, secs: usize) -> Vec<Row> {
             }
         }
         adapt = format!(
-            "{live_again}↓ {}↑",
+            "{within}↓ (live {live_again}) {}↑",
             up_at.map(|s| s.to_string()).unwrap_or(">".into())
         );
         down.into_iter().chain(up).collect()
@@ -322,7 +333,7 @@ fn main() {
         .is_ok();
     println!("\nbusy test card, 30 fps, ceiling {CEILING}; {secs} s per row after 8 s settling\n");
     println!(
-        "{:<22} {:<15} {:>8} {:>8} {:>8} {:>14} {:>8} {:>8} {:>6} {:>8} {:>8} {:>9} {:>6}",
+        "{:<22} {:<15} {:>8} {:>8} {:>8} {:>14} {:>8} {:>8} {:>6} {:>8} {:>8} {:>16} {:>6}",
         "case",
         "size",
         "recv",
@@ -345,7 +356,7 @@ fn main() {
             }
             for r in run(case, size, secs) {
                 println!(
-                    "{:<22} {:<15} {:>8.2} {:>8.2} {:>8.2} {:>5.2} {:<8} {:>8.1} {:>8.1} {:>6.1} {:>8} {:>8.1} {:>9} {:>6.2}",
+                    "{:<22} {:<15} {:>8.2} {:>8.2} {:>8.2} {:>5.2} {:<8} {:>8.1} {:>8.1} {:>6.1} {:>8} {:>8.1} {:>16} {:>6.2}",
                     r.case,
                     r.size,
                     r.recv,
@@ -367,7 +378,8 @@ fn main() {
     println!(
         "\nrecv, sent: Mbit/s the viewer received and the sender sent it, means over the window; \
          target: its estimate's target at the end. recv/sent: over what \
-         was sent; recv/capacity: over the bottleneck. adapt s: seconds after the step down until ≥ 25 fps with p99 ≤ 300 ms, \
+         was sent; recv/capacity: over the bottleneck. adapt s: seconds after the step down until the target is within the new \
+         capacity (live: until the viewer shows ≥ 25 fps with its p99, over its last 300 frames, ≤ 300 ms), \
          and after the step up until the target is back to 80%. cpu: the sender's cores."
     );
 }

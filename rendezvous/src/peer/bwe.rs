@@ -68,7 +68,7 @@ const FILTER_FRAMES: usize = 5;
 /// Two frames abandoned within this are congestion, not a late repair.
 const ABANDON_BURST: Duration = Duration::from_millis(300);
 /// Share of the delivery rate kept on a decrease: the rest drains the queue.
-const BACKOFF: f64 = 0.85;
+const BACKOFF: f64 = 0.9;
 /// Loss above this share of packets lowers the target.
 const LOSS_HIGH: f64 = 0.10;
 /// Climb per second: before any sign of a queue, just after a decrease, and later.
@@ -77,6 +77,10 @@ const NEAR_GROWTH: f64 = 1.08;
 const FAR_GROWTH: f64 = 1.4;
 /// How long "just after a decrease" lasts.
 const NEAR_TIME: Duration = Duration::from_secs(2);
+/// Below this share of the path's last measured capacity the target climbs fast (up to it);
+/// from there to `NEAR_HIGH` of it, slowly; above, the path must have grown: fast again.
+const NEAR_LOW: f64 = 0.95;
+const NEAR_HIGH: f64 = 1.15;
 /// Frames sent and not yet reported, at most (older ones are forgotten).
 const MAX_PENDING: usize = 512;
 
@@ -107,6 +111,12 @@ pub struct RateController {
     /// No queue seen yet: climb fast.
     probing: bool,
     last_poll: Option<Instant>,
+    /// What the path delivered when it last queued (bits per second): where to climb
+    /// carefully (GCC's "near max").
+    capacity: Option<f64>,
+    /// (sent, bytes) per frame over the last second: what the encoder actually gives, which
+    /// lags and undershoots the target.
+    sent: VecDeque<(Instant, u32)>,
 }
 
 impl RateController {
@@ -134,6 +144,8 @@ impl RateController {
             last_decrease: None,
             probing: true,
             last_poll: None,
+            capacity: None,
+            sent: VecDeque::new(),
         }
     }
 
@@ -142,8 +154,26 @@ impl RateController {
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
         }
-        self.pending
-            .push_back((seq, now, bytes.min(u32::MAX as usize) as u32));
+        let bytes = bytes.min(u32::MAX as usize) as u32;
+        self.pending.push_back((seq, now, bytes));
+        self.sent.push_back((now, bytes));
+        while self
+            .sent
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > RATE_WINDOW)
+        {
+            self.sent.pop_front();
+        }
+    }
+
+    /// Bits per second sent over the last second, once there is half a second's worth.
+    fn sent_rate(&self, now: Instant) -> Option<f64> {
+        let (first, _) = *self.sent.front()?;
+        let span = now.saturating_duration_since(first);
+        (span >= RATE_WINDOW / 2).then(|| {
+            let bytes: u64 = self.sent.iter().map(|(_, b)| *b as u64).sum();
+            bytes as f64 * 8.0 / span.as_secs_f64().max(RATE_WINDOW.as_secs_f64() / 2.0)
+        })
     }
 
     /// The viewer reports frames it received completely.
@@ -219,12 +249,18 @@ impl RateController {
         self.last_poll = Some(now);
         let holding = self.hold_until.is_some_and(|t| now < t);
         if self.usage == Usage::Normal && !holding && self.loss <= LOSS_HIGH / 2.0 {
+            // Back up to just under the last capacity fast, then carefully: by what is sent,
+            // not the target (the encoder lags it and gives less).
+            let near = match (self.capacity, self.sent_rate(now)) {
+                (Some(c), Some(sent)) => sent >= NEAR_LOW * c && sent <= NEAR_HIGH * c,
+                (Some(_), None) => true,
+                (None, _) => self
+                    .last_decrease
+                    .is_some_and(|t| now.saturating_duration_since(t) < NEAR_TIME),
+            };
             let growth = if self.probing {
                 PROBE_GROWTH
-            } else if self
-                .last_decrease
-                .is_some_and(|t| now.saturating_duration_since(t) < NEAR_TIME)
-            {
+            } else if near {
                 NEAR_GROWTH
             } else {
                 FAR_GROWTH
@@ -405,7 +441,13 @@ impl RateController {
         // What arrives now while a queue builds is what the path carries; without that, a
         // cut that does not trust last second's rate (the path may have just shrunk).
         let next = match self.recent_delivery_rate() {
-            Some(rate) => (BACKOFF * rate).min(self.target * at_least),
+            Some(rate) => {
+                self.capacity = Some(match self.capacity {
+                    Some(c) if (rate - c).abs() < 0.3 * c => 0.5 * (c + rate),
+                    _ => rate,
+                });
+                (BACKOFF * rate).min(self.target * at_least)
+            }
             None => (BACKOFF * self.delivery_rate().unwrap_or(f64::MAX)).min(0.7 * self.target),
         };
         self.target = next.max(self.cfg.floor as f64);
@@ -598,7 +640,7 @@ mod tests {
         r.run(5.0);
         r.run(20.0);
         let used = r.sent_rate(20.0) / 5e6;
-        assert!((0.8..=1.0).contains(&used), "{used:.2} of the capacity");
+        assert!((0.88..=1.0).contains(&used), "{used:.2} of the capacity");
         let q = r.worst_queue(20.0);
         assert!(q <= Duration::from_millis(200), "queue up to {q:?}");
         eprintln!("used {used:.2}, worst queue {q:?}");
