@@ -166,14 +166,23 @@ impl RateController {
         }
     }
 
-    /// Bits per second sent over the last second, once there is half a second's worth.
-    fn sent_rate(&self, now: Instant) -> Option<f64> {
-        let (first, _) = *self.sent.front()?;
-        let span = now.saturating_duration_since(first);
-        (span >= RATE_WINDOW / 2).then(|| {
-            let bytes: u64 = self.sent.iter().map(|(_, b)| *b as u64).sum();
-            bytes as f64 * 8.0 / span.as_secs_f64().max(RATE_WINDOW.as_secs_f64() / 2.0)
-        })
+    /// Bits per second sent over the last `window` (at most `RATE_WINDOW`), once there is
+    /// half of it.
+    fn sent_rate(&self, now: Instant, window: Duration) -> Option<f64> {
+        let recent = self
+            .sent
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= window);
+        // The first frame's bytes went out as the span began.
+        let (mut first, mut bytes) = (None, 0u64);
+        for (t, b) in recent {
+            match first {
+                None => first = Some(*t),
+                Some(_) => bytes += *b as u64,
+            }
+        }
+        let span = now.saturating_duration_since(first?);
+        (span >= window / 2).then(|| bytes as f64 * 8.0 / span.as_secs_f64())
     }
 
     /// The viewer reports frames it received completely.
@@ -251,7 +260,8 @@ impl RateController {
         if self.usage == Usage::Normal && !holding && self.loss <= LOSS_HIGH / 2.0 {
             // Back up to just under the last capacity fast, then carefully: by what is sent,
             // not the target (the encoder lags it and gives less).
-            let near = match (self.capacity, self.sent_rate(now)) {
+            // A short window: a longer one lags a climbing target, which then overshoots.
+            let near = match (self.capacity, self.sent_rate(now, BURST_WINDOW)) {
                 (Some(c), Some(sent)) => sent >= NEAR_LOW * c && sent <= NEAR_HIGH * c,
                 (Some(_), None) => true,
                 (None, _) => self
@@ -446,7 +456,12 @@ impl RateController {
                     Some(c) if (rate - c).abs() < 0.3 * c => 0.5 * (c + rate),
                     _ => rate,
                 });
-                (BACKOFF * rate).min(self.target * at_least)
+                // The encoder gives less than its target (x264 undershoots busy pictures by
+                // 20% or so): aim what it sends, not the target, just under the path.
+                let encoder_yield = self
+                    .sent_rate(now, RATE_WINDOW)
+                    .map_or(1.0, |sent| (self.target / sent.max(1.0)).clamp(1.0, 1.3));
+                (BACKOFF * rate * encoder_yield).min(self.target * at_least)
             }
             None => (BACKOFF * self.delivery_rate().unwrap_or(f64::MAX)).min(0.7 * self.target),
         };
