@@ -2,6 +2,7 @@
 //! `/`. Static files are compiled in; only the downloads directory is read at run time.
 
 mod downloads;
+pub mod limits;
 pub mod tls;
 mod whep;
 
@@ -13,10 +14,14 @@ use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use self::limits::{Connections, OfferLimiter, WebLimits};
 
 use crate::bridge::{Bridge, BridgeConfig, BridgeError};
 use crate::code::RoomCode;
@@ -84,7 +89,13 @@ pub struct WebState {
     pub downloads: Option<downloads::Downloads>,
     /// The rendezvous's UDP port, for the commands on the download page.
     pub rendezvous_port: u16,
+    pub limits: WebLimits,
+    offers: std::sync::Mutex<OfferLimiter>,
 }
+
+/// The address a request came from (set by the server for every request).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
 
 impl WebState {
     pub fn new(
@@ -98,11 +109,21 @@ impl WebState {
             }
             None => None,
         };
+        let limits = WebLimits::default();
         Ok(Self {
             bridge,
             downloads,
             rendezvous_port,
+            limits,
+            offers: std::sync::Mutex::new(OfferLimiter::new(limits)),
         })
+    }
+
+    /// The same with other limits.
+    pub fn with_limits(mut self, limits: WebLimits) -> Self {
+        self.limits = limits;
+        self.offers = std::sync::Mutex::new(OfferLimiter::new(limits));
+        self
     }
 }
 
@@ -157,20 +178,10 @@ impl WebServer {
             .await
             .map_err(|e| WebError::Bind(addr, e))?;
         let local_addr = listener.local_addr().map_err(|e| WebError::Bind(addr, e))?;
+        let limits = state.limits;
         let app = router(state);
         let https = tls.is_some();
-        let task = match tls {
-            None => tokio::spawn(async move {
-                // Answers are small: don't let Nagle hold them back.
-                let listener = listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::warn!("web server stopped: {e}");
-                }
-            }),
-            Some(cfg) => tokio::spawn(tls::serve(listener, app, cfg)),
-        };
+        let task = tokio::spawn(serve(listener, app, tls.map(TlsAcceptor::from), limits));
         tracing::info!(%local_addr, https, "web server listening");
         Ok(Self {
             local_addr,
@@ -201,6 +212,90 @@ impl WebServer {
 impl Drop for WebServer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Accepts connections within `limits` and serves each over HTTP/1.1 (in TLS with `tls`).
+async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, limits: WebLimits) {
+    let conns = Connections::new(limits);
+    let mut refused = RefusalLog::default();
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, say: a moment for connections to close.
+                tracing::debug!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Some(slot) = conns.admit(peer.ip()) else {
+            refused.note(peer.ip(), conns.open());
+            continue;
+        };
+        // Answers are small: don't let Nagle hold them back.
+        let _ = tcp.set_nodelay(true);
+        let (app, tls) = (app.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = TowerToHyperService::new(app.layer(axum::Extension(ClientAddr(peer))));
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let connection = async {
+                match tls {
+                    None => http.serve_connection(TokioIo::new(tcp), service).await,
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                    return Ok(());
+                                }
+                                Err(_) => return Ok(()),
+                            };
+                        http.serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
+                            .await
+                    }
+                }
+            };
+            match tokio::time::timeout(limits.max_lifetime, connection).await {
+                Ok(Err(e)) => tracing::debug!(%peer, "HTTP connection: {e}"),
+                Err(_) => tracing::debug!(%peer, "HTTP connection closed at its maximum age"),
+                Ok(Ok(())) => {}
+            }
+        });
+    }
+}
+
+/// Refused connections, logged at most once every 10 s (an attack makes thousands).
+#[derive(Default)]
+struct RefusalLog {
+    since: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, ip: IpAddr, open: usize) {
+        self.count += 1;
+        let now = std::time::Instant::now();
+        if self
+            .since
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
+        {
+            tracing::warn!(
+                last = %ip,
+                refused = self.count,
+                open,
+                "HTTP connections refused: a client or the server is at its connection limit"
+            );
+            self.since = Some(now);
+            self.count = 0;
+        }
     }
 }
 

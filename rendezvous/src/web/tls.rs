@@ -4,12 +4,6 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::Router;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {0}: {1}")]
@@ -94,45 +88,6 @@ fn config(
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
-}
-
-/// Accepts TLS connections and serves `app` on each; a failed handshake closes only its own.
-pub async fn serve(listener: TcpListener, app: Router, cfg: Arc<rustls::ServerConfig>) {
-    let acceptor = TlsAcceptor::from(cfg);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!("accept: {e}");
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "HTTPS connection: {e}");
-            }
-        });
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{json_error, WebState};
+use super::{json_error, ClientAddr, WebState};
 use crate::bridge::core::OfferError;
 use crate::bridge::feed::FeedError;
 use crate::bridge::BridgeError;
@@ -22,10 +22,33 @@ const ALLOW_ORIGIN: (header::HeaderName, &str) = (header::ACCESS_CONTROL_ALLOW_O
 
 pub async fn offer(
     State(state): State<Arc<WebState>>,
+    client: Option<axum::Extension<ClientAddr>>,
     Path(code): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Each offer costs a WebRTC session until it connects or times out: so many per client
+    // and in all.
+    if let Some(axum::Extension(ClientAddr(from))) = client {
+        let checked = state
+            .offers
+            .lock()
+            .map(|mut l| l.check(std::time::Instant::now(), from.ip()));
+        if let Ok(Err(wait)) = checked {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut r = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_offers",
+                format!("too many offers from this address or to this server; retry in {secs} s"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r.headers_mut()
+                .insert(ALLOW_ORIGIN.0, HeaderValue::from_static(ALLOW_ORIGIN.1));
+            return r;
+        }
+    }
     let Some(bridge) = state.bridge.clone() else {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
