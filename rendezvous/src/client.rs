@@ -316,11 +316,19 @@ impl SignalClient {
                 self.state = State::Done;
                 self.events.push_back(ClientEvent::Refused(kind));
             }
-            (State::Member { code, lost, .. }, msg) => {
+            (
+                State::Member {
+                    code,
+                    lost,
+                    member,
+                    token,
+                },
+                msg,
+            ) => {
                 let ours = match &msg {
-                    ServerMsg::Viewers { code: c, .. } | ServerMsg::Alive { code: c, .. } => {
-                        c == code
-                    }
+                    ServerMsg::Viewers { code: c, .. }
+                    | ServerMsg::Alive { code: c, .. }
+                    | ServerMsg::Challenge { code: c, .. } => c == code,
                     ServerMsg::Error { txn: 0, .. } => true,
                     _ => false,
                 };
@@ -338,6 +346,16 @@ impl SignalClient {
                     }
                     ServerMsg::Alive { sender, .. } => {
                         self.events.push_back(ClientEvent::SenderCandidates(sender))
+                    }
+                    // Our address changed (a new NAT mapping): prove we are here.
+                    ServerMsg::Challenge { nonce, .. } => {
+                        let prove = ClientMsg::Prove {
+                            code: *code,
+                            member: *member,
+                            token: *token,
+                            nonce,
+                        };
+                        self.out.push_back(prove.encode());
                     }
                     ServerMsg::Error {
                         kind: ErrorKind::RoomNotFound | ErrorKind::NotMember,
@@ -596,6 +614,49 @@ mod tests {
         let ev = net.run(&mut [(&mut s, sa)], Duration::from_secs(3), |_| false);
         // The room idled out on the server meanwhile (15 s not reached: it is still there).
         assert_eq!(ev[0].first(), Some(&ClientEvent::Restored), "{ev:?}");
+    }
+
+    #[test]
+    fn a_member_whose_address_changes_proves_it_and_is_followed() {
+        let mut net = Net::new();
+        let mut s = sender(net.now);
+        let sa: SocketAddr = "198.51.100.1:1".parse().unwrap();
+        let ev = net.run(&mut [(&mut s, sa)], Duration::from_millis(100), |_| false);
+        let Some(ClientEvent::Opened { code, .. }) = ev[0].first().cloned() else {
+            panic!("{ev:?}")
+        };
+        let role = Role::Viewer {
+            code,
+            hosts: vec![],
+        };
+        let mut v = SignalClient::new(
+            net.now,
+            SERVER.parse().unwrap(),
+            role,
+            5,
+            ClientConfig::default(),
+        );
+        let va: SocketAddr = "198.51.100.2:2".parse().unwrap();
+        net.run(
+            &mut [(&mut s, sa), (&mut v, va)],
+            Duration::from_millis(100),
+            |_| false,
+        );
+        // The sender's NAT maps it anew: its next keepalive is challenged, it echoes, and the
+        // viewer hears the new address with the following answer.
+        let moved: SocketAddr = "198.51.100.1:7777".parse().unwrap();
+        let ev = net.run(
+            &mut [(&mut s, moved), (&mut v, va)],
+            Duration::from_secs(3),
+            |_| false,
+        );
+        assert!(
+            ev[1]
+                .iter()
+                .any(|e| matches!(e, ClientEvent::SenderCandidates(c) if c.contains(&moved))),
+            "{ev:?}"
+        );
+        assert!(!ev[0].contains(&ClientEvent::Lost), "{ev:?}");
     }
 
     #[test]

@@ -276,6 +276,9 @@ impl Server {
                     tracing::info!(%code, member, %from, "viewer joined")
                 }
                 Event::ViewerLeft { code, member } => tracing::info!(%code, member, "viewer left"),
+                Event::Moved { code, member, to } => {
+                    tracing::info!(%code, member, %to, "member moved (address proven)")
+                }
                 Event::Closed { code, reason } => tracing::info!(%code, ?reason, "room closed"),
                 Event::RateLimited { ip } => tracing::warn!(%ip, "rate limit: refusing requests"),
                 Event::RelayLimited { session, limit } => {

@@ -107,6 +107,12 @@ pub enum Event {
         code: RoomCode,
         reason: CloseReason,
     },
+    /// A member proved it is at a new address (it roamed); its relay traffic goes there.
+    Moved {
+        code: RoomCode,
+        member: MemberId,
+        to: SocketAddr,
+    },
     /// Requests from this address were refused; emitted once per burst.
     RateLimited {
         ip: IpAddr,
@@ -141,6 +147,8 @@ struct Member {
     /// Viewers only: the relay session to the sender, and the punch secret shared with it.
     relay: u64,
     secret: u64,
+    /// A new address the member's keepalive came from, and the nonce it must echo from there.
+    moving_to: Option<(SocketAddr, u64)>,
 }
 
 #[derive(Debug)]
@@ -364,6 +372,12 @@ impl Rooms {
                 token,
                 hosts,
             } => self.keepalive(now, from, code, member, token, hosts),
+            ClientMsg::Prove {
+                code,
+                member,
+                token,
+                nonce,
+            } => self.prove(now, from, (code, member, token), nonce),
             ClientMsg::Leave {
                 code,
                 member,
@@ -441,6 +455,7 @@ impl Rooms {
                             last_seen: now,
                             relay: 0,
                             secret: 0,
+                            moving_to: None,
                         },
                         fingerprint,
                         direct_only,
@@ -556,6 +571,7 @@ impl Rooms {
                         last_seen: now,
                         relay,
                         secret: self.rng.gen(),
+                        moving_to: None,
                     },
                 );
                 self.relays.insert(
@@ -606,42 +622,87 @@ impl Rooms {
         token: u64,
         hosts: Vec<SocketAddr>,
     ) {
-        let Some(room) = self.rooms.get_mut(&code) else {
-            self.send(
-                from,
-                ServerMsg::Error {
-                    txn: 0,
-                    kind: ErrorKind::RoomNotFound,
-                },
-            );
+        let nonce = self.rng.gen();
+        let Some(m) = self.member_mut(from, code, member, token) else {
             return;
+        };
+        if m.addr != from {
+            // Roamed, or a forged source: nothing goes to `from` but this challenge (no bigger
+            // than the keepalive) until it is echoed from there.
+            m.moving_to = Some((from, nonce));
+            self.send(from, ServerMsg::Challenge { code, nonce });
+            return;
+        }
+        m.last_seen = now;
+        let changed = m.hosts != hosts;
+        m.hosts = hosts;
+        self.answer_member(from, code, member, changed);
+    }
+
+    /// The echo of a challenge: the member is at `from`, its relay traffic goes there now.
+    fn prove(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        (code, member, token): (RoomCode, MemberId, u64),
+        nonce: u64,
+    ) {
+        let Some(m) = self.member_mut(from, code, member, token) else {
+            return;
+        };
+        if m.moving_to != Some((from, nonce)) {
+            return;
+        }
+        m.moving_to = None;
+        m.addr = from;
+        m.last_seen = now;
+        self.events.push_back(Event::Moved {
+            code,
+            member,
+            to: from,
+        });
+        self.answer_member(from, code, member, true);
+    }
+
+    /// The member `member` of `code` if `token` is its own; else tells `from` it is not.
+    fn member_mut(
+        &mut self,
+        from: SocketAddr,
+        code: RoomCode,
+        member: MemberId,
+        token: u64,
+    ) -> Option<&mut Member> {
+        let Some(room) = self.rooms.get_mut(&code) else {
+            let kind = ErrorKind::RoomNotFound;
+            self.out.push_back(Transmit {
+                to: from,
+                msg: ServerMsg::Error { txn: 0, kind },
+            });
+            return None;
         };
         let m = if member == SENDER_ID {
             Some(&mut room.sender)
         } else {
             room.viewers.get_mut(&member)
         };
-        let changed = match m {
-            Some(m) if m.token == token => {
-                // The member may have roamed: its newest address is the one to use.
-                let changed = m.addr != from || m.hosts != hosts;
-                m.addr = from;
-                m.last_seen = now;
-                m.hosts = hosts;
-                changed
-            }
+        match m {
+            Some(m) if m.token == token => Some(m),
             _ => {
-                self.send(
-                    from,
-                    ServerMsg::Error {
-                        txn: 0,
-                        kind: ErrorKind::NotMember,
-                    },
-                );
-                return;
+                let kind = ErrorKind::NotMember;
+                self.out.push_back(Transmit {
+                    to: from,
+                    msg: ServerMsg::Error { txn: 0, kind },
+                });
+                None
             }
+        }
+    }
+
+    /// Answers a member's keepalive; when its candidates `changed`, the other side hears at once.
+    fn answer_member(&mut self, from: SocketAddr, code: RoomCode, member: MemberId, changed: bool) {
+        let Some(room) = self.rooms.get(&code) else {
+            return;
         };
-        // New candidates (a port mapping, a new address) reach the other side at once.
         if changed && member == SENDER_ID {
             let sender = room.sender.candidates();
             for v in room.viewers.values() {
@@ -1093,17 +1154,41 @@ mod tests {
     fn roaming_member_keeps_membership_with_new_address() {
         let mut lab = Lab::new();
         let (code, token) = lab.open("198.51.100.1:4000");
-        lab.send(
-            "198.51.100.7:999",
-            ClientMsg::Keepalive {
-                code,
-                member: 0,
-                token,
-                hosts: vec![],
-            },
-        );
+        let keepalive = ClientMsg::Keepalive {
+            code,
+            member: 0,
+            token,
+            hosts: vec![],
+        };
+        let out = lab.send("198.51.100.7:999", keepalive.clone());
+        let ServerMsg::Challenge { nonce, .. } = out[0].msg else {
+            panic!("{out:?}")
+        };
         let out = lab.join("198.51.100.2:1", 1, code);
+        assert_eq!(
+            out[0].to,
+            addr("198.51.100.1:4000"),
+            "not moved before the echo"
+        );
+        let prove = ClientMsg::Prove {
+            code,
+            member: 0,
+            token,
+            nonce,
+        };
+        lab.send("198.51.100.7:999", prove.clone());
+        let out = lab.join("198.51.100.3:1", 1, code);
         assert_eq!(out[0].to, addr("198.51.100.7:999"));
+        assert!(lab
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::Moved { .. })));
+        // An echo replayed later moves nothing; keepalives from there are answered.
+        assert!(lab.send("198.51.100.7:999", prove).is_empty());
+        let out = lab.send("198.51.100.7:999", keepalive);
+        assert!(out.iter().any(
+            |t| t.to == addr("198.51.100.7:999") && matches!(t.msg, ServerMsg::Viewers { .. })
+        ));
     }
 
     #[test]
@@ -1216,8 +1301,9 @@ mod tests {
         let ServerMsg::Joined { member, token, .. } = out[1].msg.clone() else {
             panic!()
         };
-        // The viewer roams: only an authenticated keepalive moves its relay address.
-        lab.send(
+        // The viewer roams: an authenticated keepalive from its new address, then the echo of
+        // the challenge sent there, move its relay address.
+        let out = lab.send(
             "198.51.100.9:5555",
             ClientMsg::Keepalive {
                 code,
@@ -1226,6 +1312,26 @@ mod tests {
                 hosts: vec![],
             },
         );
+        let [Transmit {
+            to,
+            msg: ServerMsg::Challenge { nonce, .. },
+        }] = out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(to, addr("198.51.100.9:5555"));
+        let out = lab.send(
+            "198.51.100.9:5555",
+            ClientMsg::Prove {
+                code,
+                member,
+                token,
+                nonce,
+            },
+        );
+        assert!(out.iter().any(|t| t.to == addr("198.51.100.1:4000")
+            && matches!(&t.msg, ServerMsg::Viewers { viewers, .. }
+                if viewers[0].candidates.contains(&addr("198.51.100.9:5555")))));
         let out = relay(&mut lab, "198.51.100.1:4000", session, 100);
         assert_eq!(out[0].to, addr("198.51.100.9:5555"));
         lab.send(
@@ -1238,6 +1344,52 @@ mod tests {
         );
         assert!(relay(&mut lab, "198.51.100.1:4000", session, 100).is_empty());
         let _ = stoken;
+    }
+
+    #[test]
+    fn a_forged_source_cannot_move_the_relay() {
+        let mut lab = Lab::new();
+        let (code, _) = lab.open("198.51.100.1:4000");
+        let out = lab.join("198.51.100.2:4001", 1, code);
+        let session = joined_relay(&out);
+        let ServerMsg::Joined { member, token, .. } = out[1].msg.clone() else {
+            panic!()
+        };
+        // The member itself names a third party as its source: the only datagram that goes
+        // there is a challenge no larger than the keepalive.
+        let victim = "127.0.0.5:9999";
+        let keepalive = ClientMsg::Keepalive {
+            code,
+            member,
+            token,
+            hosts: vec![],
+        };
+        let size = keepalive.encode().len();
+        let out = lab.send(victim, keepalive);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(matches!(out[0].msg, ServerMsg::Challenge { .. }));
+        assert!(out[0].msg.encode().len() <= size);
+        // It cannot see the nonce: guesses move nothing, from there or from its own address.
+        for (from, nonce) in [(victim, 1), (victim, 0), ("198.51.100.2:4001", 1)] {
+            let prove = ClientMsg::Prove {
+                code,
+                member,
+                token,
+                nonce,
+            };
+            assert!(lab.send(from, prove).is_empty());
+        }
+        let out = relay(&mut lab, "198.51.100.1:4000", session, 100);
+        assert_eq!(out[0].to, addr("198.51.100.2:4001"));
+        // Relay data from the unproven address is refused; the real one still flows.
+        assert!(relay(&mut lab, victim, session, 100).is_empty());
+        let out = relay(&mut lab, "198.51.100.2:4001", session, 100);
+        assert_eq!(out[0].to, addr("198.51.100.1:4000"));
+        // Nothing moved.
+        assert!(!lab
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::Moved { .. })));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::code::RoomCode;
 
 pub const SIGNAL_MAGIC: u8 = 0x21;
 /// 2: rooms carry a ticket (reclaiming a code after a restart).
-pub const SIGNAL_VERSION: u8 = 2;
+pub const SIGNAL_VERSION: u8 = 3;
 /// Upper bound of a signalling datagram other than relay data; fits the QUIC minimum MTU.
 pub const MAX_SIGNAL_LEN: usize = 1200;
 /// Largest QUIC packet carried by the relay (quinn's MTU discovery stops at 1452).
@@ -84,6 +84,14 @@ pub enum ClientMsg {
         member: MemberId,
         token: u64,
         hosts: Vec<SocketAddr>,
+    },
+    /// Echoes a [`ServerMsg::Challenge`] from the address it was sent to: the member is there,
+    /// and the server moves the membership (and its relay traffic) to that address.
+    Prove {
+        code: RoomCode,
+        member: MemberId,
+        token: u64,
+        nonce: u64,
     },
     /// Ends a membership; the sender leaving closes the room.
     Leave {
@@ -193,6 +201,10 @@ pub enum ServerMsg {
         code: RoomCode,
         sender: Vec<SocketAddr>,
     },
+    /// A keepalive came from a new address: echo `nonce` in a [`ClientMsg::Prove`] from there
+    /// before the server sends anything else to it. A member who forged its source address
+    /// never sees this, so it cannot point the relay at somebody else.
+    Challenge { code: RoomCode, nonce: u64 },
     Error {
         /// The request's txn, or 0 for keepalives.
         txn: u64,
@@ -207,12 +219,14 @@ const T_JOIN: u8 = 2;
 const T_KEEPALIVE: u8 = 3;
 const T_LEAVE: u8 = 4;
 const T_RELAY_UP: u8 = 5;
+const T_PROVE: u8 = 6;
 const T_OPENED: u8 = 65;
 const T_JOINED: u8 = 66;
 const T_VIEWERS: u8 = 67;
 const T_ALIVE: u8 = 68;
 const T_ERROR: u8 = 69;
 const T_RELAY_DOWN: u8 = 70;
+const T_CHALLENGE: u8 = 71;
 
 /// Relay data is the hot path: framed and parsed without building a message.
 pub fn relay_header(up: bool, session: u64) -> [u8; RELAY_OVERHEAD] {
@@ -333,6 +347,18 @@ impl ClientMsg {
                 w.u64(*token);
                 w.addrs(hosts, MAX_CANDIDATES);
             }
+            Self::Prove {
+                code,
+                member,
+                token,
+                nonce,
+            } => {
+                header(&mut w, T_PROVE);
+                w.u32(code.bits());
+                w.u32(*member);
+                w.u64(*token);
+                w.u64(*nonce);
+            }
             Self::Leave {
                 code,
                 member,
@@ -378,6 +404,12 @@ impl ClientMsg {
                 member: r.u32()?,
                 token: r.u64()?,
                 hosts: r.addrs(MAX_CANDIDATES)?,
+            },
+            T_PROVE => Self::Prove {
+                code: code(&mut r)?,
+                member: r.u32()?,
+                token: r.u64()?,
+                nonce: r.u64()?,
             },
             T_LEAVE => Self::Leave {
                 code: code(&mut r)?,
@@ -469,6 +501,11 @@ impl ServerMsg {
                 w.u32(code.bits());
                 w.addrs(sender, MAX_CANDIDATES + 1);
             }
+            Self::Challenge { code, nonce } => {
+                header(&mut w, T_CHALLENGE);
+                w.u32(code.bits());
+                w.u64(*nonce);
+            }
             Self::Error { txn, kind } => {
                 header(&mut w, T_ERROR);
                 w.u64(*txn);
@@ -533,6 +570,10 @@ impl ServerMsg {
             T_ALIVE => Self::Alive {
                 code: code(&mut r)?,
                 sender: r.addrs(MAX_CANDIDATES + 1)?,
+            },
+            T_CHALLENGE => Self::Challenge {
+                code: code(&mut r)?,
+                nonce: r.u64()?,
             },
             T_ERROR => Self::Error {
                 txn: r.u64()?,
@@ -688,6 +729,14 @@ mod tests {
                     hosts,
                 }
             ),
+            (room(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+                |(code, member, token, nonce)| ClientMsg::Prove {
+                    code,
+                    member,
+                    token,
+                    nonce,
+                }
+            ),
             (room(), any::<u32>(), any::<u64>()).prop_map(|(code, member, token)| {
                 ClientMsg::Leave {
                     code,
@@ -766,6 +815,7 @@ mod tests {
                 .prop_map(|(session, payload)| ServerMsg::Relay { session, payload }),
             (room(), viewers).prop_map(|(code, viewers)| ServerMsg::Viewers { code, viewers }),
             (room(), addrs()).prop_map(|(code, sender)| ServerMsg::Alive { code, sender }),
+            (room(), any::<u64>()).prop_map(|(code, nonce)| ServerMsg::Challenge { code, nonce }),
             (any::<u64>(), 1u8..=6).prop_map(|(txn, k)| ServerMsg::Error {
                 txn,
                 kind: ErrorKind::from_u8(k).unwrap()
