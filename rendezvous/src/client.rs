@@ -399,8 +399,10 @@ impl SignalClient {
             lost: false,
         };
         self.last_heard = now;
-        // Hosts that changed while asking go out with a keepalive right away.
-        self.next_send = if std::mem::take(&mut self.hosts_changed) {
+        // Hosts that changed while asking go out with a keepalive right away, and so does a
+        // sender's first: it proves the room is ours (unproven rooms expire fast).
+        let hosts_changed = std::mem::take(&mut self.hosts_changed);
+        self.next_send = if hosts_changed || member == SENDER_ID {
             now
         } else {
             now + self.cfg.keepalive

@@ -2,6 +2,7 @@
 //! logic and its UDP server, and a peer's transport (QUIC over one punched UDP socket). No ffmpeg,
 //! no GPU: an admin's VPS builds only this crate.
 
+pub mod abuse;
 pub mod bridge;
 pub mod client;
 pub mod clock;

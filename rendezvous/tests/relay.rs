@@ -1,6 +1,7 @@
 //! The relay through the real UDP server: only the two members of a session exchange data; a
 //! third party that knows the session id can neither inject nor read, and nobody can make the
-//! relay send anywhere else (there is no destination to name).
+//! relay send anywhere else (there is no destination to name, and a member's new address must
+//! echo a challenge first).
 
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -61,9 +62,15 @@ fn only_members_relay_to_each_other() {
             .encode(),
         )
         .unwrap();
-    let session = loop {
-        if let Ok(ServerMsg::Joined { relay, .. }) = ServerMsg::decode(&answer(&viewer).unwrap()) {
-            break relay;
+    let (session, member, token) = loop {
+        if let Ok(ServerMsg::Joined {
+            relay,
+            member,
+            token,
+            ..
+        }) = ServerMsg::decode(&answer(&viewer).unwrap())
+        {
+            break (relay, member, token);
         }
     };
     // The sender was told about the viewer: drain that.
@@ -89,4 +96,27 @@ fn only_members_relay_to_each_other() {
     viewer.send(&packet(b"\x40secret")).unwrap();
     assert!(answer(&sender).unwrap().ends_with(b"secret"));
     assert_eq!(answer(&stranger), None);
+
+    // The viewer forges the stranger's address as its source (its own token, the stranger's
+    // socket): the stranger gets one challenge it never asked for, and nothing else.
+    let keepalive = ClientMsg::Keepalive {
+        code,
+        member,
+        token,
+        hosts: vec![],
+    };
+    stranger.send(&keepalive.encode()).unwrap();
+    let got = answer(&stranger).expect("a challenge");
+    assert!(
+        matches!(ServerMsg::decode(&got), Ok(ServerMsg::Challenge { .. })),
+        "{got:?}"
+    );
+    assert!(got.len() <= keepalive.encode().len());
+    sender.send(&packet(b"\x40video")).unwrap();
+    assert!(answer(&viewer).unwrap().ends_with(b"video"));
+    assert_eq!(
+        answer(&stranger),
+        None,
+        "relay data went to the forged address"
+    );
 }

@@ -12,6 +12,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
+use crate::abuse::LogThrottle;
 use crate::wire::signal::{parse_relay, relay_to_downlink, ClientMsg, MAX_SIGNAL_LEN};
 use rooms::{Event, Rooms, RoomsConfig};
 
@@ -27,6 +28,13 @@ pub struct ServerArgs {
     /// Most viewers in one room.
     #[arg(long, default_value_t = 16)]
     pub max_viewers: usize,
+    /// IPv4 addresses sharing this many leading bits count as one network for the room and
+    /// guessing limits (IPv6: a /64).
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=32))]
+    pub ipv4_prefix: u8,
+    /// Most rooms open at once from one network.
+    #[arg(long, default_value_t = 16)]
+    pub rooms_per_network: usize,
     /// Where the room-ticket key is kept, so senders keep their codes across a restart of this
     /// server. Default: $STATE_DIRECTORY, else ~/.local/state/inclubit-rendezvous.
     #[arg(long, value_name = "DIR")]
@@ -59,6 +67,8 @@ impl ServerArgs {
             rooms: RoomsConfig {
                 idle: Duration::from_secs(self.room_idle_secs),
                 max_viewers: self.max_viewers,
+                ipv4_prefix: self.ipv4_prefix,
+                rooms_per_network: self.rooms_per_network,
                 ticket_key,
                 ..Default::default()
             },
@@ -87,6 +97,9 @@ pub struct Server {
     rooms: Rooms,
     malformed: u64,
     stun_replies: Vec<(SocketAddr, Vec<u8>)>,
+    rate_log: LogThrottle,
+    rooms_log: LogThrottle,
+    relay_log: LogThrottle,
 }
 
 /// Datagram buffers per receive call; each holds a GRO batch of up to 64 KiB.
@@ -107,6 +120,9 @@ impl Server {
             rooms: Rooms::new(cfg.rooms, rand::random()),
             malformed: 0,
             stun_replies: Vec::new(),
+            rate_log: LogThrottle::new(Duration::from_secs(10)),
+            rooms_log: LogThrottle::new(Duration::from_secs(10)),
+            relay_log: LogThrottle::new(Duration::from_secs(10)),
         })
     }
 
@@ -280,12 +296,28 @@ impl Server {
                     tracing::info!(%code, member, %to, "member moved (address proven)")
                 }
                 Event::Closed { code, reason } => tracing::info!(%code, ?reason, "room closed"),
-                Event::RateLimited { ip } => tracing::warn!(%ip, "rate limit: refusing requests"),
+                Event::RateLimited { ip } => {
+                    if let Some(more) = self.rate_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(%ip, more, "rate limit: refusing requests")
+                    }
+                }
+                Event::TooManyRooms { network } => {
+                    if let Some(more) = self.rooms_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(%network, more, "a network at its room limit was refused a room")
+                    }
+                }
+                Event::GuessingLimited => tracing::warn!(
+                    "joins of missing codes spent the server's budget: refusing networks that guessed lately"
+                ),
                 Event::RelayLimited { session, limit } => {
-                    tracing::warn!(session = %format!("{session:016x}"), limit, "relay limit reached: dropping data")
+                    if let Some(more) = self.relay_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(session = %format!("{session:016x}"), limit, more, "relay limit reached: dropping data")
+                    }
                 }
                 Event::RelayRefused { session, from } => {
-                    tracing::warn!(session = %format!("{session:016x}"), %from, "relay data from a non-member refused")
+                    if let Some(more) = self.relay_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(session = %format!("{session:016x}"), %from, more, "relay data from a non-member refused")
+                    }
                 }
             }
         }

@@ -12,11 +12,17 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::Sha256;
 
+use crate::abuse::network_of;
 use crate::code::RoomCode;
 use crate::wire::signal::{
     Claim, ClientMsg, ErrorKind, Fingerprint, MemberId, RoomTicket, ServerMsg, ViewerInfo, WebSide,
     MAX_LISTED_VIEWERS, SENDER_ID,
 };
+
+/// How long a network that joined a missing code counts as guessing.
+const MISS_MEMORY: Duration = Duration::from_secs(60);
+/// Most networks remembered as guessing; beyond, new ones are not (the budget still holds).
+const MAX_MISSED: usize = 100_000;
 
 /// Key of the MACs that make room tickets. A server keeps it across restarts (its state dir) so
 /// senders re-open their codes; without one it draws a new key at start.
@@ -33,9 +39,21 @@ pub struct RoomsConfig {
     /// Datagrams per second per source IP (token bucket), and the burst allowed.
     pub rate_per_ip: f64,
     pub burst_per_ip: f64,
-    /// Open and join attempts per second per source IP: makes guessing codes slow.
-    pub joins_per_ip: f64,
-    pub join_burst_per_ip: f64,
+    /// IPv4 addresses sharing this many leading bits are one network for the limits below
+    /// (IPv6: one /64).
+    pub ipv4_prefix: u8,
+    /// Open and join attempts per second per network: makes guessing codes slow.
+    pub joins_per_network: f64,
+    pub join_burst_per_network: f64,
+    /// Joins of codes that do not exist, from everybody. When spent, networks that missed in the
+    /// last minute are refused until it refills; viewers from elsewhere still join.
+    pub misses_per_sec: f64,
+    pub miss_burst: f64,
+    /// Rooms open at once from one network.
+    pub rooms_per_network: usize,
+    /// A room whose sender has not yet sent a keepalive with its token from its address (a
+    /// forged Open, or a sender gone at once) lives this long.
+    pub unproven_idle: Duration,
     /// Relay limits: bytes and packets per second per session, bytes per second per source IP.
     pub relay_bytes_per_session: f64,
     pub relay_packets_per_session: f64,
@@ -57,8 +75,13 @@ impl Default for RoomsConfig {
             max_viewers: 16,
             rate_per_ip: 50.0,
             burst_per_ip: 100.0,
-            joins_per_ip: 5.0,
-            join_burst_per_ip: 20.0,
+            ipv4_prefix: 24,
+            joins_per_network: 5.0,
+            join_burst_per_network: 20.0,
+            misses_per_sec: 50.0,
+            miss_burst: 200.0,
+            rooms_per_network: 16,
+            unproven_idle: Duration::from_secs(5),
             relay_bytes_per_session: 50e6 / 8.0,
             relay_packets_per_session: 20_000.0,
             relay_bytes_per_ip: 100e6 / 8.0,
@@ -86,6 +109,11 @@ pub enum CloseReason {
     Expired,
     /// Its sender came back (a new process with the room's ticket) and took the code over.
     Reclaimed,
+    /// Its sender never proved it was at its address (see [`RoomsConfig::unproven_idle`]).
+    Unproven,
+    /// The server was full and this room, never watched, was from the network holding the
+    /// most rooms.
+    Evicted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +145,13 @@ pub enum Event {
     RateLimited {
         ip: IpAddr,
     },
+    /// A sender's network holds `rooms_per_network` rooms already.
+    TooManyRooms {
+        network: IpAddr,
+    },
+    /// Joins of missing codes spent the server-wide budget; from now on networks that missed
+    /// lately are refused until it refills. Emitted once per exhaustion.
+    GuessingLimited,
     /// Relay data over a limit was dropped; emitted at most once a second per session.
     RelayLimited {
         session: u64,
@@ -175,6 +210,12 @@ impl Member {
 struct Room {
     created: Instant,
     sender: Member,
+    /// The sender's network when it opened the room (what counts against its limit).
+    network: IpAddr,
+    /// The sender has sent a keepalive with its token from its address.
+    proven: bool,
+    /// A viewer has joined: somebody knew the code, so it is never evicted.
+    watched: bool,
     fingerprint: Fingerprint,
     /// The sender refuses the relay.
     direct_only: bool,
@@ -222,7 +263,16 @@ pub struct Rooms {
     /// (source, txn) of recent requests, so a retried request gets the same answer.
     opens: HashMap<(SocketAddr, u64), RoomCode>,
     joins: HashMap<(SocketAddr, u64), (RoomCode, MemberId)>,
-    buckets: HashMap<IpAddr, (Bucket, Bucket)>,
+    /// Per source IP, all datagrams.
+    buckets: HashMap<IpAddr, Bucket>,
+    /// Per network, opens and joins.
+    attempts: HashMap<IpAddr, Bucket>,
+    /// Rooms open per network.
+    networks: HashMap<IpAddr, usize>,
+    /// Server-wide budget of joins that missed, and when each network last missed.
+    misses: Option<Bucket>,
+    missed: HashMap<IpAddr, Instant>,
+    guessing_limited: bool,
     relays: HashMap<u64, RelaySession>,
     relay_ip: HashMap<IpAddr, Bucket>,
     relay_stats: RelayStats,
@@ -249,6 +299,11 @@ impl Rooms {
             opens: HashMap::new(),
             joins: HashMap::new(),
             buckets: HashMap::new(),
+            attempts: HashMap::new(),
+            networks: HashMap::new(),
+            misses: None,
+            missed: HashMap::new(),
+            guessing_limited: false,
             relays: HashMap::new(),
             relay_ip: HashMap::new(),
             relay_stats: RelayStats::default(),
@@ -389,22 +444,63 @@ impl Rooms {
 
     fn admit(&mut self, now: Instant, ip: IpAddr, is_join: bool) -> bool {
         let cfg = &self.cfg;
-        let (all, joins) = self.buckets.entry(ip).or_insert_with(|| {
-            let b = |burst| Bucket {
-                tokens: burst,
-                at: now,
-                limited: false,
-            };
-            (b(cfg.burst_per_ip), b(cfg.join_burst_per_ip))
-        });
-        let ok = all.take(now, cfg.rate_per_ip, cfg.burst_per_ip)
-            && (!is_join || joins.take(now, cfg.joins_per_ip, cfg.join_burst_per_ip));
-        if !(ok || all.limited || joins.limited) {
-            all.limited = true;
-            joins.limited = true;
-            self.events.push_back(Event::RateLimited { ip });
+        let all = self
+            .buckets
+            .entry(ip)
+            .or_insert_with(|| Bucket::full(cfg.burst_per_ip, now));
+        let refused = if !all.take(now, cfg.rate_per_ip, cfg.burst_per_ip) {
+            Some(all)
+        } else if is_join {
+            let attempts = self
+                .attempts
+                .entry(network_of(ip, cfg.ipv4_prefix))
+                .or_insert_with(|| Bucket::full(cfg.join_burst_per_network, now));
+            let ok = attempts.take(now, cfg.joins_per_network, cfg.join_burst_per_network);
+            (!ok).then_some(attempts)
+        } else {
+            None
+        };
+        match refused {
+            None => true,
+            Some(bucket) => {
+                // Once per burst.
+                if !std::mem::replace(&mut bucket.limited, true) {
+                    self.events.push_back(Event::RateLimited { ip });
+                }
+                false
+            }
         }
-        ok
+    }
+
+    /// A join for `code` from `net`: `Err` when it must be refused as guessing.
+    fn guess_check(&mut self, now: Instant, net: IpAddr, code: RoomCode) -> Result<(), ErrorKind> {
+        let cfg = &self.cfg;
+        let misses = self
+            .misses
+            .get_or_insert_with(|| Bucket::full(cfg.miss_burst, now));
+        misses.take_n(now, 0.0, cfg.misses_per_sec, cfg.miss_burst);
+        let spent = misses.tokens < 1.0;
+        if !spent {
+            self.guessing_limited = false;
+        }
+        let missed_lately = self
+            .missed
+            .get(&net)
+            .is_some_and(|t| now < *t + MISS_MEMORY);
+        if spent && missed_lately {
+            return Err(ErrorKind::RateLimited);
+        }
+        if self.rooms.contains_key(&code) {
+            return Ok(());
+        }
+        misses.take(now, cfg.misses_per_sec, cfg.miss_burst);
+        if misses.tokens < 1.0 && !std::mem::replace(&mut self.guessing_limited, true) {
+            self.events.push_back(Event::GuessingLimited);
+        }
+        if self.missed.len() < MAX_MISSED || self.missed.contains_key(&net) {
+            self.missed.insert(net, now);
+        }
+        Err(ErrorKind::RoomNotFound)
     }
 
     fn open(
@@ -429,7 +525,14 @@ impl Rooms {
                     // old room's viewers were connected to the old sender and join again.
                     self.close(c.code, CloseReason::Reclaimed);
                 }
-                if self.rooms.len() >= self.cfg.max_rooms {
+                let network = network_of(from.ip(), self.cfg.ipv4_prefix);
+                if self.networks.get(&network).copied().unwrap_or(0) >= self.cfg.rooms_per_network {
+                    self.events.push_back(Event::TooManyRooms { network });
+                    let kind = ErrorKind::TooManyRooms;
+                    self.send(from, ServerMsg::Error { txn, kind });
+                    return;
+                }
+                if self.rooms.len() >= self.cfg.max_rooms && !self.evict_for(network) {
                     let kind = ErrorKind::ServerFull;
                     self.send(from, ServerMsg::Error { txn, kind });
                     return;
@@ -457,12 +560,16 @@ impl Rooms {
                             secret: 0,
                             moving_to: None,
                         },
+                        network,
+                        proven: false,
+                        watched: false,
                         fingerprint,
                         direct_only,
                         viewers: BTreeMap::new(),
                         next_viewer: 1,
                     },
                 );
+                *self.networks.entry(network).or_default() += 1;
                 self.opens.insert((from, txn), code);
                 self.events.push_back(Event::Opened { code, from });
                 code
@@ -479,6 +586,27 @@ impl Rooms {
             ticket: self.ticket(code),
         };
         self.send(from, msg);
+    }
+
+    /// Makes space for a sender from `network` on a full server: closes the newest room nobody
+    /// has watched from the network holding the most rooms, if that holds more than `network`.
+    /// One attacker then cannot keep others out; a room with viewers is never closed.
+    fn evict_for(&mut self, network: IpAddr) -> bool {
+        let held = |n: &IpAddr| self.networks.get(n).copied().unwrap_or(0);
+        let victim = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| !r.watched)
+            .max_by_key(|(_, r)| (held(&r.network), r.created))
+            .filter(|(_, r)| held(&r.network) > held(&network) + 1)
+            .map(|(code, _)| *code);
+        match victim {
+            Some(code) => {
+                self.close(code, CloseReason::Evicted);
+                true
+            }
+            None => false,
+        }
     }
 
     fn ticket_mac(&self, code: RoomCode) -> Hmac<Sha256> {
@@ -513,6 +641,11 @@ impl Rooms {
         code: RoomCode,
         hosts: Vec<SocketAddr>,
     ) {
+        if let Err(kind) = self.guess_check(now, network_of(from.ip(), self.cfg.ipv4_prefix), code)
+        {
+            self.send(from, ServerMsg::Error { txn, kind });
+            return;
+        }
         let ip = from.ip();
         let held = self
             .rooms
@@ -562,6 +695,7 @@ impl Rooms {
                 };
                 let id = room.next_viewer;
                 room.next_viewer += 1;
+                room.watched = true;
                 room.viewers.insert(
                     id,
                     Member {
@@ -636,6 +770,11 @@ impl Rooms {
         m.last_seen = now;
         let changed = m.hosts != hosts;
         m.hosts = hosts;
+        if member == SENDER_ID {
+            if let Some(room) = self.rooms.get_mut(&code) {
+                room.proven = true;
+            }
+        }
         self.answer_member(from, code, member, changed);
     }
 
@@ -762,6 +901,12 @@ impl Rooms {
             for v in room.viewers.values() {
                 self.relays.remove(&v.relay);
             }
+            if let Some(n) = self.networks.get_mut(&room.network) {
+                *n -= 1;
+                if *n == 0 {
+                    self.networks.remove(&room.network);
+                }
+            }
             self.opens.retain(|_, c| *c != code);
             self.joins.retain(|_, (c, _)| *c != code);
             self.events.push_back(Event::Closed { code, reason });
@@ -773,6 +918,8 @@ impl Rooms {
         for (code, room) in &mut self.rooms {
             if now >= room.created + self.cfg.max_age {
                 closed.push((*code, CloseReason::Expired));
+            } else if !room.proven && now >= room.sender.last_seen + self.cfg.unproven_idle {
+                closed.push((*code, CloseReason::Unproven));
             } else if now >= room.sender.last_seen + self.cfg.idle {
                 closed.push((*code, CloseReason::SenderGone));
             } else {
@@ -799,8 +946,10 @@ impl Rooms {
         }
         // Forget rate-limit state of quiet addresses (their buckets are full again).
         let horizon = Duration::from_secs(10);
-        self.buckets
-            .retain(|_, (a, j)| now.saturating_duration_since(a.at.max(j.at)) < horizon);
+        let quiet = |b: &Bucket| now.saturating_duration_since(b.at) >= horizon;
+        self.buckets.retain(|_, b| !quiet(b));
+        self.attempts.retain(|_, b| !quiet(b));
+        self.missed.retain(|_, t| now < *t + MISS_MEMORY);
         self.relay_ip
             .retain(|_, b| now.saturating_duration_since(b.at) < horizon);
     }
@@ -808,14 +957,18 @@ impl Rooms {
     /// The next instant [`Rooms::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let rooms = self.rooms.values().flat_map(|r| {
+            let idle = if r.proven {
+                self.cfg.idle
+            } else {
+                self.cfg.unproven_idle
+            };
             std::iter::once(r.created + self.cfg.max_age)
-                .chain(std::iter::once(r.sender.last_seen + self.cfg.idle))
+                .chain(std::iter::once(r.sender.last_seen + idle))
                 .chain(r.viewers.values().map(|v| v.last_seen + self.cfg.idle))
         });
-        let buckets = self
-            .buckets
-            .values()
-            .map(|(a, j)| a.at.max(j.at) + Duration::from_secs(10));
+        let buckets = (self.buckets.values())
+            .chain(self.attempts.values())
+            .map(|b| b.at + Duration::from_secs(10));
         rooms.chain(buckets).min()
     }
 
@@ -898,11 +1051,44 @@ mod tests {
                     direct_only: false,
                 },
             );
-            match &out[..] {
+            let (code, token) = match &out[..] {
                 [Transmit {
                     msg: ServerMsg::Opened { code, token, .. },
                     ..
                 }] => (*code, *token),
+                other => panic!("unexpected {other:?}"),
+            };
+            // As the client does at once: its first keepalive proves the room.
+            let keepalive = ClientMsg::Keepalive {
+                code,
+                member: SENDER_ID,
+                token,
+                hosts: vec![addr("192.0.2.10:5000")],
+            };
+            self.send(from, keepalive);
+            (code, token)
+        }
+        /// An Open nobody follows up (a forged source, say): the code, unproven.
+        fn open_only(&mut self, from: &str, txn: u64) -> Result<RoomCode, ErrorKind> {
+            let out = self.send(
+                from,
+                ClientMsg::Open {
+                    txn,
+                    hosts: vec![],
+                    fingerprint: FP,
+                    claim: None,
+                    direct_only: false,
+                },
+            );
+            match &out[..] {
+                [Transmit {
+                    msg: ServerMsg::Opened { code, .. },
+                    ..
+                }] => Ok(*code),
+                [Transmit {
+                    msg: ServerMsg::Error { kind, .. },
+                    ..
+                }] => Err(*kind),
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -1208,6 +1394,133 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn error_of(out: &[Transmit]) -> Option<ErrorKind> {
+        out.iter().find_map(|t| match t.msg {
+            ServerMsg::Error { kind, .. } => Some(kind),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn one_network_gets_a_few_rooms_with_a_clear_error() {
+        let mut lab = Lab::new();
+        // 40 addresses of one /24 (as from 253 loopback addresses): 16 rooms.
+        let got: Vec<_> = (1..=40)
+            .map(|i| lab.open_only(&format!("203.0.113.{i}:4000"), 1))
+            .collect();
+        assert_eq!(got.iter().filter(|r| r.is_ok()).count(), 16);
+        assert_eq!(got[16], Err(ErrorKind::TooManyRooms));
+        // Past the network's burst of attempts, it is rate limited anyway.
+        assert_eq!(got[39], Err(ErrorKind::RateLimited));
+        let limited = lab
+            .events()
+            .iter()
+            .filter(|e| matches!(e, Event::TooManyRooms { .. }))
+            .count();
+        assert_eq!(limited, 4);
+        // Another network is not affected; one IPv6 /64 is one network.
+        assert!(lab.open_only("203.0.114.1:4000", 1).is_ok());
+        let v6: Vec<_> = (1..=17)
+            .map(|i| lab.open_only(&format!("[2001:db8:5:6::{i:x}]:4000"), 1))
+            .collect();
+        assert_eq!(v6[16], Err(ErrorKind::TooManyRooms));
+        assert!(lab.open_only("[2001:db8:5:7::1]:4000", 1).is_ok());
+        // The network's rooms closing frees its places.
+        lab.advance(Duration::from_secs(6));
+        assert!(lab.open_only("203.0.113.99:4000", 2).is_ok());
+    }
+
+    #[test]
+    fn rooms_nobody_proves_expire_fast_proven_ones_do_not() {
+        let mut lab = Lab::new();
+        let forged = lab.open_only("192.0.2.66:4000", 1).unwrap();
+        let (real, _) = lab.open("198.51.100.1:4000");
+        lab.advance(Duration::from_secs(5));
+        assert!(lab.events().contains(&Event::Closed {
+            code: forged,
+            reason: CloseReason::Unproven
+        }));
+        assert_eq!(lab.rooms.room_count(), 1);
+        assert!(lab.rooms.viewer_count(real).is_some());
+    }
+
+    #[test]
+    fn a_full_server_makes_room_from_the_biggest_holder_never_from_a_watched_room() {
+        let mut lab = Lab::with(RoomsConfig {
+            max_rooms: 10,
+            rooms_per_network: 8,
+            ..Default::default()
+        });
+        // A watched room, one from another network, then an attacker's /24 fills the server.
+        let (watched, _) = lab.open("198.51.100.1:4000");
+        lab.join("198.51.100.2:4001", 1, watched);
+        let (quiet, _) = lab.open("192.0.2.1:4000");
+        for i in 1..=8 {
+            lab.open_only(&format!("203.0.113.{i}:4000"), 1).unwrap();
+        }
+        assert_eq!(lab.rooms.room_count(), 10);
+        // A sender from elsewhere still gets a room: the attacker's newest goes.
+        lab.events();
+        assert!(lab.open_only("198.18.0.1:4000", 1).is_ok());
+        let closed: Vec<_> = lab
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Closed { code, reason } => Some((code, reason)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].1, CloseReason::Evicted);
+        assert!(closed[0].0 != watched && closed[0].0 != quiet);
+        // The attacker itself gets nothing more: it holds the most.
+        assert_eq!(
+            lab.open_only("203.0.113.50:4000", 1),
+            Err(ErrorKind::ServerFull)
+        );
+        // A server full of watched rooms closes none of them.
+        let mut lab = Lab::with(RoomsConfig {
+            max_rooms: 3,
+            ..Default::default()
+        });
+        for i in 1..=3 {
+            let (code, _) = lab.open(&format!("203.0.113.{i}:4000"));
+            lab.join(&format!("198.51.100.{i}:4001"), 1, code);
+        }
+        assert_eq!(
+            lab.open_only("198.18.0.1:4000", 1),
+            Err(ErrorKind::ServerFull)
+        );
+    }
+
+    #[test]
+    fn guessing_spends_a_budget_then_only_guessing_networks_are_refused() {
+        let mut lab = Lab::with(RoomsConfig {
+            misses_per_sec: 1.0,
+            miss_burst: 5.0,
+            ..Default::default()
+        });
+        let (code, _) = lab.open("198.51.100.1:4000");
+        let wrong = RoomCode::from_bits(code.bits() ^ 1);
+        // Each guess from its own /24: five misses spend the budget.
+        for i in 0..5 {
+            let out = lab.join(&format!("203.0.{i}.1:1"), 1, wrong);
+            assert_eq!(error_of(&out), Some(ErrorKind::RoomNotFound));
+        }
+        assert!(lab.events().contains(&Event::GuessingLimited));
+        // A network that guessed lately is refused now, even the right code.
+        let out = lab.join("203.0.0.7:1", 2, code);
+        assert_eq!(error_of(&out), Some(ErrorKind::RateLimited));
+        // A viewer from a network that never guessed joins.
+        let out = lab.join("198.51.100.20:1", 1, code);
+        assert!(matches!(out[1].msg, ServerMsg::Joined { .. }), "{out:?}");
+        // A minute later the guessers are forgotten and the budget is back.
+        lab.advance(Duration::from_secs(61));
+        let (code, _) = lab.open("198.51.100.1:4000");
+        let out = lab.join("203.0.0.7:1", 3, code);
+        assert!(matches!(out[1].msg, ServerMsg::Joined { .. }), "{out:?}");
     }
 
     #[test]

@@ -49,19 +49,9 @@ impl Default for WebLimits {
     }
 }
 
-/// The addresses counted as one client: an IPv4 address, or an IPv6 /64 (one host is
-/// usually given a whole /64, so per address would be no limit at all).
+/// The addresses counted as one client: an IPv4 address, or an IPv6 /64.
 pub fn client_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
+    crate::abuse::network_of(ip, 32)
 }
 
 /// Open connections, per client and in all.

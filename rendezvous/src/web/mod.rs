@@ -218,7 +218,7 @@ impl Drop for WebServer {
 /// Accepts connections within `limits` and serves each over HTTP/1.1 (in TLS with `tls`).
 async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, limits: WebLimits) {
     let conns = Connections::new(limits);
-    let mut refused = RefusalLog::default();
+    let mut refused = crate::abuse::LogThrottle::new(std::time::Duration::from_secs(10));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -230,7 +230,14 @@ async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, lim
             }
         };
         let Some(slot) = conns.admit(peer.ip()) else {
-            refused.note(peer.ip(), conns.open());
+            if let Some(held) = refused.allow(std::time::Instant::now()) {
+                tracing::warn!(
+                    last = %peer.ip(),
+                    more = held,
+                    open = conns.open(),
+                    "HTTP connection refused: a client or the server is at its connection limit"
+                );
+            }
             continue;
         };
         // Answers are small: don't let Nagle hold them back.
@@ -269,33 +276,6 @@ async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, lim
                 Ok(Ok(())) => {}
             }
         });
-    }
-}
-
-/// Refused connections, logged at most once every 10 s (an attack makes thousands).
-#[derive(Default)]
-struct RefusalLog {
-    since: Option<std::time::Instant>,
-    count: u64,
-}
-
-impl RefusalLog {
-    fn note(&mut self, ip: IpAddr, open: usize) {
-        self.count += 1;
-        let now = std::time::Instant::now();
-        if self
-            .since
-            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
-        {
-            tracing::warn!(
-                last = %ip,
-                refused = self.count,
-                open,
-                "HTTP connections refused: a client or the server is at its connection limit"
-            );
-            self.since = Some(now);
-            self.count = 0;
-        }
     }
 }
 

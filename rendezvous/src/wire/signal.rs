@@ -127,6 +127,8 @@ pub enum ErrorKind {
     ServerFull = 5,
     /// A claim whose ticket this rendezvous does not recognise.
     BadTicket = 6,
+    /// The sender's network has as many rooms open as the server allows one network.
+    TooManyRooms = 7,
 }
 
 impl ErrorKind {
@@ -138,6 +140,7 @@ impl ErrorKind {
             4 => Self::NotMember,
             5 => Self::ServerFull,
             6 => Self::BadTicket,
+            7 => Self::TooManyRooms,
             _ => return Err(WireError::Invalid("error kind")),
         })
     }
@@ -153,6 +156,9 @@ impl std::fmt::Display for ErrorKind {
             Self::RateLimited => "too many requests; try again in a few seconds",
             Self::NotMember => "not a member of this room",
             Self::ServerFull => "the rendezvous has no room left",
+            Self::TooManyRooms => {
+                "your network has as many rooms open as this rendezvous allows; close one first"
+            }
             Self::BadTicket => {
                 "the rendezvous does not recognise this room's ticket (it restarted with a new key)"
             }
@@ -816,7 +822,7 @@ mod tests {
             (room(), viewers).prop_map(|(code, viewers)| ServerMsg::Viewers { code, viewers }),
             (room(), addrs()).prop_map(|(code, sender)| ServerMsg::Alive { code, sender }),
             (room(), any::<u64>()).prop_map(|(code, nonce)| ServerMsg::Challenge { code, nonce }),
-            (any::<u64>(), 1u8..=6).prop_map(|(txn, k)| ServerMsg::Error {
+            (any::<u64>(), 1u8..=7).prop_map(|(txn, k)| ServerMsg::Error {
                 txn,
                 kind: ErrorKind::from_u8(k).unwrap()
             }),
