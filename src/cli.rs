@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use inclubit_rendezvous::code::RoomCode;
+use inclubit_rendezvous::code::PairingCode;
 use inclubit_rendezvous::server::ServerArgs;
 use inclubit_rendezvous::web::WebArgs;
 use inclubit_rendezvous::wire::media::Projection;
@@ -31,7 +31,8 @@ Exit codes:
   3  no room with that code
   4  network: rendezvous unreachable, sender unreachable or lost
   5  source: no camera, camera busy, no such file, not a video
-  6  graphics: no GPU adapter or window; with --xr no headset; the OpenXR runtime lost";
+  6  graphics: no GPU adapter or window; with --xr no headset; the OpenXR runtime lost
+  7  pairing failed: the code's last part is wrong, or someone is between you and the sender";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -125,8 +126,8 @@ fn parse_pair(s: &str) -> Result<[f32; 2], String> {
     Ok([n(a)?, n(b)?])
 }
 
-fn parse_code(s: &str) -> Result<RoomCode, String> {
-    s.parse::<RoomCode>().map_err(|e| e.to_string())
+fn parse_code(s: &str) -> Result<PairingCode, String> {
+    s.parse::<PairingCode>().map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -196,7 +197,7 @@ pub struct SendArgs {
     /// Keep this code from an earlier run (its ticket is kept on this machine), so viewers'
     /// links and pages keep working across a restart of the sender.
     #[arg(long, value_parser = parse_code, value_name = "CODE")]
-    pub code: Option<RoomCode>,
+    pub code: Option<PairingCode>,
     #[command(flatten)]
     pub net: NetArgs,
     /// Serve browser viewers from this PC (WebRTC bridge and viewer page) on ADDR
@@ -215,9 +216,10 @@ impl SendArgs {
 
 #[derive(Debug, Args)]
 pub struct ViewArgs {
-    /// The code the sender printed, e.g. K7F-Q2M.
+    /// The code the sender printed, e.g. K7F-Q2M-4X9P. The rendezvous learns only its first
+    /// two parts; the third pairs this viewer with the sender end to end.
     #[arg(value_parser = parse_code)]
-    pub code: RoomCode,
+    pub code: PairingCode,
     #[command(flatten)]
     pub display: DisplayArgs,
     /// Stop after this many frames.

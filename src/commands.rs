@@ -115,7 +115,7 @@ fn send_config(a: &SendArgs, rendezvous: Option<SocketAddr>) -> SendConfig {
 fn browser_link(
     rendezvous: &str,
     web: crate::rendezvous::wire::signal::WebSide,
-    code: crate::rendezvous::code::RoomCode,
+    code: crate::rendezvous::code::PairingCode,
 ) -> String {
     let host = match rendezvous.rsplit_once(':') {
         Some((h, p)) if p.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']')) => h,
@@ -191,7 +191,10 @@ impl SenderState {
             }
         }
         if let Some(code) = a.code {
-            cfg.claim = tickets.as_ref().and_then(|t| t.claim(&rendezvous, code));
+            cfg.secret = Some(code.secret);
+            cfg.claim = tickets
+                .as_ref()
+                .and_then(|t| t.claim(&rendezvous, code.room));
             if cfg.claim.is_none() {
                 return Err(PipelineError::Other(format!(
                     "--code {code}: this machine holds no ticket for that code at {rendezvous} \
@@ -211,7 +214,7 @@ impl SenderState {
 
     fn remember(&mut self, s: &SendSession) {
         if let Some(t) = &mut self.tickets {
-            if let Err(e) = t.remember(&self.rendezvous, s.code, s.ticket) {
+            if let Err(e) = t.remember(&self.rendezvous, s.code.room, s.ticket) {
                 tracing::warn!("{e}; this code cannot be kept across restarts");
             }
         }
@@ -259,11 +262,20 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
     // One listener for the whole loop: a signal arriving between iterations is not lost.
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut code = s.code;
     let r = loop {
         tokio::select! {
             r = s.finished() => break r,
             _ = &mut ctrl_c => break Ok(()),
-            _ = tick.tick() => say!("{}", s.stats().render(json)),
+            _ = tick.tick() => {
+                // Failed pairings drew a new secret: the technician hands out the new code.
+                if s.code_now() != code {
+                    code = s.code_now();
+                    say!("code        {code}  (new: {} failed pairings; the old code no longer works)", send::REKEY_AFTER);
+                    say!("viewer      {}", s.view_command());
+                }
+                say!("{}", s.stats().render(json))
+            }
         }
     };
     let stopped = s.stop().await;
@@ -536,23 +548,23 @@ mod tests {
 
     #[test]
     fn browser_links_use_the_rendezvous_host() {
-        let code = "K7F-Q2M".parse().unwrap();
+        let code = "K7F-Q2M-4X9P".parse().unwrap();
         let web = |port, https| WebSide { port, https };
         assert_eq!(
             browser_link("example.org:7000", web(443, true), code),
-            "https://example.org/r/K7F-Q2M"
+            "https://example.org/r/K7F-Q2M-4X9P"
         );
         assert_eq!(
             browser_link("example.org", web(8080, false), code),
-            "http://example.org:8080/r/K7F-Q2M"
+            "http://example.org:8080/r/K7F-Q2M-4X9P"
         );
         assert_eq!(
             browser_link("[2001:db8::1]:7000", web(80, false), code),
-            "http://[2001:db8::1]/r/K7F-Q2M"
+            "http://[2001:db8::1]/r/K7F-Q2M-4X9P"
         );
         assert_eq!(
             browser_link("192.0.2.1:7000", web(8443, true), code),
-            "https://192.0.2.1:8443/r/K7F-Q2M"
+            "https://192.0.2.1:8443/r/K7F-Q2M-4X9P"
         );
     }
 }

@@ -104,7 +104,7 @@ fn wrong_code_is_exit_3_with_one_clear_line() {
             "--rendezvous",
             &addr.to_string(),
             "--headless",
-            "K7F-Q2M",
+            "K7F-Q2M-4X9P",
         ],
         Duration::from_secs(5),
     );
@@ -118,6 +118,33 @@ fn wrong_code_is_exit_3_with_one_clear_line() {
 }
 
 #[test]
+fn a_wrong_secret_is_exit_7_and_three_of_them_give_the_room_a_new_code() {
+    let (send, code, rv) = sender(None);
+    let (room, secret) = code.rsplit_once('-').unwrap();
+    let bad = format!("{room}-{}", if secret == "0000" { "0001" } else { "0000" });
+    for _ in 0..3 {
+        let (exit, err) = view(&rv, &bad, "10").wait(Duration::from_secs(20));
+        assert_eq!(exit, 7, "{err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: pairing with the sender failed")
+                && last.contains("someone between"),
+            "{err}"
+        );
+    }
+    // The technician is told the new code; the old one fails, the new one plays.
+    let line = send.line("code ", Duration::from_secs(10));
+    let new = line.split_whitespace().nth(1).unwrap().to_string();
+    assert!(line.contains("failed pairings"), "{line}");
+    assert!(new.starts_with(room) && new != code, "{line}");
+    assert!(send.stderr().contains("failed to pair"));
+    let (exit, err) = view(&rv, &code, "10").wait(Duration::from_secs(20));
+    assert_eq!(exit, 7, "{err}");
+    let (exit, err) = view(&rv, &new, "10").wait(Duration::from_secs(30));
+    assert_eq!(exit, 0, "{err}");
+}
+
+#[test]
 fn unreachable_rendezvous_is_exit_4() {
     // A port nobody listens on: bind and drop.
     let port = UdpSocket::bind("127.0.0.1:0")
@@ -127,7 +154,7 @@ fn unreachable_rendezvous_is_exit_4() {
         .port();
     let rv = format!("127.0.0.1:{port}");
     let (code, err) = run(
-        &["view", "--rendezvous", &rv, "--headless", "K7F-Q2M"],
+        &["view", "--rendezvous", &rv, "--headless", "K7F-Q2M-4X9P"],
         Duration::from_secs(5),
     );
     assert_eq!(code, 4, "{err}");
@@ -171,6 +198,13 @@ fn malformed_code_and_flags_are_exit_2() {
         Duration::from_secs(5),
     );
     assert_eq!(code, 2, "{err}");
+    // The room part alone (what the rendezvous knows) is not enough, and the error says why.
+    let (code, err) = run(
+        &["view", "--rendezvous", "127.0.0.1:1", "K7F-Q2M"],
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("only the room part"), "{err}");
     let (code, _) = run(&["send", "--size", "big"], Duration::from_secs(5));
     assert_eq!(code, 2);
 }

@@ -16,7 +16,7 @@ use super::stats::RateMeter;
 use super::PipelineError;
 use crate::clock;
 use crate::encode::EncodedFrame;
-use crate::net::control::read_control;
+use crate::net::control::{pair_as_sender, read_control, SessionError};
 
 /// How often the estimate, the rendition and the ladder's rates are revisited.
 const TICK: Duration = Duration::from_millis(100);
@@ -54,28 +54,44 @@ impl Place {
     }
 }
 
+/// A paired viewer's control stream and what it asked for in its hello.
+pub(super) type ControlStream = (quinn::SendStream, quinn::RecvStream, Preference);
+
+/// Accepts a viewer's control stream and pairs with it (`peer::pairing`): nothing of the stream
+/// goes to a viewer that has not proved it holds the code's secret on this connection. A failed
+/// pairing is counted against the code.
+pub(super) async fn pair_viewer(
+    id: usize,
+    conn: &quinn::Connection,
+    shared: &Shared,
+) -> Result<ControlStream, PipelineError> {
+    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
+        .await
+        .map_err(|_| PipelineError::Protocol("no control stream within 5 s".into()))?
+        .map_err(|e| PipelineError::Connection(e.to_string()))?;
+    let code = shared
+        .code()
+        .ok_or_else(|| PipelineError::Other("sender state poisoned".into()))?;
+    match pair_as_sender(conn, &mut send, &mut recv, code.secret).await {
+        Ok((name, prefer)) => {
+            tracing::debug!(id, %name, ?prefer, "paired");
+            Ok((send, recv, prefer))
+        }
+        Err(e @ SessionError::Pairing(_)) => {
+            shared.pairing_failed();
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(super) async fn serve_viewer(
     id: usize,
     conn: quinn::Connection,
     shared: &Arc<Shared>,
     mut frames: broadcast::Receiver<Arc<EncodedFrame>>,
+    (mut ctrl_send, mut ctrl_recv, mut prefer): ControlStream,
 ) -> Result<(), PipelineError> {
-    let (mut ctrl_send, mut ctrl_recv) =
-        tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
-            .await
-            .map_err(|_| PipelineError::Protocol("no control stream within 5 s".into()))?
-            .map_err(|e| PipelineError::Connection(e.to_string()))?;
-    let mut prefer = match read_control(&mut ctrl_recv).await? {
-        Some(Control::ViewerHello { name, prefer }) => {
-            tracing::debug!(id, %name, ?prefer, "hello");
-            prefer
-        }
-        other => {
-            return Err(PipelineError::Protocol(format!(
-                "expected hello, got {other:?}"
-            )))
-        }
-    };
     let ladder = shared.ladder.clone();
     let mut hello = shared.hello.clone();
     hello.next_seq = ladder.renditions[TOP].next_seq.load(Ordering::Relaxed);

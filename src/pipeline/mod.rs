@@ -35,6 +35,9 @@ pub enum PipelineError {
     Connection(String),
     #[error("the sender sent something malformed: {0}")]
     Protocol(String),
+    /// The other end does not hold this code's secret on this connection.
+    #[error("pairing with the sender failed: {0}")]
+    Pairing(#[from] inclubit_rendezvous::peer::pairing::PairingError),
     /// `--xr` and no headset to render to.
     #[error("{0}")]
     Headset(String),
@@ -49,6 +52,7 @@ impl From<crate::net::control::SessionError> for PipelineError {
             S::Net(e) => Self::Net(e),
             S::Connection(e) => Self::Connection(e),
             S::Protocol(e) => Self::Protocol(e),
+            S::Pairing(e) => Self::Pairing(e),
         }
     }
 }
@@ -62,6 +66,8 @@ pub mod exit {
     pub const NETWORK: i32 = 4;
     pub const SOURCE: i32 = 5;
     pub const GRAPHICS: i32 = 6;
+    /// The code's secret part did not pair: a wrong code, or someone between.
+    pub const PAIRING: i32 = 7;
 }
 
 impl PipelineError {
@@ -71,6 +77,7 @@ impl PipelineError {
             Self::Net(NetError::Refused(ErrorKind::RoomNotFound)) => exit::ROOM_NOT_FOUND,
             Self::Net(_) | Self::Connection(_) | Self::Rendezvous(_) => exit::NETWORK,
             Self::Render(_) | Self::Headset(_) => exit::GRAPHICS,
+            Self::Pairing(_) => exit::PAIRING,
             _ => exit::FAILURE,
         }
     }

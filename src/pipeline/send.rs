@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use inclubit_rendezvous::code::RoomCode;
+use inclubit_rendezvous::code::{PairingCode, PairingSecret};
 use inclubit_rendezvous::server::rooms::TicketKey;
 use inclubit_rendezvous::wire::media::{Codec, Projection, StreamHello, ViewerStats};
 use inclubit_rendezvous::wire::signal::{Claim, RoomTicket, WebSide};
@@ -56,6 +56,8 @@ pub struct SendConfig {
     pub frame_log: Option<mpsc::UnboundedSender<FrameLog>>,
     /// Re-open this code (a restarted sender keeping its viewers' links).
     pub claim: Option<Claim>,
+    /// The code's secret part (kept with `--code`); `None`: a new one.
+    pub secret: Option<PairingSecret>,
     /// The embedded rendezvous's ticket key (kept across restarts by the caller).
     pub ticket_key: Option<TicketKey>,
 }
@@ -81,6 +83,7 @@ impl Default for SendConfig {
             no_upnp: false,
             frame_log: None,
             claim: None,
+            secret: None,
             ticket_key: None,
         }
     }
@@ -106,7 +109,12 @@ pub(super) struct Shared {
     pub(super) viewers: Mutex<Vec<ViewerSlot>>,
     /// Frames and bytes of the full-size rendition.
     encoded: Mutex<(RateMeter, u64)>,
+    /// The code viewers pair with now, and the pairings that failed since it was drawn.
+    pairing: Mutex<(PairingCode, u32)>,
 }
+
+/// Failed pairings (wrong guesses, or someone between) before the code's secret is redrawn.
+pub const REKEY_AFTER: u32 = 3;
 
 pub(super) struct ViewerSlot {
     pub(super) id: usize,
@@ -118,6 +126,32 @@ pub(super) struct ViewerSlot {
 }
 
 impl Shared {
+    /// The code viewers must bring now.
+    pub(super) fn code(&self) -> Option<PairingCode> {
+        self.pairing.lock().ok().map(|p| p.0)
+    }
+
+    /// A viewer failed to pair: counted, and after [`REKEY_AFTER`] the secret is redrawn (the
+    /// technician is told the new code; viewers already watching stay).
+    pub(super) fn pairing_failed(&self) {
+        let Ok(mut p) = self.pairing.lock() else {
+            return;
+        };
+        p.1 += 1;
+        tracing::warn!(
+            failed = p.1,
+            "a viewer failed to pair: a wrong code, or someone between it and this sender"
+        );
+        if p.1 >= REKEY_AFTER {
+            p.0.secret = PairingSecret::random(&mut rand::thread_rng());
+            p.1 = 0;
+            tracing::warn!(
+                "{REKEY_AFTER} failed pairings: the code is now {} (the old one no longer works)",
+                p.0
+            );
+        }
+    }
+
     /// One viewer's rates as its session last published them.
     pub(super) fn viewer_rate(&self, id: usize) -> Option<ViewerRate> {
         let v = self.viewers.lock().ok()?;
@@ -136,7 +170,8 @@ impl Shared {
 
 /// A running sender.
 pub struct SendSession {
-    pub code: RoomCode,
+    /// The code as first printed; [`SendSession::code_now`] after failed pairings.
+    pub code: PairingCode,
     /// Proof of ownership of `code` at this rendezvous: keep it to re-open the code later.
     pub ticket: RoomTicket,
     /// The rendezvous viewers should use.
@@ -191,6 +226,12 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     ));
 
     let room = open_room(&cfg).await?;
+    let code = PairingCode {
+        room: room.code,
+        secret: cfg
+            .secret
+            .unwrap_or_else(|| PairingSecret::random(&mut rand::thread_rng())),
+    };
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         hello: StreamHello {
@@ -210,6 +251,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         budget: cfg.latency_budget,
         viewers: Mutex::new(Vec::new()),
         encoded: Mutex::new((RateMeter::default(), 0)),
+        pairing: Mutex::new((code, 0)),
     });
     let (frames_tx, _) = broadcast::channel::<Arc<EncodedFrame>>(16);
     let (done_tx, done) = watch::channel(false);
@@ -258,7 +300,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     ];
     tasks.extend(room.server_task);
     Ok(SendSession {
-        code: room.code,
+        code,
         ticket: room.ticket,
         rendezvous: room.advertised,
         embedded_rendezvous: room.embedded,
@@ -356,6 +398,14 @@ async fn accept_loop(
                 }
             };
             let remote = conn.remote_address();
+            let control = match deliver::pair_viewer(id, &conn, &shared).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(%remote, id, "viewer refused: {e}");
+                    conn.close(PAIRING_FAILED.into(), b"pairing failed");
+                    return;
+                }
+            };
             tracing::info!(%remote, id, "viewer connected");
             if let Ok(mut v) = shared.viewers.lock() {
                 v.push(ViewerSlot {
@@ -366,7 +416,7 @@ async fn accept_loop(
                     rate: None,
                 });
             }
-            let r = deliver::serve_viewer(id, conn.clone(), &shared, rx).await;
+            let r = deliver::serve_viewer(id, conn.clone(), &shared, rx, control).await;
             if let Ok(mut v) = shared.viewers.lock() {
                 v.retain(|s| s.id != id);
             }
@@ -379,12 +429,21 @@ async fn accept_loop(
     }
 }
 
+/// QUIC close code for a viewer that did not pair.
+const PAIRING_FAILED: u32 = 7;
+
 impl SendSession {
+    /// The code viewers must bring now (it changes after failed pairings).
+    pub fn code_now(&self) -> PairingCode {
+        self.shared.code().unwrap_or(self.code)
+    }
+
     /// The command a viewer runs.
     pub fn view_command(&self) -> String {
         format!(
             "inclubit view --rendezvous {} {}",
-            self.rendezvous, self.code
+            self.rendezvous,
+            self.code_now()
         )
     }
 

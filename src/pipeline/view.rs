@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use inclubit_rendezvous::code::RoomCode;
+use inclubit_rendezvous::code::PairingCode;
 use inclubit_rendezvous::wire::media::{Preference, StreamHello, ViewerStats};
 use tokio::sync::mpsc;
 
@@ -117,7 +117,7 @@ impl FrameSlot {
 
 #[derive(Clone)]
 pub struct ViewConfig {
-    pub code: RoomCode,
+    pub code: PairingCode,
     pub rendezvous: SocketAddr,
     pub bind: SocketAddr,
     pub display: Display,
@@ -151,7 +151,7 @@ pub struct ViewConfig {
 const REJOIN_RETRY: Duration = Duration::from_secs(1);
 
 impl ViewConfig {
-    pub fn new(code: RoomCode, rendezvous: SocketAddr) -> Self {
+    pub fn new(code: PairingCode, rendezvous: SocketAddr) -> Self {
         Self {
             code,
             rendezvous,

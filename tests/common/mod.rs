@@ -109,7 +109,7 @@ impl inclubit::net::Impairment for Blackout {
 }
 
 pub fn headless_viewer(
-    code: inclubit::rendezvous::code::RoomCode,
+    code: inclubit::rendezvous::code::PairingCode,
     rv: SocketAddr,
     frames: u64,
 ) -> (

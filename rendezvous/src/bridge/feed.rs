@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 use super::core::AccessUnit;
-use crate::code::RoomCode;
+use crate::code::{PairingCode, PairingSecret, RoomCode};
 use crate::peer::control::SessionError;
 use crate::peer::rendition::TOP;
 use crate::peer::subscribe::{subscribe, SubEvent, SubHandle, SubscribeConfig};
@@ -38,6 +39,64 @@ pub enum FeedError {
     Offline(RoomCode, String),
     #[error("the rendezvous did not answer: {0}")]
     Rendezvous(String),
+    /// The code's secret part is not the one the room's sender pairs with.
+    #[error("wrong code for room {0}: check the whole code the sender printed")]
+    WrongCode(RoomCode),
+    /// Too many wrong codes for this room lately: no new browsers for a while.
+    #[error("too many wrong codes for room {0}; try again in a few minutes")]
+    Locked(RoomCode),
+}
+
+/// Wrong secrets for one room before it takes no new browsers, and for how long. Without it
+/// the bridge would answer right or wrong for every guess: an oracle for the secret.
+const WRONG_LIMIT: u32 = 3;
+const WRONG_WINDOW: Duration = Duration::from_secs(600);
+/// Most rooms whose wrong guesses are remembered.
+const MAX_WRONG_ROOMS: usize = 10_000;
+
+/// The secret each room's upstreams paired with, and the wrong ones browsers brought.
+#[derive(Default)]
+struct Secrets {
+    paired: HashMap<RoomCode, PairingSecret>,
+    wrong: HashMap<RoomCode, (u32, Instant)>,
+}
+
+impl Secrets {
+    /// Whether a browser with `code` may watch; the first code for a room is the upstream's to
+    /// prove with the sender.
+    fn check(&mut self, code: PairingCode, now: Instant) -> Result<(), FeedError> {
+        let room = code.room;
+        if let Some((n, since)) = self.wrong.get(&room) {
+            if now < *since + WRONG_WINDOW {
+                if *n >= WRONG_LIMIT {
+                    return Err(FeedError::Locked(room));
+                }
+            } else {
+                self.wrong.remove(&room);
+            }
+        }
+        match self.paired.get(&room) {
+            None => {
+                self.paired.insert(room, code.secret);
+                Ok(())
+            }
+            Some(s) if *s == code.secret => Ok(()),
+            Some(_) => {
+                self.wrong_guess(room, now);
+                Err(FeedError::WrongCode(room))
+            }
+        }
+    }
+
+    fn wrong_guess(&mut self, room: RoomCode, now: Instant) {
+        if self.wrong.len() >= MAX_WRONG_ROOMS {
+            self.wrong.retain(|_, (_, t)| now < *t + WRONG_WINDOW);
+        }
+        if self.wrong.len() < MAX_WRONG_ROOMS || self.wrong.contains_key(&room) {
+            self.wrong.entry(room).or_insert((0, now)).0 += 1;
+        }
+        tracing::warn!(%room, "a browser brought a wrong code for this room");
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +117,7 @@ struct Feed {
 pub struct Feeds {
     rendezvous: SocketAddr,
     feeds: Mutex<HashMap<Key, Feed>>,
+    secrets: Mutex<Secrets>,
     next_id: std::sync::atomic::AtomicU64,
     to_driver: mpsc::UnboundedSender<FeedMsg>,
 }
@@ -67,15 +127,21 @@ impl Feeds {
         Self {
             rendezvous,
             feeds: Mutex::new(HashMap::new()),
+            secrets: Mutex::new(Secrets::default()),
             next_id: std::sync::atomic::AtomicU64::new(1),
             to_driver,
         }
     }
 
-    /// Subscribes to `room` (its full-size rendition) unless already subscribed; returns once
-    /// its stream is live.
-    pub async fn ensure(self: &Arc<Self>, room: RoomCode) -> Result<StreamHello, FeedError> {
-        self.ensure_rendition(room, TOP).await
+    /// Subscribes to `code`'s room (its full-size rendition) unless already subscribed;
+    /// returns once its stream is live. A browser's code must be the one the room's upstream
+    /// paired with.
+    pub async fn ensure(self: &Arc<Self>, code: PairingCode) -> Result<StreamHello, FeedError> {
+        self.secrets
+            .lock()
+            .map_err(|_| poisoned())?
+            .check(code, Instant::now())?;
+        self.ensure_rendition(code.room, TOP).await
     }
 
     /// Subscribes to `room`'s `rendition` unless already subscribed; returns once it is live.
@@ -203,7 +269,17 @@ impl Feeds {
         state: watch::Sender<State>,
         handle_slot: Arc<Mutex<Option<SubHandle>>>,
     ) {
-        let mut cfg = SubscribeConfig::new(room, self.rendezvous);
+        let secret = self
+            .secrets
+            .lock()
+            .ok()
+            .and_then(|s| s.paired.get(&room).copied());
+        let Some(secret) = secret else {
+            let _ = state.send(State::Failed(FeedError::WrongCode(room)));
+            self.forget((room, rendition), Some(id));
+            return;
+        };
+        let mut cfg = SubscribeConfig::new(PairingCode { room, secret }, self.rendezvous);
         cfg.name = "web-bridge".into();
         cfg.prefer = Preference {
             rendition: Some(rendition as u8),
@@ -218,6 +294,13 @@ impl Feeds {
             }
             Err(SessionError::Net(e @ NetError::Unreachable(_))) => {
                 Err(FeedError::Rendezvous(e.to_string()))
+            }
+            Err(SessionError::Pairing(_)) => {
+                if let Ok(mut s) = self.secrets.lock() {
+                    s.paired.remove(&room);
+                    s.wrong_guess(room, Instant::now());
+                }
+                Err(FeedError::WrongCode(room))
             }
             Err(e) => Err(FeedError::Offline(room, e.to_string())),
         };
@@ -276,6 +359,12 @@ impl Feeds {
             Some(feed) if id.is_some_and(|id| id != feed.id) => false,
             Some(_) => {
                 f.remove(&key);
+                // The room's last upstream: its secret is proved afresh next time.
+                if !f.keys().any(|k| k.0 == key.0) {
+                    if let Ok(mut s) = self.secrets.lock() {
+                        s.paired.remove(&key.0);
+                    }
+                }
                 true
             }
             None => true,

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use self::core::{BridgeCore, CoreOutput, OfferError, PeerId};
 use self::feed::{FeedError, FeedMsg, Feeds};
-use crate::code::RoomCode;
+use crate::code::{PairingCode, RoomCode};
 use crate::peer::rendition::{LOW, TOP};
 use crate::wire::media::StreamHello;
 
@@ -135,9 +135,10 @@ impl Bridge {
         &self.local
     }
 
-    /// A browser's WHEP offer for `room`: subscribes to the room if needed, then answers.
-    pub async fn offer(&self, room: RoomCode, sdp: String) -> Result<Answer, BridgeError> {
-        let hello = self.feeds.ensure(room).await?;
+    /// A browser's WHEP offer for `code`: subscribes to the room if needed, then answers.
+    pub async fn offer(&self, code: PairingCode, sdp: String) -> Result<Answer, BridgeError> {
+        let room = code.room;
+        let hello = self.feeds.ensure(code).await?;
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Offer {

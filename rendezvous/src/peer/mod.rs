@@ -7,6 +7,7 @@ pub mod congestion;
 pub mod control;
 pub mod endpoint;
 pub mod netem;
+pub mod pairing;
 pub mod paths;
 pub mod portmap;
 pub mod punch;

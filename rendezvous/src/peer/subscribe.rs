@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::candidates::host_candidates;
-use super::control::{read_control, SessionError};
+use super::control::{pair_as_viewer, read_control, SessionError};
 use super::endpoint::{client_config, SERVER_NAME};
 use super::paths::{PathManager, PathObserver};
 use super::portmap::{self, PortMapper};
@@ -21,7 +21,7 @@ use super::reorder::{Output, Reorder, ReorderConfig};
 use super::signal::Signalling;
 use super::{Impairment, MediaSocket, NetError, PathPolicy, PeerEndpoint};
 use crate::client::{ClientEvent, Role};
-use crate::code::RoomCode;
+use crate::code::PairingCode;
 use crate::wire::media::{
     Control, FrameArrival, FrameHeader, Preference, StreamHello, ViewerStats, MAX_FRAME_LEN,
 };
@@ -34,7 +34,8 @@ pub type StatsFn = Arc<dyn Fn(Duration, &'static str) -> ViewerStats + Send + Sy
 
 #[derive(Clone)]
 pub struct SubscribeConfig {
-    pub code: RoomCode,
+    /// The room to join and the secret to pair with its sender.
+    pub code: PairingCode,
     pub rendezvous: SocketAddr,
     pub bind: SocketAddr,
     pub reorder: ReorderConfig,
@@ -53,7 +54,7 @@ pub struct SubscribeConfig {
 }
 
 impl SubscribeConfig {
-    pub fn new(code: RoomCode, rendezvous: SocketAddr) -> Self {
+    pub fn new(code: PairingCode, rendezvous: SocketAddr) -> Self {
         Self {
             code,
             rendezvous,
@@ -228,7 +229,7 @@ pub async fn subscribe(cfg: SubscribeConfig) -> Result<Subscription, SessionErro
         signal,
         cfg.rendezvous,
         Role::Viewer {
-            code: cfg.code,
+            code: cfg.code.room,
             hosts: hosts.clone(),
         },
         Some(peer_sink),
@@ -318,16 +319,14 @@ pub async fn subscribe(cfg: SubscribeConfig) -> Result<Subscription, SessionErro
         .open_bi()
         .await
         .map_err(|e| SessionError::Connection(e.to_string()))?;
-    ctrl_send
-        .write_all(
-            &Control::ViewerHello {
-                name: cfg.name.clone(),
-                prefer: cfg.prefer,
-            }
-            .frame(),
-        )
-        .await
-        .map_err(|e| SessionError::Connection(e.to_string()))?;
+    pair_as_viewer(
+        &conn,
+        &mut ctrl_send,
+        &mut ctrl_recv,
+        (cfg.name.clone(), cfg.prefer),
+        cfg.code.secret,
+    )
+    .await?;
     let hello = match tokio::time::timeout(Duration::from_secs(5), read_control(&mut ctrl_recv))
         .await
         .map_err(|_| SessionError::Protocol("no hello from the sender".into()))??

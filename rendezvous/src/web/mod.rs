@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use self::limits::{Connections, OfferLimiter, WebLimits};
 
 use crate::bridge::{Bridge, BridgeConfig, BridgeError};
-use crate::code::RoomCode;
+use crate::code::{PairingCode, RoomCode};
 
 const VIEWER_HTML: &str = include_str!("../../../web/viewer.html");
 const VIEWER_JS: &str = include_str!("../../../web/viewer.js");
@@ -199,7 +199,7 @@ impl WebServer {
     }
 
     /// The viewer link for `code`, on `host` (an address or name browsers can reach).
-    pub fn room_url(&self, host: &str, code: RoomCode) -> String {
+    pub fn room_url(&self, host: &str, code: PairingCode) -> String {
         let scheme = if self.https { "https" } else { "http" };
         let host = match host.parse::<IpAddr>() {
             Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
@@ -341,7 +341,8 @@ fn html(body: String, cache: &'static str) -> Response {
 }
 
 async fn viewer_page(Path(code): Path<String>) -> Response {
-    if code.parse::<RoomCode>().is_err() {
+    // A room code without its secret still gets the page, which then says what is missing.
+    if code.parse::<PairingCode>().is_err() && code.parse::<RoomCode>().is_err() {
         return not_found().await;
     }
     html(VIEWER_HTML.to_string(), "no-cache")

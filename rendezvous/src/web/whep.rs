@@ -13,7 +13,7 @@ use super::{json_error, ClientAddr, WebState};
 use crate::bridge::core::OfferError;
 use crate::bridge::feed::FeedError;
 use crate::bridge::BridgeError;
-use crate::code::RoomCode;
+use crate::code::{PairingCode, RoomCode};
 
 /// Largest SDP offer accepted (browsers send 3–10 KB).
 const MAX_OFFER: usize = 64 * 1024;
@@ -56,13 +56,11 @@ pub async fn offer(
             "this server does not bridge to browsers".into(),
         );
     };
-    let Ok(room) = code.parse::<RoomCode>() else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "room_not_found",
-            format!("`{code}` is not a room code"),
-        );
+    let code = match code.parse::<PairingCode>() {
+        Ok(c) => c,
+        Err(e) => return json_error(StatusCode::NOT_FOUND, "room_not_found", e.to_string()),
     };
+    let room = code.room;
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -99,7 +97,7 @@ pub async fn offer(
             ),
         );
     }
-    match bridge.offer(room, sdp).await {
+    match bridge.offer(code, sdp).await {
         Ok(a) => {
             let mut r = (StatusCode::CREATED, a.sdp).into_response();
             let h = r.headers_mut();
@@ -157,6 +155,15 @@ fn error_response(e: BridgeError) -> Response {
             let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "sender_offline", msg);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            r
+        }
+        BridgeError::Feed(FeedError::WrongCode(_)) => {
+            json_error(StatusCode::FORBIDDEN, "wrong_code", msg)
+        }
+        BridgeError::Feed(FeedError::Locked(_)) => {
+            let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, "room_locked", msg);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
             r
         }
         BridgeError::Feed(FeedError::Rendezvous(_)) => {

@@ -85,6 +85,12 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.bytes(n)?).map_err(|_| WireError::Invalid("utf-8"))
     }
 
+    /// Bytes with a one-byte length.
+    pub fn short_bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let n = self.u8()? as usize;
+        self.bytes(n)
+    }
+
     pub fn finish(self) -> Result<(), WireError> {
         if self.buf.is_empty() {
             Ok(())
@@ -138,6 +144,12 @@ impl Writer {
         for a in &list[..n] {
             self.addr(a);
         }
+    }
+    /// At most 255 bytes (callers pass short fields), with a one-byte length.
+    pub fn short_bytes(&mut self, v: &[u8]) {
+        let v = &v[..v.len().min(255)];
+        self.u8(v.len() as u8);
+        self.bytes(v);
     }
     /// Strings longer than 255 bytes are cut at a char boundary.
     pub fn short_str(&mut self, s: &str) {

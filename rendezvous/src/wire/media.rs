@@ -8,7 +8,7 @@
 use super::codec::{Reader, WireError, Writer};
 
 /// 2: viewers report frame arrivals (`Control::Arrivals`) for the sender's rate control.
-pub const MEDIA_VERSION: u8 = 3;
+pub const MEDIA_VERSION: u8 = 4;
 /// ALPN for peer-to-peer media connections.
 pub const ALPN: &[u8] = b"inclubit/1";
 /// Largest control message body.
@@ -171,8 +171,16 @@ pub struct ViewerStats {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
-    /// Viewer → sender, first message.
-    ViewerHello { name: String, prefer: Preference },
+    /// Viewer → sender, first message. `pake`: the viewer's SPAKE2 message (`peer::pairing`).
+    ViewerHello {
+        name: String,
+        prefer: Preference,
+        pake: Vec<u8>,
+    },
+    /// Sender → viewer: its SPAKE2 message and its confirmation of the key for this session.
+    Pairing { pake: Vec<u8>, confirm: [u8; 32] },
+    /// Viewer → sender: the viewer's confirmation; the sender says `Hello` only after it.
+    PairConfirm { confirm: [u8; 32] },
     /// Sender → viewer, answer to the hello.
     Hello(StreamHello),
     /// Viewer → sender: decoding cannot go on until an IDR.
@@ -224,6 +232,8 @@ const C_PONG: u8 = 6;
 const C_STATS: u8 = 7;
 const C_ARRIVALS: u8 = 8;
 const C_PREFER: u8 = 9;
+const C_PAIRING: u8 = 10;
+const C_PAIR_CONFIRM: u8 = 11;
 /// `Preference::rendition` of `None` on the wire.
 const AUTO: u8 = u8::MAX;
 
@@ -247,10 +257,20 @@ impl Control {
         let mut w = Writer::default();
         w.u8(MEDIA_VERSION);
         match self {
-            Self::ViewerHello { name, prefer } => {
+            Self::ViewerHello { name, prefer, pake } => {
                 w.u8(C_VIEWER_HELLO);
                 w.short_str(name);
                 prefer.write(&mut w);
+                w.short_bytes(pake);
+            }
+            Self::Pairing { pake, confirm } => {
+                w.u8(C_PAIRING);
+                w.short_bytes(pake);
+                w.bytes(confirm);
+            }
+            Self::PairConfirm { confirm } => {
+                w.u8(C_PAIR_CONFIRM);
+                w.bytes(confirm);
             }
             Self::Hello(h) => {
                 w.u8(C_HELLO);
@@ -332,6 +352,14 @@ impl Control {
             C_VIEWER_HELLO => Self::ViewerHello {
                 name: r.short_str()?.to_string(),
                 prefer: Preference::read(&mut r)?,
+                pake: r.short_bytes()?.to_vec(),
+            },
+            C_PAIRING => Self::Pairing {
+                pake: r.short_bytes()?.to_vec(),
+                confirm: r.array()?,
+            },
+            C_PAIR_CONFIRM => Self::PairConfirm {
+                confirm: r.array()?,
             },
             C_HELLO => Self::Hello(StreamHello {
                 codec: Codec::from_u8(r.u8()?)?,
@@ -430,8 +458,22 @@ mod tests {
 
     fn control() -> impl Strategy<Value = Control> {
         prop_oneof![
-            ("[a-z]{0,40}", preference())
-                .prop_map(|(name, prefer)| Control::ViewerHello { name, prefer }),
+            (
+                "[a-z]{0,40}",
+                preference(),
+                proptest::collection::vec(any::<u8>(), 0..=40)
+            )
+                .prop_map(|(name, prefer, pake)| Control::ViewerHello {
+                    name,
+                    prefer,
+                    pake
+                }),
+            (
+                proptest::collection::vec(any::<u8>(), 0..=40),
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(pake, confirm)| Control::Pairing { pake, confirm }),
+            any::<[u8; 32]>().prop_map(|confirm| Control::PairConfirm { confirm }),
             (
                 any::<u16>(),
                 any::<u16>(),
