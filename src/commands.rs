@@ -238,6 +238,7 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
         Some(addr) => {
             let mut opts = a.web_opts.clone();
             opts.state_dir = crate::rendezvous::state::default_dir("inclubit");
+            opts.on_camera = true;
             let web = WebService::start(addr, &opts, s.rendezvous)
                 .await
                 .map_err(|e| PipelineError::Other(format!("web viewer: {e}")))?;

@@ -404,6 +404,11 @@ async fn whep_errors_and_the_pages_states() {
 
     let sender = common::sender(rv, 640, 320).await;
     let code = sender.code;
+    // The right room with a wrong secret: the bridge's pairing with the sender fails.
+    let wrong = format!("/whep/{}-{}", code.room, other_secret(code));
+    let (status, body) = post_from("127.0.0.2", addr, &wrong, &h264).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("wrong_code"), "{body}");
     let (status, _, body) = post(addr, &format!("/whep/{code}"), "v=0\r\nnonsense".into()).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("bad_sdp"));
@@ -437,9 +442,11 @@ async fn whep_errors_and_the_pages_states() {
     assert_eq!(header(&h, "content-type"), Some("image/svg+xml"));
 
     // A good offer: 201, an answer, a Location to DELETE.
-    let (status, h, answer) = post(addr, &format!("/whep/{code}"), h264).await;
+    let (status, h, answer) = post(addr, &format!("/whep/{code}"), h264.clone()).await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(header(&h, "content-type"), Some("application/sdp"));
+    // The admin's server bridges: the page is told the server can see the stream.
+    assert_eq!(header(&h, "inclubit-trust"), Some("server"));
     assert!(answer.starts_with("v=0"));
     assert!(answer.contains("a=ice-lite"));
     assert!(
@@ -447,7 +454,11 @@ async fn whep_errors_and_the_pages_states() {
         "a loopback candidate: {answer}"
     );
     let location = header(&h, "location").unwrap().to_string();
-    assert!(location.starts_with(&format!("/whep/{code}/")));
+    // The secret stays out of the session's address.
+    assert!(
+        location.starts_with(&format!("/whep/{}/", code.room)),
+        "{location}"
+    );
     let loc = location.clone();
     let (patch, _, _) = tokio::task::spawn_blocking(move || http(addr, "PATCH", &loc, None, b""))
         .await
@@ -478,6 +489,20 @@ async fn whep_errors_and_the_pages_states() {
         .await
         .unwrap();
     assert_eq!(first, json!([640, 320]));
+    // With the room live, two more wrong secrets from that client are refused by the bridge
+    // itself; after three that client gets no answer for the room, even for the right code
+    // (no oracle for guessing), while the page (another client) keeps playing.
+    for _ in 0..2 {
+        let (status, body) = post_from("127.0.0.2", addr, &wrong, &h264).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    let right = format!("/whep/{code}");
+    let (status, body) = post_from("127.0.0.2", addr, &right, &h264).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("room_locked"), "{body}");
+    let frames = c.execute("return inclubit.frames", vec![]).await.unwrap();
+    let more = format!("inclubit.frames >= {}", frames.as_u64().unwrap() + 10);
+    wait_for(&c, &more, LONG).await;
     sender.stop().await.unwrap();
     wait_for(
         &c,
@@ -575,6 +600,8 @@ async fn an_open_page_plays_again_after_a_send_web_sender_restarts_with_its_code
     let c = d.browser().await;
     c.goto(&url).await.unwrap();
     wait_for(&c, "inclubit.frames >= 10", LONG).await;
+    // Served by the camera PC's own bridge: the page says end to end.
+    wait_for(&c, "inclubit.trust === 'end-to-end'", LONG).await;
     let before = kill_under_the_page(&c, first).await;
     let (_second, again, url_again) = start(Some(&code));
     assert_eq!(
@@ -584,4 +611,37 @@ async fn an_open_page_plays_again_after_a_send_web_sender_restarts_with_its_code
     plays_again(&c, before).await;
     c.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A secret that is not `code`'s.
+fn other_secret(code: inclubit::rendezvous::code::PairingCode) -> String {
+    let bits = code.secret.bits() ^ 1;
+    inclubit::rendezvous::code::PairingSecret::from_bits(bits).to_string()
+}
+
+/// A WHEP POST from loopback address `from`: (status, body).
+async fn post_from(from: &str, to: SocketAddr, path: &str, sdp: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    let mut c = s.connect(to).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
 }

@@ -13,7 +13,7 @@ const xrScale = Math.min(1, Math.max(0.1, +(query.get('scale') || 1)));
 const S = (window.inclubit = {
   status: '', phase: 'connecting', frames: 0, played: false, projection: 0,
   orient: [0, 0, 0], yaw: 0, pitch: 0, fov: 90, marks: [], xrFrames: 0, pc: null,
-  resource: null, lastFrame: 0, fps: 0, rtt: 0, probeXr: false, xrEyes: [], lens: [195, 0.5, 0.5, 0.5], postAt: 0, joinMs: 0, connectMs: 0, answerMs: 0,
+  resource: null, lastFrame: 0, fps: 0, rtt: 0, probeXr: false, xrEyes: [], lens: [195, 0.5, 0.5, 0.5], postAt: 0, joinMs: 0, connectMs: 0, answerMs: 0, trust: '',
 });
 
 function show(phase, msg) {
@@ -91,6 +91,8 @@ async function connect() {
   }
   S.answerMs = performance.now() - S.postAt;
   S.resource = r.headers.get('Location');
+  // Who can see the stream: with `send --web` only the camera PC; else this server too.
+  S.trust = r.headers.get('Inclubit-Trust') || 'server';
   S.projection = +(r.headers.get('Inclubit-Projection') || 0);
   S.orient = (r.headers.get('Inclubit-Orientation') || '0,0,0').split(',').map((x) => +x / 100);
   // fov (centidegrees), centre x, y and radius (1/10000), as in the stream hello.
@@ -111,8 +113,11 @@ setInterval(() => {
       if (x.type === 'candidate-pair' && x.nominated && x.currentRoundTripTime) S.rtt = x.currentRoundTripTime * 1000;
     })).catch(() => {});
   }
+  const trust = S.trust === 'end-to-end'
+    ? 'end to end: served by the camera PC'
+    : `through ${location.host}, which can see the stream`;
   statsEl.textContent = S.played
-    ? `${code} · ${video.videoWidth}×${video.videoHeight} · ${S.fps.toFixed(0)} fps · rtt ${S.rtt.toFixed(0)} ms · ${S.frames} frames`
+    ? `${code} · ${video.videoWidth}×${video.videoHeight} · ${S.fps.toFixed(0)} fps · rtt ${S.rtt.toFixed(0)} ms · ${S.frames} frames · ${trust}`
     : code;
 }, 1000);
 

@@ -47,55 +47,57 @@ pub enum FeedError {
     Locked(RoomCode),
 }
 
-/// Wrong secrets for one room before it takes no new browsers, and for how long. Without it
-/// the bridge would answer right or wrong for every guess: an oracle for the secret.
-const WRONG_LIMIT: u32 = 3;
+/// Wrong secrets for a room, from one client and from all, before the room takes no new
+/// browser from that client (or from anybody) for a while. Without them the bridge would
+/// answer right or wrong to every guess: an oracle for the secret.
+const WRONG_PER_CLIENT: u32 = 3;
+const WRONG_PER_ROOM: u32 = 30;
 const WRONG_WINDOW: Duration = Duration::from_secs(600);
-/// Most rooms whose wrong guesses are remembered.
-const MAX_WRONG_ROOMS: usize = 10_000;
+/// Most (room, client) pairs whose wrong guesses are remembered.
+const MAX_WRONG: usize = 10_000;
+
+/// Who brought a code: a client's network (an IPv4 address or IPv6 /64), or nobody known.
+type Client = Option<std::net::IpAddr>;
 
 /// The secret each room's upstreams paired with, and the wrong ones browsers brought.
 #[derive(Default)]
 struct Secrets {
-    paired: HashMap<RoomCode, PairingSecret>,
-    wrong: HashMap<RoomCode, (u32, Instant)>,
+    /// The secret and who brought it (blamed if the sender refuses it).
+    paired: HashMap<RoomCode, (PairingSecret, Client)>,
+    /// Per (room, client) and per (room, everybody: `None`): count and the first's time.
+    wrong: HashMap<(RoomCode, Client), (u32, Instant)>,
 }
 
 impl Secrets {
-    /// Whether a browser with `code` may watch; the first code for a room is the upstream's to
-    /// prove with the sender.
-    fn check(&mut self, code: PairingCode, now: Instant) -> Result<(), FeedError> {
+    /// Whether `client`'s browser with `code` may watch; the first code for a room is the
+    /// upstream's to prove with the sender.
+    fn check(&mut self, code: PairingCode, client: Client, now: Instant) -> Result<(), FeedError> {
         let room = code.room;
-        if let Some((n, since)) = self.wrong.get(&room) {
-            if now < *since + WRONG_WINDOW {
-                if *n >= WRONG_LIMIT {
-                    return Err(FeedError::Locked(room));
-                }
-            } else {
-                self.wrong.remove(&room);
-            }
+        self.wrong.retain(|_, (_, t)| now < *t + WRONG_WINDOW);
+        let count = |k| self.wrong.get(&k).map_or(0, |w| w.0);
+        if count((room, client)) >= WRONG_PER_CLIENT || count((room, None)) >= WRONG_PER_ROOM {
+            return Err(FeedError::Locked(room));
         }
         match self.paired.get(&room) {
             None => {
-                self.paired.insert(room, code.secret);
+                self.paired.insert(room, (code.secret, client));
                 Ok(())
             }
-            Some(s) if *s == code.secret => Ok(()),
+            Some((s, _)) if *s == code.secret => Ok(()),
             Some(_) => {
-                self.wrong_guess(room, now);
+                self.wrong_guess(room, client, now);
                 Err(FeedError::WrongCode(room))
             }
         }
     }
 
-    fn wrong_guess(&mut self, room: RoomCode, now: Instant) {
-        if self.wrong.len() >= MAX_WRONG_ROOMS {
-            self.wrong.retain(|_, (_, t)| now < *t + WRONG_WINDOW);
+    fn wrong_guess(&mut self, room: RoomCode, client: Client, now: Instant) {
+        for key in [(room, client), (room, None)] {
+            if self.wrong.len() < MAX_WRONG || self.wrong.contains_key(&key) {
+                self.wrong.entry(key).or_insert((0, now)).0 += 1;
+            }
         }
-        if self.wrong.len() < MAX_WRONG_ROOMS || self.wrong.contains_key(&room) {
-            self.wrong.entry(room).or_insert((0, now)).0 += 1;
-        }
-        tracing::warn!(%room, "a browser brought a wrong code for this room");
+        tracing::warn!(%room, ?client, "a browser brought a wrong code for this room");
     }
 }
 
@@ -136,11 +138,16 @@ impl Feeds {
     /// Subscribes to `code`'s room (its full-size rendition) unless already subscribed;
     /// returns once its stream is live. A browser's code must be the one the room's upstream
     /// paired with.
-    pub async fn ensure(self: &Arc<Self>, code: PairingCode) -> Result<StreamHello, FeedError> {
+    pub async fn ensure(
+        self: &Arc<Self>,
+        code: PairingCode,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<StreamHello, FeedError> {
+        let client = client.map(crate::web::limits::client_of);
         self.secrets
             .lock()
             .map_err(|_| poisoned())?
-            .check(code, Instant::now())?;
+            .check(code, client, Instant::now())?;
         self.ensure_rendition(code.room, TOP).await
     }
 
@@ -273,7 +280,7 @@ impl Feeds {
             .secrets
             .lock()
             .ok()
-            .and_then(|s| s.paired.get(&room).copied());
+            .and_then(|s| s.paired.get(&room).map(|p| p.0));
         let Some(secret) = secret else {
             let _ = state.send(State::Failed(FeedError::WrongCode(room)));
             self.forget((room, rendition), Some(id));
@@ -297,8 +304,9 @@ impl Feeds {
             }
             Err(SessionError::Pairing(_)) => {
                 if let Ok(mut s) = self.secrets.lock() {
-                    s.paired.remove(&room);
-                    s.wrong_guess(room, Instant::now());
+                    if let Some((_, client)) = s.paired.remove(&room) {
+                        s.wrong_guess(room, client, Instant::now());
+                    }
                 }
                 Err(FeedError::WrongCode(room))
             }
@@ -374,4 +382,49 @@ impl Feeds {
 
 fn poisoned() -> FeedError {
     FeedError::Rendezvous("bridge state poisoned".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(s: &str) -> PairingCode {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn wrong_secrets_lock_the_client_then_the_room_for_a_while() {
+        let mut s = Secrets::default();
+        let t0 = Instant::now();
+        let (a, b) = (
+            Some("192.0.2.1".parse().unwrap()),
+            Some("192.0.2.2".parse().unwrap()),
+        );
+        assert_eq!(s.check(code("K7F-Q2M-4X9P"), b, t0), Ok(()));
+        let room = code("K7F-Q2M-4X9P").room;
+        for _ in 0..WRONG_PER_CLIENT {
+            assert_eq!(
+                s.check(code("K7F-Q2M-0000"), a, t0),
+                Err(FeedError::WrongCode(room))
+            );
+        }
+        // That client gets no answer now, not even for the right code; others still do.
+        assert_eq!(
+            s.check(code("K7F-Q2M-4X9P"), a, t0),
+            Err(FeedError::Locked(room))
+        );
+        assert_eq!(s.check(code("K7F-Q2M-4X9P"), b, t0), Ok(()));
+        // Guesses from many clients lock the room for everybody.
+        for i in 0..WRONG_PER_ROOM {
+            let c = Some(std::net::IpAddr::from([198, 51, 100, i as u8]));
+            let _ = s.check(code("K7F-Q2M-0000"), c, t0);
+        }
+        assert_eq!(
+            s.check(code("K7F-Q2M-4X9P"), b, t0),
+            Err(FeedError::Locked(room))
+        );
+        // Until the window passes.
+        let later = t0 + WRONG_WINDOW;
+        assert_eq!(s.check(code("K7F-Q2M-4X9P"), a, later), Ok(()));
+    }
 }

@@ -136,9 +136,15 @@ impl Bridge {
     }
 
     /// A browser's WHEP offer for `code`: subscribes to the room if needed, then answers.
-    pub async fn offer(&self, code: PairingCode, sdp: String) -> Result<Answer, BridgeError> {
+    /// `client`: where the offer came from (wrong codes are counted per client).
+    pub async fn offer(
+        &self,
+        code: PairingCode,
+        client: Option<std::net::IpAddr>,
+        sdp: String,
+    ) -> Result<Answer, BridgeError> {
         let room = code.room;
-        let hello = self.feeds.ensure(code).await?;
+        let hello = self.feeds.ensure(code, client).await?;
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Offer {

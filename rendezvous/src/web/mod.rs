@@ -54,6 +54,10 @@ pub struct WebArgs {
     /// Where a self-signed certificate is kept (set by the program, not a flag).
     #[arg(skip)]
     pub state_dir: Option<PathBuf>,
+    /// The bridge runs on the camera PC (`send --web`): browsers pair with the sender's own
+    /// process, end to end. Otherwise the server's bridge is trusted, and the page says so.
+    #[arg(skip)]
+    pub on_camera: bool,
 }
 
 impl Default for WebArgs {
@@ -67,6 +71,7 @@ impl Default for WebArgs {
             webrtc: SocketAddr::from(([0, 0, 0, 0], 0)),
             public_ip: Vec::new(),
             state_dir: None,
+            on_camera: false,
         }
     }
 }
@@ -91,6 +96,8 @@ pub struct WebState {
     pub rendezvous_port: u16,
     pub limits: WebLimits,
     offers: std::sync::Mutex<OfferLimiter>,
+    /// The bridge runs on the camera PC (told to pages: end to end, or this server sees it).
+    pub on_camera: bool,
 }
 
 /// The address a request came from (set by the server for every request).
@@ -116,6 +123,7 @@ impl WebState {
             rendezvous_port,
             limits,
             offers: std::sync::Mutex::new(OfferLimiter::new(limits)),
+            on_camera: false,
         })
     }
 
@@ -319,11 +327,13 @@ impl WebService {
             })
             .await?,
         );
-        let state = Arc::new(WebState::new(
+        let mut state = WebState::new(
             Some(bridge.clone()),
             args.downloads.clone(),
             rendezvous.port(),
-        )?);
+        )?;
+        state.on_camera = args.on_camera;
+        let state = Arc::new(state);
         let server = WebServer::start(http, state, tls).await?;
         Ok(Self { server, bridge })
     }

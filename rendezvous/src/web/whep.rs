@@ -29,7 +29,8 @@ pub async fn offer(
 ) -> Response {
     // Each offer costs a WebRTC session until it connects or times out: so many per client
     // and in all.
-    if let Some(axum::Extension(ClientAddr(from))) = client {
+    let client = client.map(|axum::Extension(ClientAddr(from))| from);
+    if let Some(from) = client {
         let checked = state
             .offers
             .lock()
@@ -97,7 +98,7 @@ pub async fn offer(
             ),
         );
     }
-    match bridge.offer(code, sdp).await {
+    match bridge.offer(code, client.map(|a| a.ip()), sdp).await {
         Ok(a) => {
             let mut r = (StatusCode::CREATED, a.sdp).into_response();
             let h = r.headers_mut();
@@ -118,6 +119,15 @@ pub async fn offer(
                 ),
                 ("inclubit-size", format!("{}x{}", hello.width, hello.height)),
                 (
+                    "inclubit-trust",
+                    if state.on_camera {
+                        "end-to-end"
+                    } else {
+                        "server"
+                    }
+                    .to_string(),
+                ),
+                (
                     "inclubit-lens",
                     format!(
                         "{},{},{},{}",
@@ -136,7 +146,7 @@ pub async fn offer(
             h.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
                 HeaderValue::from_static(
-                    "Location, Inclubit-Projection, Inclubit-Orientation, Inclubit-Size, Inclubit-Lens",
+                    "Location, Inclubit-Projection, Inclubit-Orientation, Inclubit-Size, Inclubit-Lens, Inclubit-Trust",
                 ),
             );
             r
