@@ -20,8 +20,8 @@ Examples:
   inclubit send --source camera:/dev/video0 --size 3840x1920 --fps 30
   inclubit send --source camera:/dev/video0 --projection dual-fisheye --yaw 90
   inclubit send --source file:talk360.mp4 --rendezvous rv.example.org:7000
-  inclubit view --rendezvous rv.example.org:7000 K7F-Q2M
-  inclubit view --rendezvous rv.example.org:7000 --xr --eye-scale 0.7 K7F-Q2M   headset, slower GPU
+  inclubit view --rendezvous rv.example.org:7000 K7F-Q2M-4X9P
+  inclubit view --rendezvous rv.example.org:7000 --xr --eye-scale 0.7 K7F-Q2M-4X9P  headset, slower GPU
   inclubit rendezvous --listen 0.0.0.0:7000 --http 0.0.0.0:8080
 
 Exit codes:
@@ -348,7 +348,7 @@ mod tests {
         assert_eq!(parse_bitrate("8M"), Ok(8_000_000));
         assert_eq!(parse_bitrate("2500k"), Ok(2_500_000));
         assert!(parse_bitrate("fast").is_err());
-        assert!(parse_code("K7F-Q2M").is_ok());
+        assert!(parse_code("K7F-Q2M-4X9P").is_ok());
         assert!(parse_code("hello").is_err());
     }
 
@@ -361,7 +361,7 @@ mod tests {
             "h:7000",
             "--bind",
             "127.0.0.1:0",
-            "K7F-Q2M",
+            "K7F-Q2M-4X9P",
         ])
         .unwrap();
         let Command::View(v) = c.command else {

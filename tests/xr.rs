@@ -21,7 +21,7 @@ fn view(mode: &str, extra: &[&str]) -> (Option<i32>, String, String) {
     let rv = rv.local_addr().unwrap().to_string();
     let mut args = vec!["view", "--rendezvous", rv.as_str(), "--bind", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    args.push("K7F-Q2M");
+    args.push("K7F-Q2M-4X9P");
     let manifest = manifest();
     common::process::output_headless(
         &args,
