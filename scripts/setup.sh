@@ -121,6 +121,9 @@ case "${1:-}" in
     cargo fmt --all -- --check
     echo "==> cargo clippy -D warnings"
     cargo clippy --workspace --all-targets -- -D warnings
+    echo "==> cargo deny (licences, bans, sources; RustSec's database is on GitHub, out of reach here)"
+    command -v cargo-deny >/dev/null || cargo install --locked cargo-deny@0.20.2
+    cargo deny check licenses bans sources
     echo "==> tests"
     cargo test --workspace --all-targets --no-fail-fast
     ;;

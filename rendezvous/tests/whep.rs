@@ -73,7 +73,8 @@ async fn a_sender_that_never_answers_is_503_with_retry_after() {
         .await
         .unwrap();
     let addr = web.server.local_addr;
-    let path = format!("/whep/{code}");
+    // Any secret: the sender never answers, so pairing is never reached.
+    let path = format!("/whep/{code}-4X9P");
     let sdp = offer();
     let resp = tokio::task::spawn_blocking(move || post(addr, &path, &sdp))
         .await

@@ -45,7 +45,7 @@ pub fn fingerprint(cert: &CertificateDer) -> Fingerprint {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
