@@ -126,6 +126,8 @@ case "${1:-}" in
     cargo deny check licenses bans sources
     echo "==> tests"
     cargo test --workspace --all-targets --no-fail-fast
+    echo "==> fuzz targets, 10 s each (scripts/fuzz.sh TARGET MINUTES for long runs)"
+    scripts/fuzz.sh all 10
     ;;
   "") ;;
   *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
