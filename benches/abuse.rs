@@ -258,6 +258,7 @@ fn main() {
         };
         let open = web(WebLimits {
             offers_per_client: free,
+            offers_per_room: free,
             offers_total: free,
             ..WebLimits::default()
         })

@@ -11,6 +11,8 @@ export CARGO_TARGET_DIR="${INCLUBIT_FUZZ_TARGET_DIR:-$HOME/.cache/inclubit-fuzz-
 OUT_ROOT="$HOME/.cache/inclubit-fuzz"
 # Not a tuned fuzzing box: AFL++ would refuse to run on a stock kernel setting otherwise.
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_QUIET=1
+# Several fuzzers, or a fuzzer beside the tests, on few cores: do not pin to one.
+export AFL_NO_AFFINITY=1
 
 command -v cargo-afl >/dev/null || cargo install --locked cargo-afl@0.18.2
 cargo afl config --build >/dev/null 2>&1 || true

@@ -123,3 +123,35 @@ async fn offers_beyond_a_clients_rate_get_429_with_retry_after() {
     let a = exchange(&mut c, offer, Duration::from_secs(5)).await;
     assert_eq!(status(&a), "503", "{a}");
 }
+
+#[tokio::test]
+async fn offers_for_one_room_are_capped_whichever_clients_send_them() {
+    let web = server(WebLimits {
+        offers_per_room: Rate {
+            burst: 2.0,
+            per_second: 0.5,
+        },
+        ..WebLimits::default()
+    })
+    .await;
+    let offer = |code: &str| {
+        format!(
+            "POST /whep/{code} HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\nv="
+        )
+    };
+    let status = |answer: &str| answer.split_whitespace().nth(1).unwrap_or("").to_string();
+    // Two clients spend the room's burst (this server has no bridge: 503 once past the limits).
+    for from in ["127.0.0.1", "127.0.0.2"] {
+        let mut c = connect(from, web.local_addr).await;
+        let a = exchange(&mut c, &offer("K7F-Q2M-4X9P"), Duration::from_secs(5)).await;
+        assert_eq!(status(&a), "503", "{a}");
+    }
+    // A third client for that room waits; the same client for another room does not.
+    let mut c = connect("127.0.0.3", web.local_addr).await;
+    let a = exchange(&mut c, &offer("K7F-Q2M-4X9Q"), Duration::from_secs(5)).await;
+    assert_eq!(status(&a), "429", "{a}");
+    let mut c = connect("127.0.0.3", web.local_addr).await;
+    let a = exchange(&mut c, &offer("AAA-AAA-AAAA"), Duration::from_secs(5)).await;
+    assert_eq!(status(&a), "503", "{a}");
+}

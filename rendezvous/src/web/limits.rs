@@ -18,8 +18,10 @@ pub struct WebLimits {
     /// Open connections in all, and from one client.
     pub max_connections: usize,
     pub connections_per_client: usize,
-    /// WHEP offers: per client, a burst and then so many per second; the same for everybody.
+    /// WHEP offers: per client, a burst and then so many per second; the same per room and for
+    /// everybody.
     pub offers_per_client: Rate,
+    pub offers_per_room: Rate,
     pub offers_total: Rate,
 }
 
@@ -40,6 +42,10 @@ impl Default for WebLimits {
             offers_per_client: Rate {
                 burst: 10.0,
                 per_second: 1.0,
+            },
+            offers_per_room: Rate {
+                burst: 30.0,
+                per_second: 5.0,
             },
             offers_total: Rate {
                 burst: 100.0,
@@ -152,6 +158,7 @@ const MAX_CLIENTS: usize = 4096;
 pub struct OfferLimiter {
     limits: WebLimits,
     clients: HashMap<IpAddr, Bucket>,
+    rooms: HashMap<u32, Bucket>,
     total: Option<Bucket>,
 }
 
@@ -160,33 +167,54 @@ impl OfferLimiter {
         Self {
             limits,
             clients: HashMap::new(),
+            rooms: HashMap::new(),
             total: None,
         }
     }
 
-    /// Takes an offer from `ip` now, or says how long to wait (`Retry-After`).
-    pub fn check(&mut self, now: Instant, ip: IpAddr) -> Result<(), Duration> {
-        let (per, all) = (self.limits.offers_per_client, self.limits.offers_total);
+    /// Takes an offer from `ip` for `room` (its code's bits, when the path holds one) now, or
+    /// says how long to wait (`Retry-After`).
+    pub fn check(&mut self, now: Instant, ip: IpAddr, room: Option<u32>) -> Result<(), Duration> {
+        let l = self.limits;
+        let (per, by_room, all) = (l.offers_per_client, l.offers_per_room, l.offers_total);
+        // Forget full (idle) buckets once there are many.
         if self.clients.len() >= MAX_CLIENTS {
             self.clients.retain(|_, b| {
                 b.refill(per, now);
                 b.tokens < per.burst
             });
         }
-        let client = client_of(ip);
+        if self.rooms.len() >= MAX_CLIENTS {
+            self.rooms.retain(|_, b| {
+                b.refill(by_room, now);
+                b.tokens < by_room.burst
+            });
+        }
         let mine = self
             .clients
-            .entry(client)
+            .entry(client_of(ip))
             .or_insert_with(|| Bucket::full(per, now));
         mine.refill(per, now);
+        let mut room = room.map(|r| {
+            let b = self
+                .rooms
+                .entry(r)
+                .or_insert_with(|| Bucket::full(by_room, now));
+            b.refill(by_room, now);
+            b
+        });
         let total = self.total.get_or_insert_with(|| Bucket::full(all, now));
         total.refill(all, now);
-        let wait = mine.wait(per).max(total.wait(all));
+        let room_wait = room.as_ref().map_or(Duration::ZERO, |b| b.wait(by_room));
+        let wait = mine.wait(per).max(total.wait(all)).max(room_wait);
         if wait > Duration::ZERO {
             return Err(wait);
         }
         mine.tokens -= 1.0;
         total.tokens -= 1.0;
+        if let Some(b) = room.as_mut() {
+            b.tokens -= 1.0;
+        }
         Ok(())
     }
 }
@@ -201,6 +229,10 @@ mod tests {
             max_connections: 3,
             offers_per_client: Rate {
                 burst: 3.0,
+                per_second: 1.0,
+            },
+            offers_per_room: Rate {
+                burst: 4.0,
                 per_second: 1.0,
             },
             offers_total: Rate {
@@ -246,18 +278,31 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         for _ in 0..3 {
-            assert_eq!(l.check(t0, a), Ok(()));
+            assert_eq!(l.check(t0, a, None), Ok(()));
         }
         // The client's burst is spent: a token in a second.
-        assert_eq!(l.check(t0, a), Err(Duration::from_secs(1)));
+        assert_eq!(l.check(t0, a, None), Err(Duration::from_secs(1)));
         // Another client is not held back by the first...
-        assert_eq!(l.check(t0, b), Ok(()));
-        assert_eq!(l.check(t0, b), Ok(()));
+        assert_eq!(l.check(t0, b, None), Ok(()));
+        assert_eq!(l.check(t0, b, None), Ok(()));
         // ...until everybody's burst is spent (5): then 2 per second for all.
-        assert_eq!(l.check(t0, b), Err(Duration::from_millis(500)));
+        assert_eq!(l.check(t0, b, None), Err(Duration::from_millis(500)));
         let later = t0 + Duration::from_secs(1);
-        assert_eq!(l.check(later, a), Ok(()));
-        assert_eq!(l.check(later, a), Err(Duration::from_secs(1)));
+        assert_eq!(l.check(later, a, None), Ok(()));
+        assert_eq!(l.check(later, a, None), Err(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn offers_for_one_room_are_capped_whoever_sends_them() {
+        let mut l = OfferLimiter::new(limits());
+        let t0 = Instant::now();
+        let ip = |i: u8| IpAddr::from([192, 0, 2, i]);
+        for i in 0..4 {
+            assert_eq!(l.check(t0, ip(i), Some(7)), Ok(()));
+        }
+        assert_eq!(l.check(t0, ip(9), Some(7)), Err(Duration::from_secs(1)));
+        // Another room still takes one (everybody's burst of 5 has one left).
+        assert_eq!(l.check(t0, ip(9), Some(8)), Ok(()));
     }
 
     #[test]
@@ -266,7 +311,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..(3 * MAX_CLIENTS as u32) {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            let _ = l.check(t0 + Duration::from_secs(i as u64), ip);
+            let _ = l.check(t0 + Duration::from_secs(i as u64), ip, None);
         }
         assert!(l.clients.len() <= MAX_CLIENTS + 1, "{}", l.clients.len());
     }

@@ -31,10 +31,11 @@ pub async fn offer(
     // and in all.
     let client = client.map(|axum::Extension(ClientAddr(from))| from);
     if let Some(from) = client {
+        let room = code.parse::<PairingCode>().ok().map(|c| c.room.bits());
         let checked = state
             .offers
             .lock()
-            .map(|mut l| l.check(std::time::Instant::now(), from.ip()));
+            .map(|mut l| l.check(std::time::Instant::now(), from.ip(), room));
         if let Ok(Err(wait)) = checked {
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             let mut r = json_error(
