@@ -5,7 +5,11 @@
 //! - rooms 253 addresses of one /24 can hold;
 //! - HTTP connections that never finish a request, still open 12 s later (500 of them, from 8
 //!   addresses);
-//! - WHEP offers per second that pass the limits, from 1 client and from 50.
+//! - WHEP offers per second that pass the limits, from 1 client and from 50;
+//! - and what a normal user sees meanwhile: a sender and a viewer from another network, from
+//!   the sender's start to the viewer's first decoded frame, with no attack, during the guessing
+//!   from 253 addresses and with the attacker's /24 holding all the rooms it can; and a page
+//!   fetch from another address while the slow connections are held.
 //!
 //! Run: `cargo bench --bench abuse` (INCLUBIT_BENCH_SECS, default 3, per attack).
 
@@ -14,6 +18,9 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use inclubit::capture::{CaptureConfig, SourceSpec};
+use inclubit::pipeline::send::{self, SendConfig};
+use inclubit::pipeline::view::{self, Display, FrameSlot, ViewConfig};
 use inclubit::rendezvous::code::RoomCode;
 use inclubit::rendezvous::server::{rooms::RoomsConfig, Server, ServerConfig};
 use inclubit::rendezvous::web::limits::{Rate, WebLimits};
@@ -198,6 +205,68 @@ async fn offers(web: &WebServer, clients: u8, secs: f64) -> f64 {
     passed as f64 / start.elapsed().as_secs_f64()
 }
 
+/// A normal sender and viewer (on 127.9.0.0/16, not the attacker's /24): from the sender's start
+/// to the viewer's first decoded frame.
+async fn first_frame(rv: SocketAddr) -> Option<Duration> {
+    let t0 = Instant::now();
+    let send = send::start(SendConfig {
+        source: SourceSpec::TestCard,
+        capture: CaptureConfig {
+            size: Some((320, 160)),
+            fps: 30.0,
+            mjpeg: false,
+        },
+        bind: "127.9.0.1:0".parse().unwrap(),
+        rendezvous: Some(rv),
+        encoder_threads: 1,
+        ..Default::default()
+    })
+    .await
+    .ok()?;
+    let mut cfg = ViewConfig::new(send.code, rv);
+    cfg.bind = "127.9.1.1:0".parse().unwrap();
+    cfg.display = Display::Headless {
+        width: 16,
+        height: 16,
+    };
+    cfg.max_frames = Some(1);
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        view::run(cfg, FrameSlot::default()),
+    )
+    .await;
+    let t = t0.elapsed();
+    let _ = send.stop().await;
+    matches!(r, Ok(Ok(_))).then_some(t)
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("failed".into(), |d| {
+        format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+    })
+}
+
+/// A page fetch from an address the attack does not use.
+async fn page_fetch(web: &WebServer) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t0 = Instant::now();
+    let s = tokio::net::TcpSocket::new_v4().ok()?;
+    s.bind("127.9.2.1:0".parse().unwrap()).ok()?;
+    let mut c = tokio::time::timeout(Duration::from_secs(5), s.connect(web.local_addr))
+        .await
+        .ok()?
+        .ok()?;
+    c.write_all(b"GET /viewer.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
+        .await
+        .ok()?
+        .ok()?;
+    got.starts_with(b"HTTP/1.1 200").then(|| t0.elapsed())
+}
+
 async fn web(limits: WebLimits) -> WebServer {
     let state = WebState::new(None, None, 0).unwrap().with_limits(limits);
     WebServer::start("127.0.0.1:0".parse().unwrap(), Arc::new(state), None)
@@ -206,6 +275,8 @@ async fn web(limits: WebLimits) -> WebServer {
 }
 
 fn main() {
+    // Before any thread: Mesa's drivers want a runtime dir (the binary does the same).
+    inclubit::xr::quiet_loader();
     // `cargo bench` passes --bench; `cargo test --all-targets` runs us too: keep that quick.
     let quick = std::env::args().all(|a| a != "--bench");
     let secs = if quick { 0.5 } else { secs() };
@@ -226,13 +297,26 @@ fn main() {
             l / b.max(1.0)
         );
     }
-    let (l, b) = (
-        squat(start(&rt, RoomsConfig::default())),
-        squat(start(&rt, unlimited())),
-    );
+    let squatted = start(&rt, RoomsConfig::default());
+    let (l, b) = (squat(squatted), squat(start(&rt, unlimited())));
     println!(
         "rooms held by 253 addresses of a /24     {l:>9}   {b:>12}            {:.4}",
         l as f64 / b.max(1) as f64
+    );
+
+    // A normal sender and viewer meanwhile.
+    let normal = start(&rt, RoomsConfig::default());
+    let quiet = rt.block_on(first_frame(normal));
+    let guessed = start(&rt, RoomsConfig::default());
+    let attack = std::thread::spawn(move || guess(guessed, 253, secs.max(3.0)));
+    let during = rt.block_on(first_frame(guessed));
+    let _ = attack.join();
+    let beside_squat = rt.block_on(first_frame(squatted));
+    println!(
+        "normal sender start to viewer's first frame: no attack {}, during guessing from 253 addresses {}, beside a /24 holding its rooms {}",
+        ms(quiet),
+        ms(during),
+        ms(beside_squat)
     );
     rt.block_on(async {
         // Past the 10 s header timeout (a test run only checks the attack runs).
@@ -246,11 +330,21 @@ fn main() {
             ..WebLimits::default()
         })
         .await;
-        let (l, b) = tokio::join!(slow_http(&limited, wait), slow_http(&open, wait));
+        let quiet = page_fetch(&limited).await;
+        let (l, b, during) = tokio::join!(slow_http(&limited, wait), slow_http(&open, wait), async {
+            // Once the slow connections are in: a normal page fetch from elsewhere.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            page_fetch(&limited).await
+        });
         println!(
             "slow HTTP connections open after {:>2} s    {l:>9}   {b:>12}            {:.4}",
             wait.as_secs(),
             l as f64 / b.max(1) as f64
+        );
+        println!(
+            "a normal page fetch: no attack {}, while the slow connections are held {}",
+            ms(quiet),
+            ms(during)
         );
         let free = Rate {
             burst: 1e9,
