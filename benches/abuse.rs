@@ -65,16 +65,18 @@ fn sockets(n: u8, to: SocketAddr) -> Vec<UdpSocket> {
         .map(|i| {
             let s = UdpSocket::bind((format!("127.0.0.{}", i + 2).as_str(), 0)).unwrap();
             s.connect(to).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
             s
         })
         .collect()
 }
 
-/// Join attempts for random codes, paced as fast as the answers come, from `from` addresses:
-/// answers per second by kind.
+/// Join attempts for random codes from `from` addresses, a round every millisecond (one attempt
+/// from each address): answers per second by kind.
 fn guess(to: SocketAddr, from: u8, secs: f64) -> HashMap<&'static str, f64> {
     let socks = sockets(from, to);
+    for s in &socks {
+        s.set_nonblocking(true).unwrap();
+    }
     let mut counts: HashMap<&'static str, u64> = HashMap::new();
     let mut buf = [0u8; 2048];
     let start = Instant::now();
@@ -89,6 +91,7 @@ fn guess(to: SocketAddr, from: u8, secs: f64) -> HashMap<&'static str, f64> {
             };
             let _ = s.send(&join.encode());
         }
+        std::thread::sleep(Duration::from_millis(1));
         for s in &socks {
             while let Ok(n) = s.recv(&mut buf) {
                 let kind = match ServerMsg::decode(&buf[..n]) {
@@ -242,7 +245,7 @@ async fn first_frame(rv: SocketAddr) -> Option<Duration> {
 
 fn ms(d: Option<Duration>) -> String {
     d.map_or("failed".into(), |d| {
-        format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
     })
 }
 
