@@ -645,3 +645,65 @@ async fn post_from(from: &str, to: SocketAddr, path: &str, sdp: &str) -> (u16, S
         .to_string();
     (status, body)
 }
+
+/// A browser-like offer (str0m receiving H.264 video), for WHEP checks that need no browser.
+fn str0m_offer() -> String {
+    use str0m::media::{Direction, MediaKind};
+    let mut rtc = str0m::RtcConfig::new().build(std::time::Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    api.apply().unwrap().0.to_sdp_string()
+}
+
+/// Issue 13: three wrong codes make the sender draw a new secret. The bridge's live upstream
+/// keeps its browsers, but each new browser's code is then proved with the sender: the old
+/// code is refused, the new one plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_re_key_the_bridge_takes_only_the_new_code() {
+    use inclubit::pipeline::view::{self, FrameSlot};
+    use inclubit::pipeline::PipelineError;
+    use inclubit::rendezvous::code::{PairingCode, PairingSecret};
+    let (rv, web) = standalone().await;
+    let addr = web.server.local_addr;
+    let sender = common::sender(rv, 320, 160).await;
+    let code = sender.code;
+    let offer = str0m_offer();
+    let old = format!("/whep/{code}");
+    let (status, body) = post_from("127.0.0.2", addr, &old, &offer).await;
+    assert_eq!(status, 201, "{body}");
+    // Three native viewers with a wrong secret: the sender draws a new one.
+    let wrong = PairingCode {
+        room: code.room,
+        secret: PairingSecret::from_bits(code.secret.bits() ^ 1),
+    };
+    for _ in 0..3 {
+        let (cfg, _rx) = common::headless_viewer(wrong, rv, 1);
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            view::run(cfg, FrameSlot::default()),
+        )
+        .await
+        .expect("the viewer decides within 20 s");
+        assert!(matches!(r, Err(PipelineError::Pairing(_))), "{r:?}");
+    }
+    let new = sender.code_now();
+    assert_ne!(new, code);
+    // The bridge hears of it from its upstream; from then on the old code is refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = post_from("127.0.0.3", addr, &old, &offer).await;
+        if status == 403 {
+            assert!(body.contains("wrong_code"), "{body}");
+            break;
+        }
+        assert_eq!(status, 201, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old code still plays"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = post_from("127.0.0.4", addr, &format!("/whep/{new}"), &offer).await;
+    assert_eq!(status, 201, "{body}");
+    sender.stop().await.unwrap();
+}

@@ -151,9 +151,16 @@ pub(super) async fn serve_viewer(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
+    let mut rekeys = shared.rekeys.subscribe();
     let result = loop {
         let mut skipped = Vec::new();
         tokio::select! {
+            Ok(()) = rekeys.changed() => {
+                // This viewer stays; a bridge behind it must prove new browsers' codes.
+                if let Err(e) = ctrl_send.write_all(&Control::Rekeyed.frame()).await {
+                    break Err(PipelineError::Connection(e.to_string()));
+                }
+            }
             f = frames.recv() => match f {
                 Ok(frame) => {
                     if frame.seq < first || !place.takes(&frame) {

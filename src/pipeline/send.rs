@@ -111,6 +111,8 @@ pub(super) struct Shared {
     encoded: Mutex<(RateMeter, u64)>,
     /// The code viewers pair with now, and the pairings that failed since it was drawn.
     pairing: Mutex<(PairingCode, u32)>,
+    /// Bumped at every new secret: viewer sessions tell their viewers (`Control::Rekeyed`).
+    pub(super) rekeys: watch::Sender<u32>,
 }
 
 /// Failed pairings (wrong guesses, or someone between) before the code's secret is redrawn.
@@ -145,6 +147,7 @@ impl Shared {
         if p.1 >= REKEY_AFTER {
             p.0.secret = PairingSecret::random(&mut rand::thread_rng());
             p.1 = 0;
+            self.rekeys.send_modify(|n| *n += 1);
             tracing::warn!(
                 "{REKEY_AFTER} failed pairings: the code is now {} (the old one no longer works)",
                 p.0
@@ -252,6 +255,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         viewers: Mutex::new(Vec::new()),
         encoded: Mutex::new((RateMeter::default(), 0)),
         pairing: Mutex::new((code, 0)),
+        rekeys: watch::channel(0).0,
     });
     let (frames_tx, _) = broadcast::channel::<Arc<EncodedFrame>>(16);
     let (done_tx, done) = watch::channel(false);

@@ -508,6 +508,8 @@ async fn play(
                         }
                     }
                     SubEvent::KeyframeRequested => emit(ViewEvent::KeyframeRequested),
+                    // Watching goes on; the technician hands out the new code.
+                    SubEvent::Rekeyed => tracing::info!("the sender drew a new code; this viewer stays"),
                     SubEvent::Dropped { seq } => {
                         // Frames before the first keyframe of a mid-stream join are not losses.
                         if counters.decoded.load(Ordering::Relaxed) > 0 {

@@ -66,12 +66,21 @@ struct Secrets {
     paired: HashMap<RoomCode, (PairingSecret, Client)>,
     /// Per (room, client) and per (room, everybody: `None`): count and the first's time.
     wrong: HashMap<(RoomCode, Client), (u32, Instant)>,
+    /// Rooms whose sender drew a new secret: their live upstream serves the browsers it has, and
+    /// each new browser's code is proved with the sender first.
+    stale: std::collections::HashSet<RoomCode>,
 }
 
 impl Secrets {
-    /// Whether `client`'s browser with `code` may watch; the first code for a room is the
-    /// upstream's to prove with the sender.
-    fn check(&mut self, code: PairingCode, client: Client, now: Instant) -> Result<(), FeedError> {
+    /// Whether `client`'s browser with `code` may watch: `Ok(false)` at once (the first code
+    /// for a room is the new upstream's to prove with the sender), `Ok(true)` once the code is
+    /// proved with the sender (its secret changed since the upstream paired).
+    fn check(
+        &mut self,
+        code: PairingCode,
+        client: Client,
+        now: Instant,
+    ) -> Result<bool, FeedError> {
         let room = code.room;
         self.wrong.retain(|_, (_, t)| now < *t + WRONG_WINDOW);
         let count = |k| self.wrong.get(&k).map_or(0, |w| w.0);
@@ -81,9 +90,10 @@ impl Secrets {
         match self.paired.get(&room) {
             None => {
                 self.paired.insert(room, (code.secret, client));
-                Ok(())
+                Ok(false)
             }
-            Some((s, _)) if *s == code.secret => Ok(()),
+            Some(_) if self.stale.contains(&room) => Ok(true),
+            Some((s, _)) if *s == code.secret => Ok(false),
             Some(_) => {
                 self.wrong_guess(room, client, now);
                 Err(FeedError::WrongCode(room))
@@ -144,11 +154,39 @@ impl Feeds {
         client: Option<std::net::IpAddr>,
     ) -> Result<StreamHello, FeedError> {
         let client = client.map(crate::web::limits::client_of);
-        self.secrets
-            .lock()
-            .map_err(|_| poisoned())?
-            .check(code, client, Instant::now())?;
+        let prove =
+            self.secrets
+                .lock()
+                .map_err(|_| poisoned())?
+                .check(code, client, Instant::now())?;
+        if prove {
+            self.prove(code, client).await?;
+        }
         self.ensure_rendition(code.room, TOP).await
+    }
+
+    /// Pairs with the room's sender once with `code` (a connection that ends at the hello):
+    /// after a re-key, the only way to tell the new code from an old or a guessed one.
+    async fn prove(&self, code: PairingCode, client: Client) -> Result<(), FeedError> {
+        let room = code.room;
+        let mut cfg = SubscribeConfig::new(code, self.rendezvous);
+        cfg.name = "web-bridge (checking a code)".into();
+        cfg.no_upnp = true;
+        let result = subscribe(cfg).await;
+        let mut s = self.secrets.lock().map_err(|_| poisoned())?;
+        match result {
+            Ok(sub) => {
+                sub.handle.stop();
+                s.paired.insert(room, (code.secret, client));
+                s.stale.remove(&room);
+                Ok(())
+            }
+            Err(SessionError::Pairing(_)) => {
+                s.wrong_guess(room, client, Instant::now());
+                Err(FeedError::WrongCode(room))
+            }
+            Err(e) => Err(FeedError::Offline(room, e.to_string())),
+        }
     }
 
     /// Subscribes to `room`'s `rendition` unless already subscribed; returns once it is live.
@@ -326,6 +364,12 @@ impl Feeds {
                 }
                 let _ = state.send(State::Live(hello));
                 while let Some(ev) = events.recv().await {
+                    if matches!(ev, SubEvent::Rekeyed) {
+                        tracing::info!(%room, "the sender drew a new code: new browsers' codes are checked with it");
+                        if let Ok(mut s) = self.secrets.lock() {
+                            s.stale.insert(room);
+                        }
+                    }
                     if let SubEvent::Frame(f) = ev {
                         let au = AccessUnit {
                             seq: f.seq,
@@ -371,6 +415,7 @@ impl Feeds {
                 if !f.keys().any(|k| k.0 == key.0) {
                     if let Ok(mut s) = self.secrets.lock() {
                         s.paired.remove(&key.0);
+                        s.stale.remove(&key.0);
                     }
                 }
                 true
@@ -400,7 +445,7 @@ mod tests {
             Some("192.0.2.1".parse().unwrap()),
             Some("192.0.2.2".parse().unwrap()),
         );
-        assert_eq!(s.check(code("K7F-Q2M-4X9P"), b, t0), Ok(()));
+        assert_eq!(s.check(code("K7F-Q2M-4X9P"), b, t0), Ok(false));
         let room = code("K7F-Q2M-4X9P").room;
         for _ in 0..WRONG_PER_CLIENT {
             assert_eq!(
@@ -413,7 +458,7 @@ mod tests {
             s.check(code("K7F-Q2M-4X9P"), a, t0),
             Err(FeedError::Locked(room))
         );
-        assert_eq!(s.check(code("K7F-Q2M-4X9P"), b, t0), Ok(()));
+        assert_eq!(s.check(code("K7F-Q2M-4X9P"), b, t0), Ok(false));
         // Guesses from many clients lock the room for everybody.
         for i in 0..WRONG_PER_ROOM {
             let c = Some(std::net::IpAddr::from([198, 51, 100, i as u8]));
@@ -423,8 +468,12 @@ mod tests {
             s.check(code("K7F-Q2M-4X9P"), b, t0),
             Err(FeedError::Locked(room))
         );
-        // Until the window passes.
+        // A room whose sender drew a new secret: every new code is proved with the sender.
+        s.stale.insert(room);
         let later = t0 + WRONG_WINDOW;
-        assert_eq!(s.check(code("K7F-Q2M-4X9P"), a, later), Ok(()));
+        assert_eq!(s.check(code("K7F-Q2M-4X9P"), b, later), Ok(true));
+        s.stale.clear();
+        // Until the window passes.
+        assert_eq!(s.check(code("K7F-Q2M-4X9P"), a, later), Ok(false));
     }
 }

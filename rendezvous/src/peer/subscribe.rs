@@ -103,6 +103,8 @@ pub enum SubEvent {
         event: PunchEvent,
         at: Instant,
     },
+    /// The sender drew a new secret: the code this subscription paired with no longer pairs.
+    Rekeyed,
 }
 
 enum Command {
@@ -408,6 +410,7 @@ impl Running {
         let ctrl_reader = {
             let offset = offset_us.clone();
             let best_rtt = Arc::new(AtomicU64::new(u64::MAX));
+            let events = events.clone();
             tokio::spawn(async move {
                 loop {
                     match read_control(&mut ctrl_recv).await {
@@ -426,6 +429,9 @@ impl Running {
                                 let off = sender_us as i64 - (viewer_us + rtt / 2) as i64;
                                 offset.store(off, Ordering::Relaxed);
                             }
+                        }
+                        Ok(Some(Control::Rekeyed)) => {
+                            let _ = events.send(SubEvent::Rekeyed);
                         }
                         Ok(Some(other)) => tracing::debug!("ignoring control {other:?}"),
                         Ok(None) | Err(_) => break,

@@ -181,6 +181,9 @@ pub enum Control {
     Pairing { pake: Vec<u8>, confirm: [u8; 32] },
     /// Viewer → sender: the viewer's confirmation; the sender says `Hello` only after it.
     PairConfirm { confirm: [u8; 32] },
+    /// Sender → viewers: failed pairings made it draw a new secret; the old code no longer
+    /// pairs (a bridge then proves each new browser's code before serving it).
+    Rekeyed,
     /// Sender → viewer, answer to the hello.
     Hello(StreamHello),
     /// Viewer → sender: decoding cannot go on until an IDR.
@@ -234,6 +237,7 @@ const C_ARRIVALS: u8 = 8;
 const C_PREFER: u8 = 9;
 const C_PAIRING: u8 = 10;
 const C_PAIR_CONFIRM: u8 = 11;
+const C_REKEYED: u8 = 12;
 /// `Preference::rendition` of `None` on the wire.
 const AUTO: u8 = u8::MAX;
 
@@ -272,6 +276,7 @@ impl Control {
                 w.u8(C_PAIR_CONFIRM);
                 w.bytes(confirm);
             }
+            Self::Rekeyed => w.u8(C_REKEYED),
             Self::Hello(h) => {
                 w.u8(C_HELLO);
                 w.u8(h.codec as u8);
@@ -361,6 +366,7 @@ impl Control {
             C_PAIR_CONFIRM => Self::PairConfirm {
                 confirm: r.array()?,
             },
+            C_REKEYED => Self::Rekeyed,
             C_HELLO => Self::Hello(StreamHello {
                 codec: Codec::from_u8(r.u8()?)?,
                 width: r.u16()?,
@@ -474,6 +480,7 @@ mod tests {
             )
                 .prop_map(|(pake, confirm)| Control::Pairing { pake, confirm }),
             any::<[u8; 32]>().prop_map(|confirm| Control::PairConfirm { confirm }),
+            Just(Control::Rekeyed),
             (
                 any::<u16>(),
                 any::<u16>(),
