@@ -78,11 +78,8 @@ impl DecodeStage {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    // What follows references this frame: nothing more until the keyframe
-                    // just asked for (a picture decoded on a broken reference is garbage).
                     tracing::debug!(seq = item.seq, "decode error: {e}");
                     self.handle.decode_error();
-                    skipping = true;
                 }
             }
         }
