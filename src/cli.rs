@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use inclubit_rendezvous::code::PairingCode;
+use inclubit_rendezvous::config::{self, ConfigArgs, ConfigError};
 use inclubit_rendezvous::server::ServerArgs;
 use inclubit_rendezvous::web::WebArgs;
 use inclubit_rendezvous::wire::media::Projection;
@@ -62,6 +63,53 @@ pub enum Command {
     Rendezvous(RendezvousArgs),
     /// Test card, rendezvous and viewer in one process on this machine.
     Demo(DemoArgs),
+}
+
+/// What the command line asks for.
+pub enum Parsed {
+    Run(Cli),
+    /// `--print-config`: the settings in effect, as TOML.
+    PrintConfig(String),
+}
+
+/// Parses the command line with the config file of `send` or `rendezvous` applied: `--config`,
+/// else `~/.config/inclubit/send.toml` or `/etc/inclubit/rendezvous.toml` when present.
+/// clap's own errors exit as clap does.
+pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Parsed, ConfigError> {
+    use clap::{CommandFactory, FromArgMatches};
+    let probe = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+        .ok();
+    let sub = probe
+        .as_ref()
+        .and_then(|m| m.subcommand_name())
+        .map(str::to_string);
+    let default = match sub.as_deref() {
+        Some("send") => inclubit_rendezvous::state::config_dir().map(|d| d.join("send.toml")),
+        Some("rendezvous") => Some("/etc/inclubit/rendezvous.toml".into()),
+        _ => None,
+    };
+    let with_file = matches!(sub.as_deref(), Some("send" | "rendezvous"));
+    let (cmd, m) = if with_file {
+        config::get_matches(Cli::command(), args, sub.as_deref(), default)?
+    } else {
+        let cmd = Cli::command();
+        let m = cmd.clone().get_matches_from(args);
+        (cmd, m)
+    };
+    let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+    let print = match &cli.command {
+        Command::Send(a) => a.config.print_config,
+        Command::Rendezvous(a) => a.config.print_config,
+        _ => false,
+    };
+    if let (true, Some(name)) = (print, sub.as_deref()) {
+        if let (Some(sc), Some(sm)) = (cmd.find_subcommand(name), m.subcommand_matches(name)) {
+            return Ok(Parsed::PrintConfig(config::render(sc, sm)));
+        }
+    }
+    Ok(Parsed::Run(cli))
 }
 
 /// `WIDTHxHEIGHT`.
@@ -132,6 +180,8 @@ fn parse_code(s: &str) -> Result<PairingCode, String> {
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// testcard, file:PATH or camera:/dev/videoN
     #[arg(long, default_value = "testcard")]
     pub source: SourceSpec,
@@ -277,6 +327,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct RendezvousArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
     #[command(flatten)]
     pub server: ServerArgs,
     /// Also serve browser viewers (`/r/CODE`), WHEP and the download page on ADDR, as

@@ -65,6 +65,7 @@ async fn rendezvous_cmd(mut a: RendezvousArgs) -> Result<(), PipelineError> {
             let scheme = if web.server.https { "https" } else { "http" };
             say!("web listening on {scheme}://{}", web.server.local_addr);
             server.set_web(web.server.side());
+            server.set_metrics(web.metrics.clone());
             Some(web)
         }
         None => None,

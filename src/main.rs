@@ -1,9 +1,19 @@
 //! The `inclubit` binary: parse, start logging, dispatch.
 
-use clap::Parser;
+use inclubit::cli::Parsed;
 
 fn main() -> std::process::ExitCode {
-    let cli = inclubit::cli::Cli::parse();
+    let cli = match inclubit::cli::parse(std::env::args_os().collect()) {
+        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::PrintConfig(text)) => {
+            print!("{text}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

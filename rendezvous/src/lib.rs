@@ -7,6 +7,8 @@ pub mod bridge;
 pub mod client;
 pub mod clock;
 pub mod code;
+pub mod config;
+pub mod metrics;
 pub mod peer;
 pub mod server;
 pub mod state;

@@ -41,6 +41,18 @@ pub fn default_dir(app: &str) -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|h| h.join(".local/state").join(app)))
 }
 
+/// `$XDG_CONFIG_HOME/inclubit`, else `~/.config/inclubit`; `None` without a home.
+pub fn config_dir() -> Option<PathBuf> {
+    let var = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("XDG_CONFIG_HOME")
+        .map(|d| d.join("inclubit"))
+        .or_else(|| var("HOME").map(|h| h.join(".config/inclubit")))
+}
+
 /// Writes `bytes` to `path` readable by its owner only, through a temporary file and a rename
 /// so a crash never leaves half a file.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {

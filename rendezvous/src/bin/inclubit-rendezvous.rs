@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use inclubit_rendezvous::config::{self, ConfigArgs};
 use inclubit_rendezvous::server::{Server, ServerArgs};
 use inclubit_rendezvous::web::{WebArgs, WebService};
 
@@ -15,6 +16,8 @@ use inclubit_rendezvous::web::{WebArgs, WebService};
              side (browser viewers over WebRTC, the download page)"
 )]
 struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(flatten)]
     server: ServerArgs,
     /// HTTP(S) address for browser viewers (`/r/CODE`), WHEP and the download page.
@@ -35,7 +38,22 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut cli = Cli::parse();
+    // Default config file: /etc/inclubit/rendezvous.toml when it exists.
+    let (cmd, matches) = config::get_matches(
+        Cli::command(),
+        std::env::args_os().collect(),
+        None,
+        Some("/etc/inclubit/rendezvous.toml".into()),
+    )
+    .unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if cli.config.print_config {
+        print!("{}", config::render(&cmd, &matches));
+        return Ok(());
+    }
     cli.web.state_dir = cli.server.state_dir();
     let mut server = Server::bind(cli.server.config()).await?;
     let udp = server.local_addr();
@@ -47,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("starting the web side")?;
         server.set_web(web.server.side());
+        server.set_metrics(web.metrics.clone());
         let scheme = if web.server.https { "https" } else { "http" };
         println!(
             "web listening on {scheme}://{} (viewer pages at /r/CODE)",

@@ -121,6 +121,17 @@ struct Peer {
     estimate: Option<u64>,
 }
 
+/// What [`BridgeCore::totals`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeTotals {
+    /// WHEP sessions (browsers answered, connected or not).
+    pub browsers: u64,
+    pub connected: u64,
+    pub media_bytes: u64,
+    /// Video sent to browsers over the last [`RATE_WINDOW`], bits per second.
+    pub bitrate: u64,
+}
+
 pub struct BridgeCore {
     local: Vec<SocketAddr>,
     /// One DTLS certificate for every browser: generating one per offer delays each answer.
@@ -135,6 +146,9 @@ pub struct BridgeCore {
     next_demand: Option<Instant>,
     next_id: PeerId,
     out: VecDeque<CoreOutput>,
+    /// Video bytes handed to browsers, all rooms (the metrics' counter), and recent sends.
+    media_bytes: u64,
+    media_recent: VecDeque<(Instant, u64)>,
 }
 
 impl BridgeCore {
@@ -151,6 +165,8 @@ impl BridgeCore {
             next_demand: None,
             next_id: 1,
             out: VecDeque::new(),
+            media_bytes: 0,
+            media_recent: VecDeque::new(),
         }
     }
 
@@ -396,7 +412,8 @@ impl BridgeCore {
                 i += 1;
                 continue;
             }
-            write(p, now, au);
+            let sent = write(p, now, au);
+            self.count_sent(now, sent);
             if !self.drive_peer(now, i) {
                 i += 1;
             }
@@ -458,6 +475,37 @@ impl BridgeCore {
             .min()
     }
 
+    /// Browsers (connected ones) and the video bytes handed to them, all rooms.
+    pub fn totals(&self, now: Instant) -> BridgeTotals {
+        let recent: u64 = self
+            .media_recent
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= RATE_WINDOW)
+            .map(|(_, b)| b)
+            .sum();
+        BridgeTotals {
+            browsers: self.peers.len() as u64,
+            connected: self.peers.iter().filter(|p| p.connected).count() as u64,
+            media_bytes: self.media_bytes,
+            bitrate: (recent as f64 * 8.0 / RATE_WINDOW.as_secs_f64()) as u64,
+        }
+    }
+
+    fn count_sent(&mut self, now: Instant, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        self.media_bytes += bytes;
+        self.media_recent.push_back((now, bytes));
+        while self
+            .media_recent
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > RATE_WINDOW)
+        {
+            self.media_recent.pop_front();
+        }
+    }
+
     /// Viewers of `room`, connected or not.
     pub fn viewers(&self, room: RoomCode) -> usize {
         self.peers.iter().filter(|p| p.room == room).count()
@@ -490,7 +538,8 @@ impl BridgeCore {
             {
                 Some(recent) => {
                     for au in recent {
-                        write(peer, now, au);
+                        let sent = write(peer, now, au);
+                        self.media_bytes += sent;
                     }
                     drive(peer, &mut self.out, |_, _| {});
                 }
@@ -635,10 +684,11 @@ impl RoomRates {
     }
 }
 
-/// Sends one access unit to a connected peer, from its first keyframe on.
-fn write(p: &mut Peer, now: Instant, au: &AccessUnit) {
+/// Sends one access unit to a connected peer, from its first keyframe on; the bytes handed
+/// to it.
+fn write(p: &mut Peer, now: Instant, au: &AccessUnit) -> u64 {
     if !p.started && !au.keyframe {
-        return;
+        return 0;
     }
     p.started = true;
     // 90 kHz RTP clock from the capture time: browsers pace playout by it.
@@ -651,9 +701,11 @@ fn write(p: &mut Peer, now: Instant, au: &AccessUnit) {
     });
     match written {
         Ok(Some(Err(e))) => tracing::debug!(peer = p.id, "write failed: {e}"),
-        Ok(_) => {}
+        Ok(Some(Ok(()))) => return au.data.len() as u64,
+        Ok(None) => {}
         Err(_) => p.failed = true,
     }
+    0
 }
 
 /// Polls an [`Rtc`] until it only has a timeout left; transmits go to `out`, events to `on`.

@@ -81,6 +81,9 @@ enum Command {
         room: RoomCode,
         reply: oneshot::Sender<usize>,
     },
+    Totals {
+        reply: oneshot::Sender<core::BridgeTotals>,
+    },
 }
 
 /// A running bridge. Dropping it stops it.
@@ -182,6 +185,15 @@ impl Bridge {
             return 0;
         }
         rx.await.unwrap_or(0)
+    }
+
+    /// Browsers and the video bytes sent to them, all rooms.
+    pub async fn totals(&self) -> core::BridgeTotals {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(Command::Totals { reply }).is_err() {
+            return core::BridgeTotals::default();
+        }
+        rx.await.unwrap_or_default()
     }
 }
 
@@ -377,6 +389,9 @@ impl Driver {
             }
             Command::Viewers { room, reply } => {
                 let _ = reply.send(self.core.viewers(room));
+            }
+            Command::Totals { reply } => {
+                let _ = reply.send(self.core.totals(Instant::now()));
             }
         }
     }

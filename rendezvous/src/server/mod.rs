@@ -100,6 +100,7 @@ pub struct Server {
     rate_log: LogThrottle,
     rooms_log: LogThrottle,
     relay_log: LogThrottle,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 /// Datagram buffers per receive call; each holds a GRO batch of up to 64 KiB.
@@ -123,12 +124,24 @@ impl Server {
             rate_log: LogThrottle::new(Duration::from_secs(10)),
             rooms_log: LogThrottle::new(Duration::from_secs(10)),
             relay_log: LogThrottle::new(Duration::from_secs(10)),
+            metrics: None,
         })
     }
 
     /// Tells senders opening rooms where browsers can watch (after the web side started).
     pub fn set_web(&mut self, web: crate::wire::signal::WebSide) {
         self.rooms.set_web(web);
+    }
+
+    /// Publishes the rooms' figures to `metrics` (the web side's `/metrics`) once a second.
+    pub fn set_metrics(&mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    fn publish(&self) {
+        if let Some(m) = &self.metrics {
+            m.publish_rooms(self.rooms.snapshot(), self.malformed);
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -147,6 +160,8 @@ impl Server {
         tracing::info!(addr = %self.local_addr(), "rendezvous listening");
         let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUF]).collect();
         let mut metas = [quinn_udp::RecvMeta::default(); BATCH];
+        let mut publish = tokio::time::interval(Duration::from_secs(1));
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let timeout = self.rooms.poll_timeout().map(Instant::from_std);
             let sleep = async {
@@ -187,6 +202,7 @@ impl Server {
                     }
                 }
                 _ = sleep => self.rooms.handle_timeout(std::time::Instant::now()),
+                _ = publish.tick() => self.publish(),
             }
             self.flush().await;
         }

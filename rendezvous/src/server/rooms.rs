@@ -164,6 +164,16 @@ pub enum Event {
     },
 }
 
+/// The rooms' figures for the metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoomsSnapshot {
+    pub rooms: u64,
+    pub viewers: u64,
+    pub relay_sessions: u64,
+    pub relay: RelayStats,
+    pub refused: BTreeMap<&'static str, u64>,
+}
+
 /// Counters of the relay.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RelayStats {
@@ -276,6 +286,8 @@ pub struct Rooms {
     relays: HashMap<u64, RelaySession>,
     relay_ip: HashMap<IpAddr, Bucket>,
     relay_stats: RelayStats,
+    /// Requests answered with an error, by its name.
+    refused: BTreeMap<&'static str, u64>,
     rng: StdRng,
     ticket_key: TicketKey,
     out: VecDeque<Transmit>,
@@ -307,6 +319,7 @@ impl Rooms {
             relays: HashMap::new(),
             relay_ip: HashMap::new(),
             relay_stats: RelayStats::default(),
+            refused: BTreeMap::new(),
             rng,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -973,7 +986,22 @@ impl Rooms {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop_front()
+        let t = self.out.pop_front()?;
+        if let ServerMsg::Error { kind, .. } = t.msg {
+            *self.refused.entry(kind.name()).or_default() += 1;
+        }
+        Some(t)
+    }
+
+    /// What the metrics show: counts now and counters since start.
+    pub fn snapshot(&self) -> RoomsSnapshot {
+        RoomsSnapshot {
+            rooms: self.rooms.len() as u64,
+            viewers: self.rooms.values().map(|r| r.viewers.len() as u64).sum(),
+            relay_sessions: self.relays.len() as u64,
+            relay: self.relay_stats,
+            refused: self.refused.clone(),
+        }
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

@@ -98,6 +98,8 @@ pub struct WebState {
     offers: std::sync::Mutex<OfferLimiter>,
     /// The bridge runs on the camera PC (told to pages: end to end, or this server sees it).
     pub on_camera: bool,
+    /// What `/metrics` shows; the UDP server publishes its rooms here too.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The address a request came from (set by the server for every request).
@@ -124,6 +126,7 @@ impl WebState {
             limits,
             offers: std::sync::Mutex::new(OfferLimiter::new(limits)),
             on_camera: false,
+            metrics: Arc::default(),
         })
     }
 
@@ -157,6 +160,8 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/r/{code}", get(viewer_page))
         .route("/viewer.js", get(viewer_js))
         .route("/favicon.ico", get(favicon))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .route("/whep/{code}", post(whep::offer).options(whep::options))
         .route(
             "/whep/{code}/{session}",
@@ -165,7 +170,50 @@ pub fn router(state: Arc<WebState>) -> Router {
                 .options(whep::options),
         )
         .fallback(not_found)
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            count_refusal,
+        ))
         .with_state(state)
+}
+
+/// Prometheus text format.
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<WebState>>) -> Response {
+    let bridge = match &state.bridge {
+        Some(b) => Some(b.totals().await),
+        None => None,
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(bridge),
+    )
+        .into_response()
+}
+
+/// Up and serving (for load balancers and `systemctl`-style checks).
+async fn healthz() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "ok\n",
+    )
+        .into_response()
+}
+
+/// Why a request was refused, on the responses of [`json_error`].
+#[derive(Debug, Clone, Copy)]
+struct Refusal(&'static str);
+
+async fn count_refusal(
+    axum::extract::State(state): axum::extract::State<Arc<WebState>>,
+    r: Response,
+) -> Response {
+    if let Some(Refusal(reason)) = r.extensions().get::<Refusal>() {
+        state.metrics.refused_http(reason);
+    }
+    r
 }
 
 /// A running web server.
@@ -187,9 +235,16 @@ impl WebServer {
             .map_err(|e| WebError::Bind(addr, e))?;
         let local_addr = listener.local_addr().map_err(|e| WebError::Bind(addr, e))?;
         let limits = state.limits;
+        let metrics = state.metrics.clone();
         let app = router(state);
         let https = tls.is_some();
-        let task = tokio::spawn(serve(listener, app, tls.map(TlsAcceptor::from), limits));
+        let task = tokio::spawn(serve(
+            listener,
+            app,
+            tls.map(TlsAcceptor::from),
+            limits,
+            metrics,
+        ));
         tracing::info!(%local_addr, https, "web server listening");
         Ok(Self {
             local_addr,
@@ -224,7 +279,13 @@ impl Drop for WebServer {
 }
 
 /// Accepts connections within `limits` and serves each over HTTP/1.1 (in TLS with `tls`).
-async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, limits: WebLimits) {
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    limits: WebLimits,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     let conns = Connections::new(limits);
     let mut refused = crate::abuse::LogThrottle::new(std::time::Duration::from_secs(10));
     loop {
@@ -238,6 +299,7 @@ async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, lim
             }
         };
         let Some(slot) = conns.admit(peer.ip()) else {
+            metrics.refused_http("connection_limit");
             if let Some(held) = refused.allow(std::time::Instant::now()) {
                 tracing::warn!(
                     last = %peer.ip(),
@@ -291,6 +353,8 @@ async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, lim
 pub struct WebService {
     pub server: WebServer,
     pub bridge: Arc<Bridge>,
+    /// Served at `/metrics`; hand it to the UDP server ([`crate::server::Server::set_metrics`]).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl WebService {
@@ -334,8 +398,13 @@ impl WebService {
         )?;
         state.on_camera = args.on_camera;
         let state = Arc::new(state);
+        let metrics = state.metrics.clone();
         let server = WebServer::start(http, state, tls).await?;
-        Ok(Self { server, bridge })
+        Ok(Self {
+            server,
+            bridge,
+            metrics,
+        })
     }
 }
 
@@ -379,9 +448,10 @@ async fn not_found() -> Response {
 }
 
 /// `{"error": kind, "message": text}` with `status`.
-fn json_error(status: StatusCode, kind: &str, message: String) -> Response {
+fn json_error(status: StatusCode, kind: &'static str, message: String) -> Response {
     let body = serde_json::json!({ "error": kind, "message": message }).to_string();
     let mut r = (status, body).into_response();
+    r.extensions_mut().insert(Refusal(kind));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -146,6 +146,21 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// A short stable name (metrics labels, logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RoomNotFound => "room_not_found",
+            Self::RoomFull => "room_full",
+            Self::RateLimited => "rate_limited",
+            Self::NotMember => "not_member",
+            Self::ServerFull => "server_full",
+            Self::BadTicket => "bad_ticket",
+            Self::TooManyRooms => "too_many_rooms",
+        }
+    }
+}
+
 impl std::fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
