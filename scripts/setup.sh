@@ -33,6 +33,8 @@ if [ "${1:-}" = "test" ]; then
   PACKAGES+=(chromium chromium-driver)
   command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
   PACKAGES+=(vulkan-validationlayers openxr-layer-corevalidation)
+  # The admin tests: systemd-analyze for the unit, pebble (ACME test server) for certificates.
+  PACKAGES+=(systemd pebble)
   if [ -n "$MONADO_SRC" ]; then
     PACKAGES+=(cmake ninja-build python3 git libeigen3-dev libvulkan-dev glslang-tools libudev-dev
       libxcb1-dev libxcb-randr0-dev libx11-xcb-dev libxrandr-dev)

@@ -63,8 +63,7 @@ struct Entry {
 
 impl ConfigFile {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
         Self::parse(path, &text)
     }
 
@@ -118,12 +117,19 @@ impl ConfigFile {
             let values = match (&e.value, flag) {
                 (toml::Value::Boolean(b), true) => vec![b.to_string()],
                 (_, true) => return Err(bad("expected true or false".into())),
-                (toml::Value::Array(items), false) if arg.get_num_args().is_some_and(|n| n.max_values() > 1) || matches!(arg.get_action(), ArgAction::Append) => items
-                    .iter()
-                    .map(scalar)
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| bad("expected a list of strings or numbers".into()))?,
-                (v, false) => vec![scalar(v).ok_or_else(|| bad("expected a string or a number".into()))?],
+                (toml::Value::Array(items), false)
+                    if arg.get_num_args().is_some_and(|n| n.max_values() > 1)
+                        || matches!(arg.get_action(), ArgAction::Append) =>
+                {
+                    items
+                        .iter()
+                        .map(scalar)
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| bad("expected a list of strings or numbers".into()))?
+                }
+                (v, false) => {
+                    vec![scalar(v).ok_or_else(|| bad("expected a string or a number".into()))?]
+                }
             };
             // The flag's own parser, on a command of its own (no relations to other flags).
             let check = Command::new("config").arg(
@@ -231,7 +237,12 @@ pub fn render(cmd: &Command, m: &ArgMatches) -> String {
         }
         let id = arg.get_id().as_str();
         if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse) {
-            let on = m.try_get_one::<bool>(id).ok().flatten().copied().unwrap_or(false);
+            let on = m
+                .try_get_one::<bool>(id)
+                .ok()
+                .flatten()
+                .copied()
+                .unwrap_or(false);
             out.push_str(&format!("{long} = {on}\n"));
             continue;
         }
@@ -257,8 +268,7 @@ pub fn render(cmd: &Command, m: &ArgMatches) -> String {
 
 /// Numbers stay numbers; everything else is a TOML string.
 fn toml_scalar(v: &str) -> String {
-    if v.parse::<i64>().is_ok() || (v.parse::<f64>().is_ok_and(f64::is_finite) && v.contains('.'))
-    {
+    if v.parse::<i64>().is_ok() || (v.parse::<f64>().is_ok_and(f64::is_finite) && v.contains('.')) {
         v.to_string()
     } else {
         toml::Value::String(v.to_string()).to_string()
@@ -278,7 +288,11 @@ mod tests {
                     .value_parser(clap::value_parser!(u32))
                     .default_value("16"),
             )
-            .arg(Arg::new("no_http").long("no-http").action(ArgAction::SetTrue))
+            .arg(
+                Arg::new("no_http")
+                    .long("no-http")
+                    .action(ArgAction::SetTrue),
+            )
             .arg(Arg::new("acme").long("acme").action(ArgAction::Append))
             .arg(Arg::new("listen").long("listen"))
     }
@@ -302,14 +316,19 @@ mod tests {
 
     #[test]
     fn unknown_key_and_bad_value_name_key_and_line() {
-        let err = file("listen = \"x\"\n\nmax-viewrs = 3\n").apply(cmd()).unwrap_err();
+        let err = file("listen = \"x\"\n\nmax-viewrs = 3\n")
+            .apply(cmd())
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "rv.toml:3: unknown key `max-viewrs` (keys are the long flags; --help lists them)"
         );
         let err = file("max-viewers = \"many\"\n").apply(cmd()).unwrap_err();
         let s = err.to_string();
-        assert!(s.starts_with("rv.toml:1: bad value for `max-viewers`: "), "{s}");
+        assert!(
+            s.starts_with("rv.toml:1: bad value for `max-viewers`: "),
+            "{s}"
+        );
         assert!(s.contains("many"), "{s}");
         let err = file("no-http = 1\n").apply(cmd()).unwrap_err();
         assert!(err.to_string().contains("expected true or false"), "{err}");
@@ -325,7 +344,9 @@ mod tests {
 
     #[test]
     fn rendered_config_reads_back_the_same() {
-        let c = file("max-viewers = 7\nacme = [\"a.example\"]\n").apply(cmd()).unwrap();
+        let c = file("max-viewers = 7\nacme = [\"a.example\"]\n")
+            .apply(cmd())
+            .unwrap();
         let m = c.clone().try_get_matches_from(["t", "--no-http"]).unwrap();
         let text = render(&cmd(), &m);
         assert!(text.contains("max-viewers = 7\n"), "{text}");
@@ -339,8 +360,14 @@ mod tests {
     #[test]
     fn config_flag_is_found_in_either_spelling() {
         let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
-        assert_eq!(config_flag(&a(&["x", "--config", "c.toml"])), Some("c.toml".into()));
-        assert_eq!(config_flag(&a(&["x", "--config=c.toml"])), Some("c.toml".into()));
+        assert_eq!(
+            config_flag(&a(&["x", "--config", "c.toml"])),
+            Some("c.toml".into())
+        );
+        assert_eq!(
+            config_flag(&a(&["x", "--config=c.toml"])),
+            Some("c.toml".into())
+        );
         assert_eq!(config_flag(&a(&["x", "--", "--config=c.toml"])), None);
     }
 }

@@ -105,7 +105,8 @@ fn counters_by(
     key: &'static str,
     series: &[(&str, u64)],
 ) -> std::fmt::Result {
-    let mut family = e.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    let mut family =
+        e.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
     for (value, n) in series {
         let labels = [(key, *value)];
         ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
@@ -116,7 +117,12 @@ fn counters_by(
 impl Collector for Sample {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let r = &self.rooms;
-        gauge(&mut e, "rooms", "Open rooms (one sender each).", r.rooms as i64)?;
+        gauge(
+            &mut e,
+            "rooms",
+            "Open rooms (one sender each).",
+            r.rooms as i64,
+        )?;
         let mut peers = e.encode_descriptor(
             "peers",
             "Peers in rooms, by role.",
@@ -132,7 +138,12 @@ impl Collector for Sample {
             "Relay sessions (a viewer and its sender).",
             r.relay_sessions as i64,
         )?;
-        counter(&mut e, "relay_packets", "Datagrams relayed.", r.relay.packets)?;
+        counter(
+            &mut e,
+            "relay_packets",
+            "Datagrams relayed.",
+            r.relay.packets,
+        )?;
         counter(&mut e, "relay_bytes", "Bytes relayed.", r.relay.bytes)?;
         counters_by(
             &mut e,
@@ -234,7 +245,9 @@ mod tests {
             4,
         );
         m.refused_http("too_many_offers");
-        m.set_cert_expiry(Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(99)));
+        m.set_cert_expiry(Some(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(99),
+        ));
         let text = m.encode(Some(BridgeTotals {
             browsers: 3,
             connected: 2,
