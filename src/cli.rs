@@ -67,7 +67,7 @@ pub enum Command {
 
 /// What the command line asks for.
 pub enum Parsed {
-    Run(Cli),
+    Run(Box<Cli>),
     /// `--print-config`: the settings in effect, as TOML.
     PrintConfig(String),
 }
@@ -109,7 +109,7 @@ pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Parsed, ConfigError> {
             return Ok(Parsed::PrintConfig(config::render(sc, sm)));
         }
     }
-    Ok(Parsed::Run(cli))
+    Ok(Parsed::Run(Box::new(cli)))
 }
 
 /// `WIDTHxHEIGHT`.

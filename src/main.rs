@@ -4,7 +4,7 @@ use inclubit::cli::Parsed;
 
 fn main() -> std::process::ExitCode {
     let cli = match inclubit::cli::parse(std::env::args_os().collect()) {
-        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Run(cli)) => *cli,
         Ok(Parsed::PrintConfig(text)) => {
             print!("{text}");
             return std::process::ExitCode::SUCCESS;

@@ -152,6 +152,8 @@ pub(super) async fn serve_viewer(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     let mut rekeys = shared.rekeys.subscribe();
+    // The newest keyframe sent to this viewer.
+    let mut last_key_sent: Option<u64> = None;
     let result = loop {
         let mut skipped = Vec::new();
         tokio::select! {
@@ -193,6 +195,9 @@ pub(super) async fn serve_viewer(
                         ctl.on_frame_abandoned(Instant::now(), frame.seq);
                     } else {
                         waiting_key = false;
+                        if frame.keyframe {
+                            last_key_sent = Some(frame.seq);
+                        }
                         ctl.on_frame_sent(Instant::now(), frame.seq, frame.data.len());
                         sent.record(Instant::now(), (frame.data.len() + FrameHeader::LEN) as u64);
                         let deadline = tokio::time::Instant::now() + (shared.budget - age);
@@ -213,10 +218,16 @@ pub(super) async fn serve_viewer(
                 ctl.on_frame_abandoned(Instant::now(), seq);
             }
             m = ctrl_rx.recv() => match m {
-                Some(Control::KeyframeRequest) => {
-                    tracing::debug!(id, "keyframe request");
-                    waiting_key = true;
-                    ladder.renditions[place.current].keyframe_after_loss();
+                Some(Control::KeyframeRequest { seen }) => {
+                    // A keyframe sent after what the viewer had seen is on its way: the
+                    // request crossed it (skipping frames now would break what it starts).
+                    if last_key_sent.is_some_and(|k| k > seen) {
+                        tracing::debug!(id, seen, "keyframe request already answered");
+                    } else {
+                        tracing::debug!(id, seen, "keyframe request");
+                        waiting_key = true;
+                        ladder.renditions[place.current].keyframe_after_loss();
+                    }
                 }
                 Some(Control::Arrivals(list)) => ctl.on_arrivals(Instant::now(), &list),
                 Some(Control::Prefer(p)) => {

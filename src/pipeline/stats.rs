@@ -103,6 +103,9 @@ pub struct StatsLine {
     /// With `view --verify`: frames whose test-card barcode matched / did not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified: Option<u64>,
+    /// Pictures that still showed the previous frame's number (see `view::Verified`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub corrupt: Option<u64>,
     /// Viewer: milliseconds from start to the QUIC connection, to the first decoded frame,
@@ -156,7 +159,10 @@ impl StatsLine {
             .map(|v| format!("  viewers {v}"))
             .unwrap_or_default();
         let verify = match (self.verified, self.corrupt) {
-            (Some(ok), Some(bad)) => format!("  testcard ok {ok} bad {bad}"),
+            (Some(ok), Some(bad)) => match self.stale {
+                Some(stale) => format!("  testcard ok {ok} stale {stale} bad {bad}"),
+                None => format!("  testcard ok {ok} bad {bad}"),
+            },
             _ => String::new(),
         };
         let headset = match (self.headset_fps, self.headset_missed) {

@@ -218,6 +218,18 @@ pub enum ViewEvent {
     },
 }
 
+/// What `view --verify` found in the decoded pictures.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The picture shows its own frame number.
+    pub ok: u64,
+    /// It shows the number of the frame decoded just before: the encoder left that region
+    /// as it was (x264 at a very low bitrate skips blocks whose change it cannot afford).
+    pub stale: u64,
+    /// Anything else: a wrong or unreadable number, what decoding on a broken reference gives.
+    pub corrupt: u64,
+}
+
 /// Live counters of a viewer.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -228,8 +240,9 @@ pub struct Metrics {
     pub dropped: u64,
     pub rtt: Duration,
     pub path: String,
-    /// `Some((ok, bad))` when checking test-card barcodes.
-    pub verify: Option<(u64, u64)>,
+    /// Counts of test-card barcode checks, when checking.
+    pub verify: Option<Verified>,
+
     pub started: Option<Instant>,
     pub connected: Option<Duration>,
     pub first_frame: Option<Duration>,
@@ -277,8 +290,9 @@ impl Metrics {
             frames: self.frames,
             viewers: None,
             path: self.path.clone(),
-            verified: self.verify.map(|v| v.0),
-            corrupt: self.verify.map(|v| v.1),
+            verified: self.verify.map(|v| v.ok),
+            stale: self.verify.map(|v| v.stale).filter(|n| *n > 0),
+            corrupt: self.verify.map(|v| v.corrupt),
             connect_ms: self.connected.map(|d| d.as_secs_f64() * 1000.0),
             first_frame_ms: self.first_frame.map(|d| d.as_secs_f64() * 1000.0),
             direct_ms: self.direct.map(|d| d.as_secs_f64() * 1000.0),

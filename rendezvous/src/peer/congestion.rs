@@ -7,7 +7,9 @@
 //! roam, direct → relay) the window stays sized for the old RTT: 4 packets per 83 ms froze an
 //! 8 Mbit/s stream for good (issue 11). [`WindowFloor`] tracks a recent minimum RTT and the
 //! delivery rate; while the recent minimum is well above the lifetime one, the window is at
-//! least twice the delivered bytes per recent RTT, so it regrows within a few round trips.
+//! least twice what the path delivered lately (the best rate of the last seconds) times the
+//! recent RTT: a longer path carries as much as before, so the window is right at once instead
+//! of regrowing from 4 packets, one doubling per round trip, while frames miss their deadline.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -18,8 +20,11 @@ use quinn::congestion::{BbrConfig, Controller, ControllerFactory, ControllerMetr
 use quinn_proto::RttEstimator;
 
 /// The span of the recent-minimum RTT: long enough to ignore one slow ack, short enough that
-/// a new path delay is seen within a second.
-const RTT_WINDOW: Duration = Duration::from_millis(500);
+/// a new path delay is seen before frames miss their deadline (250 ms by default).
+const RTT_WINDOW: Duration = Duration::from_millis(250);
+/// How long the best delivery rate is remembered (BBR's bandwidth filter spans about 10 round
+/// trips; a delay step must not make the path look narrower).
+const RATE_WINDOW: Duration = Duration::from_secs(2);
 /// Delivery is measured over this many recent RTTs (bounded below and above).
 const DELIVERY_RTTS: u32 = 2;
 const DELIVERY_MIN: Duration = Duration::from_millis(100);
@@ -39,6 +44,8 @@ pub struct WindowFloor {
     /// Bytes acknowledged, in arrival order.
     acked: VecDeque<(Instant, u64)>,
     acked_sum: u64,
+    /// Monotone queue of (time, bytes per second): the front is the best over [`RATE_WINDOW`].
+    rates: VecDeque<(Instant, u64)>,
     floor: u64,
 }
 
@@ -80,7 +87,20 @@ impl WindowFloor {
     }
 
     /// Recomputes the floor after a batch of acks; `lifetime_min` is the connection's lowest RTT.
-    pub fn update(&mut self, lifetime_min: Duration, min_window: u64) {
+    pub fn update(&mut self, now: Instant, lifetime_min: Duration, min_window: u64) {
+        let span = self.delivery_span();
+        let rate = (self.acked_sum as u128 * 1_000_000 / span.as_micros().max(1)) as u64;
+        while self.rates.back().is_some_and(|(_, r)| *r <= rate) {
+            self.rates.pop_back();
+        }
+        self.rates.push_back((now, rate));
+        while self
+            .rates
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > RATE_WINDOW)
+        {
+            self.rates.pop_front();
+        }
         let Some(recent) = self.recent_min() else {
             self.floor = 0;
             return;
@@ -88,9 +108,8 @@ impl WindowFloor {
         let inflated =
             recent > lifetime_min * INFLATION_FACTOR && recent > lifetime_min + INFLATION_MIN;
         self.floor = if inflated {
-            let span = self.delivery_span();
-            let per_rtt =
-                (self.acked_sum as u128 * recent.as_micros() / span.as_micros().max(1)) as u64;
+            let best = self.rates.front().map_or(rate, |(_, r)| *r);
+            let per_rtt = (best as u128 * recent.as_micros() / 1_000_000) as u64;
             (GAIN * per_rtt).max(min_window)
         } else {
             0
@@ -168,7 +187,7 @@ impl Controller for LiveBbr {
     ) {
         self.inner
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
-        self.floor.update(self.lifetime_min, 4 * self.mtu);
+        self.floor.update(now, self.lifetime_min, 4 * self.mtu);
     }
 
     fn on_congestion_event(
@@ -239,7 +258,7 @@ mod tests {
         let rtt = Duration::from_millis(40);
         for _ in 0..20 {
             round_trip(&mut f, &mut now, rtt, 100 * MTU);
-            f.update(Duration::from_millis(38), 4 * MTU);
+            f.update(now, Duration::from_millis(38), 4 * MTU);
             assert_eq!(f.floor(), 0);
         }
     }
@@ -258,7 +277,7 @@ mod tests {
         while window < app_per_rtt && now - start < Duration::from_secs(5) {
             let sent = window.min(app_per_rtt);
             round_trip(&mut f, &mut now, rtt, sent);
-            f.update(Duration::from_micros(500), 4 * MTU);
+            f.update(now, Duration::from_micros(500), 4 * MTU);
             window = window.max(f.floor());
         }
         assert!(window >= app_per_rtt, "window {window}");
@@ -267,6 +286,37 @@ mod tests {
             "took {:?}",
             now - start
         );
+    }
+
+    #[test]
+    fn a_risen_rtt_gets_the_window_the_old_delivery_rate_needs_at_once() {
+        // 8 Mbit/s (1 MB/s) on loopback for two seconds, then the path takes 83 ms: the floor
+        // is the old rate times the new RTT (twice) within the recent-RTT window, before any
+        // frame misses a 250 ms deadline.
+        let mut f = WindowFloor::default();
+        let mut now = Instant::now();
+        let lifetime = Duration::from_micros(500);
+        for _ in 0..2000 {
+            // 1 MB/s: 1000 bytes per millisecond.
+            f.on_rtt(now, lifetime);
+            f.on_ack(now, 1000);
+            f.update(now, lifetime, 4 * MTU);
+            now += Duration::from_millis(1);
+        }
+        assert_eq!(f.floor(), 0);
+        let step = now;
+        let rtt = Duration::from_millis(83);
+        // BBR's stale window: 4 packets per round trip get through.
+        while f.floor() == 0 && now - step < Duration::from_secs(1) {
+            round_trip(&mut f, &mut now, rtt, 4 * MTU);
+            f.update(now, lifetime, 4 * MTU);
+        }
+        assert!(
+            now - step <= Duration::from_millis(350),
+            "took {:?}",
+            now - step
+        );
+        assert!(f.floor() >= 2 * 83_000 * 9 / 10, "floor {}", f.floor());
     }
 
     #[test]

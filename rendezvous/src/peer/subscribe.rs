@@ -470,6 +470,8 @@ impl Running {
         feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         // Stopped here rather than by the sender going away.
         let mut local_stop = false;
+        // The newest frame heard of, told with keyframe requests.
+        let mut seen = 0u64;
         loop {
             let timeout = reorder.poll_timeout();
             tokio::select! {
@@ -481,13 +483,18 @@ impl Running {
                     }
                     let off = offset_us.load(Ordering::Relaxed);
                     let capture = (a.header.capture_us as i64 - off).max(0) as u64;
+                    tracing::trace!(seq = a.header.seq, keyframe = a.header.keyframe, len = a.data.len(), "frame arrived");
+                    seen = seen.max(a.header.seq);
                     reorder.handle_frame(Instant::now(), a.header.seq, a.header.keyframe, (a.data, capture, a.received_us));
                 }
-                Some(seq) = skip_rx.recv() => reorder.handle_skipped(Instant::now(), seq),
+                Some(seq) = skip_rx.recv() => {
+                    seen = seen.max(seq);
+                    reorder.handle_skipped(Instant::now(), seq);
+                }
                 c = commands.recv() => match c {
                     Some(Command::DecodeError) => reorder.handle_decode_error(Instant::now()),
                     Some(Command::RequestKeyframe) => {
-                        let _ = ctrl_out_tx.send(Control::KeyframeRequest);
+                        let _ = ctrl_out_tx.send(Control::KeyframeRequest { seen });
                     }
                     Some(Command::Prefer(p)) => {
                         let _ = ctrl_out_tx.send(Control::Prefer(p));
@@ -530,8 +537,8 @@ impl Running {
                         received_us,
                     }),
                     Output::RequestKeyframe => {
-                        tracing::debug!("asking the sender for a keyframe");
-                        let _ = ctrl_out_tx.send(Control::KeyframeRequest);
+                        tracing::debug!(seen, "asking the sender for a keyframe");
+                        let _ = ctrl_out_tx.send(Control::KeyframeRequest { seen });
                         SubEvent::KeyframeRequested
                     }
                     Output::Dropped { seq } => {

@@ -8,7 +8,7 @@
 use super::codec::{Reader, WireError, Writer};
 
 /// 2: viewers report frame arrivals (`Control::Arrivals`) for the sender's rate control.
-pub const MEDIA_VERSION: u8 = 4;
+pub const MEDIA_VERSION: u8 = 5;
 /// ALPN for peer-to-peer media connections.
 pub const ALPN: &[u8] = b"inclubit/1";
 /// Largest control message body.
@@ -186,8 +186,10 @@ pub enum Control {
     Rekeyed,
     /// Sender → viewer, answer to the hello.
     Hello(StreamHello),
-    /// Viewer → sender: decoding cannot go on until an IDR.
-    KeyframeRequest,
+    /// Viewer → sender: decoding cannot go on until an IDR. `seen`: the newest frame the viewer
+    /// has heard of (arrived or skipped); a keyframe the sender sent after it already answers
+    /// the request, so a request that crossed that keyframe on the way changes nothing.
+    KeyframeRequest { seen: u64 },
     /// Sender → viewer: this frame will never arrive (too old, or the viewer fell behind).
     Skipped { seq: u64 },
     /// Viewer → sender: clock probe, viewer time in µs.
@@ -294,7 +296,10 @@ impl Control {
                 w.u16(h.lens.centre_e4[1]);
                 w.u16(h.lens.radius_e4);
             }
-            Self::KeyframeRequest => w.u8(C_KEYFRAME),
+            Self::KeyframeRequest { seen } => {
+                w.u8(C_KEYFRAME);
+                w.u64(*seen);
+            }
             Self::Skipped { seq } => {
                 w.u8(C_SKIPPED);
                 w.u64(*seq);
@@ -382,7 +387,7 @@ impl Control {
                     radius_e4: r.u16()?,
                 },
             }),
-            C_KEYFRAME => Self::KeyframeRequest,
+            C_KEYFRAME => Self::KeyframeRequest { seen: r.u64()? },
             C_SKIPPED => Self::Skipped { seq: r.u64()? },
             C_PING => Self::Ping {
                 viewer_us: r.u64()?,
@@ -510,7 +515,7 @@ mod tests {
                         })
                     }
                 ),
-            Just(Control::KeyframeRequest),
+            any::<u64>().prop_map(|seen| Control::KeyframeRequest { seen }),
             any::<u64>().prop_map(|seq| Control::Skipped { seq }),
             any::<u64>().prop_map(|viewer_us| Control::Ping { viewer_us }),
             (any::<u64>(), any::<u64>()).prop_map(|(viewer_us, sender_us)| Control::Pong {
