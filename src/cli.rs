@@ -60,7 +60,7 @@ pub enum Command {
     /// Watch a stream by its code.
     View(ViewArgs),
     /// Run a rendezvous server (rooms, signalling, relay; with --http also browser viewers).
-    Rendezvous(RendezvousArgs),
+    Rendezvous(Box<RendezvousArgs>),
     /// Test card, rendezvous and viewer in one process on this machine.
     Demo(DemoArgs),
 }

@@ -39,7 +39,7 @@ pub fn run(cli: Cli) -> i32 {
     let r = match cli.command {
         Command::Send(a) => rt.block_on(send_cmd(*a, json)),
         Command::View(a) => view_cmd(&rt, a, json),
-        Command::Rendezvous(a) => rt.block_on(rendezvous_cmd(a)),
+        Command::Rendezvous(a) => rt.block_on(rendezvous_cmd(*a)),
         Command::Demo(a) => demo_cmd(&rt, a, json),
     };
     // Don't wait for blocked capture reads and the like.

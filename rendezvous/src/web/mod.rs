@@ -1,6 +1,7 @@
 //! HTTP(S): the browser viewer page at `/r/CODE`, WHEP at `/whep/CODE`, and the download page at
 //! `/`. Static files are compiled in; only the downloads directory is read at run time.
 
+pub mod acme;
 mod downloads;
 pub mod limits;
 pub mod tls;
@@ -42,6 +43,20 @@ pub struct WebArgs {
     /// HTTPS with a self-signed certificate (a LAN without a domain; browsers warn once).
     #[arg(long, conflicts_with = "tls_cert")]
     pub self_signed: bool,
+    /// HTTPS with a certificate for DOMAIN from an ACME CA (Let's Encrypt), obtained and
+    /// renewed automatically (TLS-ALPN-01 on the HTTPS port: the CA must reach it on 443);
+    /// repeatable. Cached in the state directory.
+    #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["tls_cert", "self_signed"])]
+    pub acme: Vec<String>,
+    /// Contact address the CA warns about expiring certificates.
+    #[arg(long, value_name = "EMAIL", requires = "acme")]
+    pub acme_email: Option<String>,
+    /// The ACME directory (default: Let's Encrypt).
+    #[arg(long, value_name = "URL", requires = "acme", default_value = acme::LETS_ENCRYPT)]
+    pub acme_directory: String,
+    /// Trust this CA certificate (PEM) for the ACME directory's own HTTPS (a test CA).
+    #[arg(long, value_name = "PEM", requires = "acme")]
+    pub acme_root: Option<PathBuf>,
     /// Directory whose files the download page lists (with size and SHA-256).
     #[arg(long, value_name = "DIR")]
     pub downloads: Option<PathBuf>,
@@ -67,6 +82,10 @@ impl Default for WebArgs {
             tls_cert: None,
             tls_key: None,
             self_signed: false,
+            acme: Vec::new(),
+            acme_email: None,
+            acme_directory: acme::LETS_ENCRYPT.into(),
+            acme_root: None,
             downloads: None,
             webrtc: SocketAddr::from(([0, 0, 0, 0], 0)),
             public_ip: Vec::new(),
@@ -86,6 +105,10 @@ pub enum WebError {
     Bridge(#[from] BridgeError),
     #[error("downloads directory {0}: {1}")]
     Downloads(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Acme(#[from] acme::AcmeError),
+    #[error("--acme needs a state directory (--state-dir) for its account and certificates")]
+    AcmeNoState,
 }
 
 /// What the handlers share.
@@ -334,6 +357,10 @@ async fn serve(
                                 }
                                 Err(_) => return Ok(()),
                             };
+                        // An ACME validation only looks at the certificate (RFC 8737).
+                        if stream.get_ref().1.alpn_protocol() == Some(acme::ACME_TLS_ALPN) {
+                            return Ok(());
+                        }
                         http.serve_connection(TokioIo::new(stream), service)
                             .with_upgrades()
                             .await
@@ -355,6 +382,16 @@ pub struct WebService {
     pub bridge: Arc<Bridge>,
     /// Served at `/metrics`; hand it to the UDP server ([`crate::server::Server::set_metrics`]).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The ACME task, with `--acme`.
+    acme: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for WebService {
+    fn drop(&mut self) {
+        if let Some(a) = &self.acme {
+            a.abort();
+        }
+    }
 }
 
 impl WebService {
@@ -364,8 +401,28 @@ impl WebService {
         args: &WebArgs,
         rendezvous: SocketAddr,
     ) -> Result<Self, WebError> {
+        let mut expiry = None;
+        let mut acme = None;
         let tls = match (&args.tls_cert, &args.tls_key, args.self_signed) {
-            (Some(c), Some(k), _) => Some(tls::from_pem(c, k)?),
+            _ if !args.acme.is_empty() => {
+                let cache = args.state_dir.as_ref().ok_or(WebError::AcmeNoState)?;
+                let store = Arc::new(acme::CertStore::default());
+                acme = Some((
+                    acme::AcmeSettings {
+                        domains: args.acme.clone(),
+                        email: args.acme_email.clone(),
+                        directory: args.acme_directory.clone(),
+                        directory_root: args.acme_root.clone(),
+                        cache: cache.join("acme"),
+                    },
+                    store.clone(),
+                ));
+                Some(acme::server_config(store)?)
+            }
+            (Some(c), Some(k), _) => {
+                expiry = tls::leaf_validity(c).map(|(_, until)| until);
+                Some(tls::from_pem(c, k)?)
+            }
             (_, _, true) => {
                 let ips: Vec<IpAddr> = if_addrs::get_if_addrs()
                     .unwrap_or_default()
@@ -399,11 +456,16 @@ impl WebService {
         state.on_camera = args.on_camera;
         let state = Arc::new(state);
         let metrics = state.metrics.clone();
+        metrics.set_cert_expiry(expiry);
         let server = WebServer::start(http, state, tls).await?;
+        let acme = acme.map(|(settings, store)| {
+            tokio::spawn(acme::run(settings, store, metrics.clone())).abort_handle()
+        });
         Ok(Self {
             server,
             bridge,
             metrics,
+            acme,
         })
     }
 }

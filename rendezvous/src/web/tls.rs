@@ -33,6 +33,13 @@ pub fn from_pem(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Tl
     config(certs, key)
 }
 
+/// (not before, not after) of the first certificate in a PEM file.
+pub fn leaf_validity(cert: &Path) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let pem = std::fs::read(cert).ok()?;
+    let leaf = rustls_pemfile::certs(&mut &pem[..]).next()?.ok()?;
+    super::acme::validity(&leaf)
+}
+
 /// A self-signed certificate for `localhost` and these addresses. With a state directory it is
 /// kept there and used again while it names every current address, so browsers that accepted
 /// it once do not warn again after a restart.
