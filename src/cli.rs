@@ -256,6 +256,10 @@ pub struct SendArgs {
     pub web: Option<SocketAddr>,
     #[command(flatten)]
     pub web_opts: WebArgs,
+    /// Serve Prometheus metrics (per viewer: path, RTT, bitrate, frames sent and skipped) at
+    /// http://ADDR/metrics, and /healthz.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl SendArgs {

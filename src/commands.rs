@@ -222,6 +222,43 @@ impl SenderState {
     }
 }
 
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The sender's stats line as metrics.
+fn metrics_of(
+    line: &crate::pipeline::stats::StatsLine,
+) -> inclubit_rendezvous::metrics::SenderSample {
+    use inclubit_rendezvous::metrics::{SenderSample, ViewerSample};
+    SenderSample {
+        fps: line.fps,
+        bitrate_bps: line.bitrate_mbps * 1e6,
+        frames: line.frames,
+        viewers: line
+            .per_viewer
+            .iter()
+            .map(|v| ViewerSample {
+                id: v.id,
+                path: v.path.to_string(),
+                rendition: v.rendition.to_string(),
+                rtt_seconds: v.rtt_ms / 1000.0,
+                estimate_bps: v.estimate_mbps * 1e6,
+                target_bps: v.target_mbps * 1e6,
+                sent_bps: v.sent_mbps * 1e6,
+                frames_sent: v.frames_sent,
+                frames_skipped: v.frames_skipped,
+                idrs: v.idrs,
+            })
+            .collect(),
+    }
+}
+
 async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
     let rv = rendezvous_addr(&a.net.rendezvous).await?;
     let mut cfg = send_config(&a, rv);
@@ -256,6 +293,18 @@ async fn send_cmd(a: SendArgs, json: bool) -> Result<(), PipelineError> {
             }
             None
         }
+    };
+    let _metrics = match a.metrics {
+        Some(addr) => {
+            let stats = s.stats_source();
+            let scrape = std::sync::Arc::new(move || metrics_of(&stats()).encode());
+            let (local, task) = inclubit_rendezvous::metrics::serve(addr, scrape)
+                .await
+                .map_err(|e| PipelineError::Other(format!("metrics on {addr}: {e}")))?;
+            say!("metrics     http://{local}/metrics");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // After a stall of the runtime, one line, not a burst of identical ones.

@@ -514,3 +514,99 @@ fn after_a_stall_the_viewer_prints_one_stats_line_not_a_burst() {
         .count();
     assert_eq!(burst, 0, "more stats lines came at once after the stall");
 }
+
+#[test]
+fn sender_serves_metrics_per_viewer() {
+    let p = Proc::start(&[
+        "send",
+        "--source",
+        "testcard",
+        "--size",
+        "320x160",
+        "--bind",
+        "127.0.0.1:0",
+        "--rendezvous-port",
+        "0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let code = p.line("code ", Duration::from_secs(10));
+    let code = code.split_whitespace().nth(1).unwrap().to_string();
+    let rv = p.line("rendezvous ", Duration::from_secs(5));
+    let rv = rv.split_whitespace().nth(1).unwrap().to_string();
+    let url = p.line("metrics ", Duration::from_secs(5));
+    let url = url.split_whitespace().nth(1).unwrap().to_string();
+    let scrape = || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(scrape().contains("inclubit_send_viewers 0"));
+    let _v = view(&rv, &code, "100000");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = scrape();
+        let sent = text
+            .lines()
+            .find(|l| {
+                l.starts_with("inclubit_viewer_frames_sent_total{viewer=\"1\",path=\"direct\"}")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+        if sent.is_some_and(|n| n >= 30) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for want in [
+        "inclubit_send_viewers 1",
+        "inclubit_viewer_rtt_seconds{viewer=\"1\",path=\"direct\",rendition=\"full\"}",
+        "inclubit_viewer_sent_bits_per_second{viewer=\"1\",path=\"direct\",rendition=\"full\"}",
+        "inclubit_viewer_frames_skipped_total{viewer=\"1\",path=\"direct\"}",
+    ] {
+        assert!(text.contains(want), "no `{want}` in\n{text}");
+    }
+    let sent = text
+        .lines()
+        .find(|l| l.starts_with("inclubit_viewer_frames_sent_total{viewer=\"1\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(sent.is_some_and(|n| n >= 30), "{text}");
+    let health = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &url.replace("/metrics", "/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "ok\n");
+}
+
+#[test]
+fn send_reads_its_settings_from_a_config_file() {
+    let dir = std::env::temp_dir().join(format!("inclubit-send-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("send.toml");
+    std::fs::write(&cfg, "size = \"320x160\"\nbitrate = \"2M\"\nfps = 25\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let printed = Command::new(BIN)
+        .args(["send", "--config", cfg, "--print-config", "--fps", "20"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.status.success(), "{out}");
+    for line in ["size = \"320x160\"", "bitrate = \"2M\"", "fps = 20"] {
+        assert!(out.lines().any(|l| l == line), "no `{line}` in\n{out}");
+    }
+    std::fs::write(dir.join("bad.toml"), "size = \"huge\"\n").unwrap();
+    let (code, out) = run(
+        &["send", "--config", dir.join("bad.toml").to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("bad.toml:1: bad value for `size`"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -219,10 +219,190 @@ impl Collector for Sample {
     }
 }
 
+/// The sender's figures for `send --metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct SenderSample {
+    pub fps: f64,
+    pub bitrate_bps: f64,
+    pub frames: u64,
+    pub viewers: Vec<ViewerSample>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ViewerSample {
+    pub id: usize,
+    /// direct, upnp or relay.
+    pub path: String,
+    pub rendition: String,
+    pub rtt_seconds: f64,
+    pub estimate_bps: f64,
+    pub target_bps: f64,
+    pub sent_bps: f64,
+    pub frames_sent: u64,
+    pub frames_skipped: u64,
+    pub idrs: u64,
+}
+
+impl Collector for SenderSample {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let f = |e: &mut DescriptorEncoder, name: &str, help: &str, v: f64| {
+            let g = ConstGauge::new(v);
+            g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+        };
+        f(&mut e, "send_fps", "Frames encoded per second.", self.fps)?;
+        f(
+            &mut e,
+            "send_bitrate_bits_per_second",
+            "Bits encoded per second, all renditions.",
+            self.bitrate_bps,
+        )?;
+        counter(&mut e, "send_frames", "Frames encoded.", self.frames)?;
+        gauge(
+            &mut e,
+            "send_viewers",
+            "Viewers connected.",
+            self.viewers.len() as i64,
+        )?;
+        type Get = fn(&ViewerSample) -> f64;
+        let gauges: [(&str, &str, Get); 4] = [
+            (
+                "viewer_rtt_seconds",
+                "Round-trip time of the viewer's path.",
+                |v| v.rtt_seconds,
+            ),
+            (
+                "viewer_estimate_bits_per_second",
+                "What the viewer's path is estimated to carry.",
+                |v| v.estimate_bps,
+            ),
+            (
+                "viewer_target_bits_per_second",
+                "The bitrate the viewer's controller allows.",
+                |v| v.target_bps,
+            ),
+            (
+                "viewer_sent_bits_per_second",
+                "Sent to the viewer over the last second.",
+                |v| v.sent_bps,
+            ),
+        ];
+        for (name, help, get) in gauges {
+            let mut family =
+                e.encode_descriptor(name, help, None, ConstGauge::new(0.0f64).metric_type())?;
+            for v in &self.viewers {
+                let id = v.id.to_string();
+                let labels = [
+                    ("viewer", id.as_str()),
+                    ("path", v.path.as_str()),
+                    ("rendition", v.rendition.as_str()),
+                ];
+                ConstGauge::new(get(v)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        type Count = fn(&ViewerSample) -> u64;
+        let counters: [(&str, &str, Count); 3] = [
+            ("viewer_frames_sent", "Frames sent to the viewer.", |v| {
+                v.frames_sent
+            }),
+            (
+                "viewer_frames_skipped",
+                "Frames not sent to the viewer (too late, or waiting for a keyframe).",
+                |v| v.frames_skipped,
+            ),
+            ("viewer_idrs", "IDRs the viewer's rendition made.", |v| {
+                v.idrs
+            }),
+        ];
+        for (name, help, get) in counters {
+            let mut family =
+                e.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+            for v in &self.viewers {
+                let id = v.id.to_string();
+                let labels = [("viewer", id.as_str()), ("path", v.path.as_str())];
+                ConstCounter::new(get(v)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SenderSample {
+    pub fn encode(self) -> String {
+        let mut registry = Registry::with_prefix("inclubit");
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// Serves `/metrics` (what `scrape` returns, on each request) and `/healthz` on `addr`.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    scrape: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let scrape = scrape.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        scrape(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("metrics server: {e}");
+        }
+    });
+    Ok((local, task))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::server::rooms::RelayStats;
+
+    #[test]
+    fn sender_metrics_have_a_series_per_viewer() {
+        let text = SenderSample {
+            fps: 30.0,
+            bitrate_bps: 4e6,
+            frames: 90,
+            viewers: vec![ViewerSample {
+                id: 1,
+                path: "direct".into(),
+                rendition: "full".into(),
+                rtt_seconds: 0.02,
+                frames_sent: 88,
+                frames_skipped: 2,
+                ..Default::default()
+            }],
+        }
+        .encode();
+        for line in [
+            "inclubit_send_viewers 1",
+            "inclubit_send_frames_total 90",
+            "inclubit_viewer_rtt_seconds{viewer=\"1\",path=\"direct\",rendition=\"full\"} 0.02",
+            "inclubit_viewer_frames_sent_total{viewer=\"1\",path=\"direct\"} 88",
+            "inclubit_viewer_frames_skipped_total{viewer=\"1\",path=\"direct\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+    }
 
     #[test]
     fn text_format_has_every_family() {

@@ -152,8 +152,9 @@ pub(super) async fn serve_viewer(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     let mut rekeys = shared.rekeys.subscribe();
-    // The newest keyframe sent to this viewer.
+    // The newest keyframe sent to this viewer; frames sent since the counters were updated.
     let mut last_key_sent: Option<u64> = None;
+    let mut sent_now = 0u64;
     let result = loop {
         let mut skipped = Vec::new();
         tokio::select! {
@@ -195,6 +196,7 @@ pub(super) async fn serve_viewer(
                         ctl.on_frame_abandoned(Instant::now(), frame.seq);
                     } else {
                         waiting_key = false;
+                        sent_now += 1;
                         if frame.keyframe {
                             last_key_sent = Some(frame.seq);
                         }
@@ -270,6 +272,11 @@ pub(super) async fn serve_viewer(
                     loss: ctl.loss(),
                 };
                 publish(shared, id, rate);
+                if let Ok(mut v) = shared.viewers.lock() {
+                    if let Some(slot) = v.iter_mut().find(|s| s.id == id) {
+                        slot.sent_frames += std::mem::take(&mut sent_now);
+                    }
+                }
             }
             _ = conn.closed() => break Ok(()),
         }

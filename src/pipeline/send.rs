@@ -123,6 +123,7 @@ pub(super) struct ViewerSlot {
     conn: quinn::Connection,
     pub(super) stats: ViewerStats,
     pub(super) skipped: u64,
+    pub(super) sent_frames: u64,
     /// Its estimate, rendition and rates, once its session has measured them.
     pub(super) rate: Option<ViewerRate>,
 }
@@ -417,6 +418,7 @@ async fn accept_loop(
                     conn: conn.clone(),
                     stats: ViewerStats::default(),
                     skipped: 0,
+                    sent_frames: 0,
                     rate: None,
                 });
             }
@@ -452,66 +454,13 @@ impl SendSession {
     }
 
     pub fn stats(&self) -> StatsLine {
-        let (fps, bps, frames) = match self.shared.encoded.lock() {
-            Ok(mut e) => {
-                let (f, b) = e.0.rates(Instant::now());
-                (f, b, e.1)
-            }
-            Err(_) => (0.0, 0.0, 0),
-        };
-        let mut line = StatsLine {
-            role: "send",
-            fps,
-            bitrate_mbps: bps / 1e6,
-            frames,
-            ..Default::default()
-        };
-        if let Ok(v) = self.shared.viewers.lock() {
-            line.viewers = Some(v.len());
-            let mut p50 = Percentiles::new(64);
-            let mut p99 = Percentiles::new(64);
-            let mut rtt = 0.0f64;
-            for s in v.iter() {
-                rtt = rtt.max(s.conn.rtt().as_secs_f64() * 1000.0);
-                p50.record(s.stats.latency_p50_us as u64);
-                p99.record(s.stats.latency_p99_us as u64);
-                line.dropped += s.stats.frames_dropped.max(s.skipped);
-            }
-            line.rtt_ms = rtt;
-            let mut paths: Vec<&str> = v
-                .iter()
-                .map(|s| self.socket.path_name(&s.conn.remote_address()))
-                .collect();
-            paths.sort_unstable();
-            paths.dedup();
-            line.path = paths.join("+");
-            let now = Instant::now();
-            let ladder = &self.shared.ladder;
-            line.per_viewer = v
-                .iter()
-                .filter_map(|s| {
-                    let r = s.rate?;
-                    let rendition = &ladder.renditions[r.rendition];
-                    Some(ViewerLine {
-                        id: s.id,
-                        rendition: rendition.name(),
-                        estimate_mbps: r.estimate as f64 / 1e6,
-                        target_mbps: r.target as f64 / 1e6,
-                        sent_mbps: r.sent / 1e6,
-                        idr_per_min: rendition.idrs_per_minute(now),
-                        idrs: rendition.idrs(),
-                        queue_ms: r.queue.as_secs_f64() * 1000.0,
-                        loss_pct: r.loss * 100.0,
-                    })
-                })
-                .collect();
-            line.latency_p50_ms = p50.get(100.0) as f64 / 1000.0;
-            line.latency_p99_ms = p99.get(100.0) as f64 / 1000.0;
-            if v.is_empty() {
-                line.path = "-".into();
-            }
-        }
-        line
+        stats_of(&self.shared, &self.socket)
+    }
+
+    /// The stats line on demand, away from the session (a metrics server).
+    pub fn stats_source(&self) -> impl Fn() -> StatsLine + Send + Sync + 'static {
+        let (shared, socket) = (self.shared.clone(), self.socket.clone());
+        move || stats_of(&shared, &socket)
     }
 
     /// Resolves when capture stops (`max_frames` reached or the source failed).
@@ -547,4 +496,71 @@ impl SendSession {
         }
         r
     }
+}
+
+fn stats_of(shared: &Shared, socket: &crate::net::MediaSocket) -> StatsLine {
+    let (fps, bps, frames) = match shared.encoded.lock() {
+        Ok(mut e) => {
+            let (f, b) = e.0.rates(Instant::now());
+            (f, b, e.1)
+        }
+        Err(_) => (0.0, 0.0, 0),
+    };
+    let mut line = StatsLine {
+        role: "send",
+        fps,
+        bitrate_mbps: bps / 1e6,
+        frames,
+        ..Default::default()
+    };
+    if let Ok(v) = shared.viewers.lock() {
+        line.viewers = Some(v.len());
+        let mut p50 = Percentiles::new(64);
+        let mut p99 = Percentiles::new(64);
+        let mut rtt = 0.0f64;
+        for s in v.iter() {
+            rtt = rtt.max(s.conn.rtt().as_secs_f64() * 1000.0);
+            p50.record(s.stats.latency_p50_us as u64);
+            p99.record(s.stats.latency_p99_us as u64);
+            line.dropped += s.stats.frames_dropped.max(s.skipped);
+        }
+        line.rtt_ms = rtt;
+        let mut paths: Vec<&str> = v
+            .iter()
+            .map(|s| socket.path_name(&s.conn.remote_address()))
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+        line.path = paths.join("+");
+        let now = Instant::now();
+        let ladder = &shared.ladder;
+        line.per_viewer = v
+            .iter()
+            .filter_map(|s| {
+                let r = s.rate?;
+                let rendition = &ladder.renditions[r.rendition];
+                Some(ViewerLine {
+                    id: s.id,
+                    rendition: rendition.name(),
+                    estimate_mbps: r.estimate as f64 / 1e6,
+                    target_mbps: r.target as f64 / 1e6,
+                    sent_mbps: r.sent / 1e6,
+                    idr_per_min: rendition.idrs_per_minute(now),
+                    idrs: rendition.idrs(),
+                    queue_ms: r.queue.as_secs_f64() * 1000.0,
+                    loss_pct: r.loss * 100.0,
+                    path: socket.path_name(&s.conn.remote_address()),
+                    rtt_ms: s.conn.rtt().as_secs_f64() * 1000.0,
+                    frames_sent: s.sent_frames,
+                    frames_skipped: s.skipped,
+                })
+            })
+            .collect();
+        line.latency_p50_ms = p50.get(100.0) as f64 / 1000.0;
+        line.latency_p99_ms = p99.get(100.0) as f64 / 1000.0;
+        if v.is_empty() {
+            line.path = "-".into();
+        }
+    }
+    line
 }

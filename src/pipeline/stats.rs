@@ -147,6 +147,12 @@ pub struct ViewerLine {
     /// The queue its estimate reads on the path (ms) and the packets lost (%).
     pub queue_ms: f64,
     pub loss_pct: f64,
+    /// direct, upnp or relay, and its round-trip time.
+    pub path: &'static str,
+    pub rtt_ms: f64,
+    /// Frames sent to it, and not sent (too late, or waiting for a keyframe).
+    pub frames_sent: u64,
+    pub frames_skipped: u64,
 }
 
 impl StatsLine {
