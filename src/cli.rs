@@ -65,6 +65,9 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+/// `inclubit rendezvous` reads this when present, as `inclubit-rendezvous` does.
+pub const RENDEZVOUS_CONFIG: &str = "/etc/inclubit/rendezvous.toml";
+
 /// What the command line asks for.
 pub enum Parsed {
     Run(Box<Cli>),
@@ -87,7 +90,7 @@ pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Parsed, ConfigError> {
         .map(str::to_string);
     let default = match sub.as_deref() {
         Some("send") => inclubit_rendezvous::state::config_dir().map(|d| d.join("send.toml")),
-        Some("rendezvous") => Some("/etc/inclubit/rendezvous.toml".into()),
+        Some("rendezvous") => Some(RENDEZVOUS_CONFIG.into()),
         _ => None,
     };
     let with_file = matches!(sub.as_deref(), Some("send" | "rendezvous"));

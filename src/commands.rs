@@ -57,7 +57,7 @@ async fn rendezvous_cmd(mut a: RendezvousArgs) -> Result<(), PipelineError> {
     a.web.state_dir = a.server.state_dir();
     let mut server = inclubit_rendezvous::server::Server::bind(a.server.config()).await?;
     say!("listening on {}", server.local_addr());
-    let _web = match a.http {
+    let web = match a.http {
         Some(addr) => {
             let web = WebService::start(addr, &a.web, server.local_addr())
                 .await
@@ -70,10 +70,24 @@ async fn rendezvous_cmd(mut a: RendezvousArgs) -> Result<(), PipelineError> {
         }
         None => None,
     };
-    tokio::select! {
-        _ = server.run() => Ok(()),
-        _ = tokio::signal::ctrl_c() => Ok(()),
-    }
+    // SIGHUP: the command line and the config file read again.
+    let reload = || {
+        use clap::{CommandFactory, FromArgMatches};
+        let m = inclubit_rendezvous::config::try_get_matches(
+            crate::cli::Cli::command(),
+            std::env::args_os().collect(),
+            Some("rendezvous"),
+            Some(crate::cli::RENDEZVOUS_CONFIG.into()),
+        )?;
+        let sub = m
+            .subcommand_matches("rendezvous")
+            .ok_or("not the rendezvous command")?;
+        let a = RendezvousArgs::from_arg_matches(sub).map_err(|e| e.to_string())?;
+        Ok(a.server.config().rooms)
+    };
+    inclubit_rendezvous::service::run(server, web.as_ref(), reload)
+        .await
+        .map_err(|e| PipelineError::Other(format!("signals: {e}")))
 }
 
 async fn rendezvous_addr(s: &Option<String>) -> Result<Option<SocketAddr>, PipelineError> {

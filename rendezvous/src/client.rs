@@ -91,6 +91,9 @@ pub enum ClientEvent {
     /// The room is gone (sender left or expired), seen in a keepalive answer. A sender that
     /// holds the room's ticket re-opens it at once ([`ClientEvent::Opened`] follows).
     RoomGone,
+    /// The server said it is shutting down. A sender with its room's ticket re-opens it as soon
+    /// as a server answers again; media goes on meanwhile.
+    ServerClosing,
 }
 
 #[derive(Debug)]
@@ -358,6 +361,15 @@ impl SignalClient {
                         self.out.push_back(prove.encode());
                     }
                     ServerMsg::Error {
+                        kind: ErrorKind::ServerClosing,
+                        ..
+                    } => {
+                        self.events.push_back(ClientEvent::ServerClosing);
+                        if matches!(self.role, Role::Sender { claim: Some(_), .. }) {
+                            self.request_again(now);
+                        }
+                    }
+                    ServerMsg::Error {
                         kind: ErrorKind::RoomNotFound | ErrorKind::NotMember,
                         ..
                     } => {
@@ -573,6 +585,30 @@ mod tests {
             ev[0]
                 .iter()
                 .any(|e| matches!(e, ClientEvent::Viewers(v) if v.len() == 1)),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn a_server_that_says_it_is_closing_gets_the_room_back_when_it_returns() {
+        let mut net = Net::new();
+        let mut s = sender(net.now);
+        let sa: SocketAddr = "198.51.100.1:1".parse().unwrap();
+        let ev = net.run(&mut [(&mut s, sa)], Duration::from_millis(100), |_| false);
+        let Some(ClientEvent::Opened { code, .. }) = ev[0].first().cloned() else {
+            panic!("{ev:?}")
+        };
+        // SIGTERM: the server tells its members, then it is gone for a while.
+        net.rooms.closing();
+        let ev = net.run(&mut [(&mut s, sa)], Duration::from_millis(50), |_| false);
+        assert_eq!(ev[0].first(), Some(&ClientEvent::ServerClosing), "{ev:?}");
+        // A restarted server with the same ticket key: the same code, at once.
+        net.rooms = Rooms::new(RoomsConfig::default(), 3);
+        let ev = net.run(&mut [(&mut s, sa)], Duration::from_secs(3), |_| false);
+        assert!(
+            ev[0]
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Opened { code: c, .. } if *c == code)),
             "{ev:?}"
         );
     }

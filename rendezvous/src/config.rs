@@ -205,23 +205,44 @@ pub fn get_matches(
     sub: Option<&str>,
     default: Option<PathBuf>,
 ) -> Result<(Command, ArgMatches), ConfigError> {
-    let Some(path) = choose(&args, default) else {
-        let m = cmd.clone().get_matches_from(args);
-        return Ok((cmd, m));
+    let applied = applied(cmd.clone(), &args, sub, default)?;
+    let m = applied.get_matches_from(args);
+    Ok((cmd, m))
+}
+
+/// The same without exiting: for a reload (SIGHUP), where a bad file must not stop the server.
+pub fn try_get_matches(
+    cmd: Command,
+    args: Vec<OsString>,
+    sub: Option<&str>,
+    default: Option<PathBuf>,
+) -> Result<ArgMatches, String> {
+    let applied = applied(cmd, &args, sub, default).map_err(|e| e.to_string())?;
+    applied
+        .try_get_matches_from(args)
+        .map_err(|e| clap_message(&e))
+}
+
+fn applied(
+    cmd: Command,
+    args: &[OsString],
+    sub: Option<&str>,
+    default: Option<PathBuf>,
+) -> Result<Command, ConfigError> {
+    let Some(path) = choose(args, default) else {
+        return Ok(cmd);
     };
     let file = ConfigFile::read(&path)?;
-    let applied = match sub {
-        None => file.apply(cmd.clone())?,
+    Ok(match sub {
+        None => file.apply(cmd)?,
         Some(name) => match cmd.find_subcommand(name).cloned() {
             Some(sc) => {
                 let sc = file.apply(sc)?;
-                cmd.clone().mut_subcommand(name, move |_| sc)
+                cmd.mut_subcommand(name, move |_| sc)
             }
-            None => cmd.clone(),
+            None => cmd,
         },
-    };
-    let m = applied.get_matches_from(args);
-    Ok((cmd, m))
+    })
 }
 
 /// The settings in effect, as a config file: every flag of `cmd` with its value (flags with

@@ -11,6 +11,7 @@ pub mod config;
 pub mod metrics;
 pub mod peer;
 pub mod server;
+pub mod service;
 pub mod state;
 pub mod web;
 pub mod wire;

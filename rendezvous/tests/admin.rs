@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use inclubit_rendezvous::code::RoomCode;
-use inclubit_rendezvous::wire::signal::{ClientMsg, ServerMsg};
+use inclubit_rendezvous::wire::signal::{ClientMsg, ErrorKind, ServerMsg};
 
 const BIN: &str = env!("CARGO_BIN_EXE_inclubit-rendezvous");
 
@@ -419,4 +419,147 @@ fn the_compose_file_runs_the_one_image() {
     assert!(containerfile.contains("cargo build --release --locked -p inclubit-rendezvous"));
     assert!(containerfile.contains("ENV STATE_DIRECTORY=/var/lib/inclubit-rendezvous"));
     assert!(compose.contains("state:/var/lib/inclubit-rendezvous"));
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    let r = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(r, 0, "kill");
+}
+
+fn open_room(s: &UdpSocket) -> RoomCode {
+    let open = ClientMsg::Open {
+        txn: 1,
+        hosts: vec![],
+        fingerprint: [0; 32],
+        claim: None,
+        direct_only: false,
+    };
+    s.send(&open.encode()).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = s.recv(&mut buf).unwrap();
+    match ServerMsg::decode(&buf[..n]) {
+        Ok(ServerMsg::Opened { code, .. }) => code,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn udp_to(server: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.connect(server).unwrap();
+    s
+}
+
+/// A viewer's join: Ok, or the error kind.
+fn join(server: SocketAddr, code: RoomCode, txn: u64) -> Result<(), ErrorKind> {
+    let s = udp_to(server);
+    s.send(
+        &ClientMsg::Join {
+            txn,
+            code,
+            hosts: vec![],
+        }
+        .encode(),
+    )
+    .unwrap();
+    let mut buf = [0u8; 2048];
+    let n = s.recv(&mut buf).unwrap();
+    match ServerMsg::decode(&buf[..n]) {
+        Ok(ServerMsg::Joined { .. }) => Ok(()),
+        Ok(ServerMsg::Error { kind, .. }) => Err(kind),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn sigterm_tells_every_member_and_exits_cleanly() {
+    let mut server = Server::start(&[]);
+    let sender = udp_to(server.udp);
+    let code = open_room(&sender);
+    join(server.udp, code, 7).unwrap();
+    signal(&server.child, libc::SIGTERM);
+    let mut buf = [0u8; 2048];
+    let told = loop {
+        let n = sender.recv(&mut buf).expect("told before the server goes");
+        if let Ok(ServerMsg::Error { kind, .. }) = ServerMsg::decode(&buf[..n]) {
+            break kind;
+        }
+    };
+    assert_eq!(told, ErrorKind::ServerClosing);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sighup_reloads_limits_and_the_certificate() {
+    let dir = temp_dir("reload");
+    let cfg = dir.join("rendezvous.toml");
+    std::fs::write(&cfg, "max-viewers = 16\n").unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let write_cert = |year: i32| {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let k = rcgen::KeyPair::generate().unwrap();
+        let c = params.self_signed(&k).unwrap();
+        std::fs::write(&cert, c.pem()).unwrap();
+        std::fs::write(&key, k.serialize_pem()).unwrap();
+    };
+    write_cert(2030);
+    let server = Server::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let expiry = || {
+        let out = Command::new("curl")
+            .args(["-sk", "-v", "--max-time", "10", "-o", "/dev/null"])
+            .arg(format!("{}/healthz", server.http))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("*  expire date: ")
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    };
+    let before = expiry();
+    assert!(before.contains("2030"), "{before}");
+
+    let code = open_room(&udp_to(server.udp));
+    join(server.udp, code, 1).unwrap();
+    std::fs::write(&cfg, "max-viewers = 1\n").unwrap();
+    write_cert(2031);
+    signal(&server.child, libc::SIGHUP);
+    // The old limit (16) would let all of these in.
+    let full = (2..8).any(|txn| {
+        let r = join(server.udp, code, txn);
+        if r.is_ok() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        r == Err(ErrorKind::RoomFull)
+    });
+    assert!(full, "max-viewers = 1 not applied after SIGHUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while expiry() == before {
+        assert!(Instant::now() < deadline, "certificate not reloaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(expiry().contains("2031"), "{}", expiry());
 }

@@ -163,6 +163,10 @@ pub(super) async fn follow_room(
             }
             ClientEvent::Lost => tracing::warn!("rendezvous not answering; streams go on"),
             ClientEvent::Restored => tracing::info!("rendezvous answering again"),
+            ClientEvent::ServerClosing => tracing::warn!(
+                "the rendezvous is shutting down; streams go on, the room is re-opened when \
+                 it is back"
+            ),
             ClientEvent::RoomGone => {
                 tracing::warn!("the rendezvous forgot this room (restarted?); re-opening it")
             }

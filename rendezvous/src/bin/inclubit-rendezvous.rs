@@ -9,6 +9,9 @@ use inclubit_rendezvous::config::{self, ConfigArgs};
 use inclubit_rendezvous::server::{Server, ServerArgs};
 use inclubit_rendezvous::web::{WebArgs, WebService};
 
+/// Read when present, unless --config names another file.
+const DEFAULT_CONFIG: &str = "/etc/inclubit/rendezvous.toml";
+
 #[derive(Parser)]
 #[command(
     version,
@@ -38,12 +41,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Default config file: /etc/inclubit/rendezvous.toml when it exists.
     let (cmd, matches) = config::get_matches(
         Cli::command(),
         std::env::args_os().collect(),
         None,
-        Some("/etc/inclubit/rendezvous.toml".into()),
+        Some(DEFAULT_CONFIG.into()),
     )
     .unwrap_or_else(|e| {
         eprintln!("error: {e}");
@@ -58,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
     let mut server = Server::bind(cli.server.config()).await?;
     let udp = server.local_addr();
     println!("rendezvous listening on udp {udp}");
-    let _web = if cli.no_http {
+    let web = if cli.no_http {
         None
     } else {
         let web = WebService::start(cli.http, &cli.web, udp)
@@ -73,9 +75,17 @@ async fn main() -> anyhow::Result<()> {
         );
         Some(web)
     };
-    tokio::select! {
-        _ = server.run() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    // SIGHUP: the same command line and config file, read again.
+    let reload = || {
+        let m = config::try_get_matches(
+            Cli::command(),
+            std::env::args_os().collect(),
+            None,
+            Some(DEFAULT_CONFIG.into()),
+        )?;
+        let cli = Cli::from_arg_matches(&m).map_err(|e| e.to_string())?;
+        Ok(cli.server.config().rooms)
+    };
+    inclubit_rendezvous::service::run(server, web.as_ref(), reload).await?;
     Ok(())
 }

@@ -101,6 +101,16 @@ pub struct Server {
     rooms_log: LogThrottle,
     relay_log: LogThrottle,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    control: Option<tokio::sync::mpsc::UnboundedReceiver<ServerControl>>,
+}
+
+/// Told to a running server (signals, at the binary's edge).
+#[derive(Debug)]
+pub enum ServerControl {
+    /// SIGHUP: new limits from the config (rooms and members stay).
+    Reload(RoomsConfig),
+    /// SIGTERM: tell every member the server is going, then stop (answered when sent).
+    Drain(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Datagram buffers per receive call; each holds a GRO batch of up to 64 KiB.
@@ -125,12 +135,20 @@ impl Server {
             rooms_log: LogThrottle::new(Duration::from_secs(10)),
             relay_log: LogThrottle::new(Duration::from_secs(10)),
             metrics: None,
+            control: None,
         })
     }
 
     /// Tells senders opening rooms where browsers can watch (after the web side started).
     pub fn set_web(&mut self, web: crate::wire::signal::WebSide) {
         self.rooms.set_web(web);
+    }
+
+    /// A handle to reload or drain the server once it runs.
+    pub fn control(&mut self) -> tokio::sync::mpsc::UnboundedSender<ServerControl> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.control = Some(rx);
+        tx
     }
 
     /// Publishes the rooms' figures to `metrics` (the web side's `/metrics`) once a second.
@@ -162,6 +180,7 @@ impl Server {
         let mut metas = [quinn_udp::RecvMeta::default(); BATCH];
         let mut publish = tokio::time::interval(Duration::from_secs(1));
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut control = self.control.take();
         loop {
             let timeout = self.rooms.poll_timeout().map(Instant::from_std);
             let sleep = async {
@@ -203,6 +222,25 @@ impl Server {
                 }
                 _ = sleep => self.rooms.handle_timeout(std::time::Instant::now()),
                 _ = publish.tick() => self.publish(),
+                Some(c) = async {
+                    match control.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match c {
+                    ServerControl::Reload(cfg) => {
+                        tracing::info!(max_viewers = cfg.max_viewers, "limits reloaded");
+                        self.rooms.set_limits(&cfg);
+                    }
+                    ServerControl::Drain(done) => {
+                        let rooms = self.rooms.room_count();
+                        self.rooms.closing();
+                        self.flush().await;
+                        tracing::info!(rooms, "shutting down: members told");
+                        let _ = done.send(());
+                        return;
+                    }
+                },
             }
             self.flush().await;
         }

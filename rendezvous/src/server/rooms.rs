@@ -993,6 +993,32 @@ impl Rooms {
         Some(t)
     }
 
+    /// Tells every sender and viewer that the server is going away (SIGTERM).
+    pub fn closing(&mut self) {
+        let members: Vec<SocketAddr> = self
+            .rooms
+            .values()
+            .flat_map(|r| std::iter::once(r.sender.addr).chain(r.viewers.values().map(|v| v.addr)))
+            .collect();
+        for to in members {
+            self.send(
+                to,
+                ServerMsg::Error {
+                    txn: 0,
+                    kind: ErrorKind::ServerClosing,
+                },
+            );
+        }
+    }
+
+    /// New limits from a reloaded config; rooms, members and relays stay.
+    pub fn set_limits(&mut self, limits: &RoomsConfig) {
+        self.cfg.idle = limits.idle;
+        self.cfg.max_viewers = limits.max_viewers;
+        self.cfg.ipv4_prefix = limits.ipv4_prefix;
+        self.cfg.rooms_per_network = limits.rooms_per_network;
+    }
+
     /// What the metrics show: counts now and counters since start.
     pub fn snapshot(&self) -> RoomsSnapshot {
         RoomsSnapshot {

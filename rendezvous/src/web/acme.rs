@@ -74,7 +74,8 @@ impl CertStore {
         self.current.read().is_ok_and(|c| c.is_some())
     }
 
-    fn install(&self, key: Arc<CertifiedKey>) {
+    /// Serves `key` from the next handshake on.
+    pub fn install(&self, key: Arc<CertifiedKey>) {
         if let Ok(mut c) = self.current.write() {
             *c = Some(key);
         }
@@ -90,7 +91,8 @@ impl CertStore {
     }
 }
 
-/// The rustls config serving `store` (HTTP/1.1, and `acme-tls/1` for validation).
+/// The rustls config serving `store` (HTTP/1.1, and `acme-tls/1` for validation). PEM files
+/// are served through a store too, so SIGHUP can swap them.
 pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, AcmeError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)

@@ -384,6 +384,8 @@ pub struct WebService {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The ACME task, with `--acme`.
     acme: Option<tokio::task::AbortHandle>,
+    /// With `--tls-cert`: the files and where they are served from.
+    pem: Option<(PathBuf, PathBuf, Arc<acme::CertStore>)>,
 }
 
 impl Drop for WebService {
@@ -403,6 +405,7 @@ impl WebService {
     ) -> Result<Self, WebError> {
         let mut expiry = None;
         let mut acme = None;
+        let mut pem = None;
         let tls = match (&args.tls_cert, &args.tls_key, args.self_signed) {
             _ if !args.acme.is_empty() => {
                 let cache = args.state_dir.as_ref().ok_or(WebError::AcmeNoState)?;
@@ -421,7 +424,10 @@ impl WebService {
             }
             (Some(c), Some(k), _) => {
                 expiry = tls::leaf_validity(c).map(|(_, until)| until);
-                Some(tls::from_pem(c, k)?)
+                let store = Arc::new(acme::CertStore::default());
+                store.install(tls::certified_from_pem(c, k)?);
+                pem = Some((c.clone(), k.clone(), store.clone()));
+                Some(acme::server_config(store)?)
             }
             (_, _, true) => {
                 let ips: Vec<IpAddr> = if_addrs::get_if_addrs()
@@ -466,7 +472,20 @@ impl WebService {
             bridge,
             metrics,
             acme,
+            pem,
         })
+    }
+
+    /// SIGHUP: reads the PEM certificate and key again and serves them from the next
+    /// connection on (an ACME certificate renews by itself). On error the old one stays.
+    pub fn reload_certificate(&self) -> Result<bool, WebError> {
+        let Some((cert, key, store)) = &self.pem else {
+            return Ok(false);
+        };
+        store.install(tls::certified_from_pem(cert, key)?);
+        self.metrics
+            .set_cert_expiry(tls::leaf_validity(cert).map(|(_, until)| until));
+        Ok(true)
     }
 }
 

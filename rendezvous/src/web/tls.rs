@@ -16,8 +16,29 @@ pub enum TlsError {
     Rustls(String),
 }
 
+/// The certificate and key in PEM files, ready to serve (and to swap in on SIGHUP).
+pub fn certified_from_pem(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let (certs, key) = read_pem(cert, key)?;
+    let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(certs, signer)))
+}
+
 /// A server config from PEM files.
 pub fn from_pem(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let (certs, key) = read_pem(cert, key)?;
+    config(certs, key)
+}
+
+type Pem = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+fn read_pem(cert: &Path, key: &Path) -> Result<Pem, TlsError> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read(p.into(), e));
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
@@ -30,7 +51,7 @@ pub fn from_pem(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Tl
     let key = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| TlsError::Read(key.into(), e))?
         .ok_or_else(|| TlsError::NoKey(key.into()))?;
-    config(certs, key)
+    Ok((certs, key))
 }
 
 /// (not before, not after) of the first certificate in a PEM file.

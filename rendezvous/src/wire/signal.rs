@@ -129,6 +129,8 @@ pub enum ErrorKind {
     BadTicket = 6,
     /// The sender's network has as many rooms open as the server allows one network.
     TooManyRooms = 7,
+    /// The server is shutting down (SIGTERM): senders re-open their rooms when it is back.
+    ServerClosing = 8,
 }
 
 impl ErrorKind {
@@ -141,6 +143,7 @@ impl ErrorKind {
             5 => Self::ServerFull,
             6 => Self::BadTicket,
             7 => Self::TooManyRooms,
+            8 => Self::ServerClosing,
             _ => return Err(WireError::Invalid("error kind")),
         })
     }
@@ -157,6 +160,7 @@ impl ErrorKind {
             Self::ServerFull => "server_full",
             Self::BadTicket => "bad_ticket",
             Self::TooManyRooms => "too_many_rooms",
+            Self::ServerClosing => "server_closing",
         }
     }
 }
@@ -171,6 +175,7 @@ impl std::fmt::Display for ErrorKind {
             Self::RateLimited => "too many requests; try again in a few seconds",
             Self::NotMember => "not a member of this room",
             Self::ServerFull => "the rendezvous has no room left",
+            Self::ServerClosing => "the rendezvous is shutting down (a restart or maintenance)",
             Self::TooManyRooms => {
                 "your network has as many rooms open as this rendezvous allows; close one first"
             }
@@ -837,7 +842,7 @@ mod tests {
             (room(), viewers).prop_map(|(code, viewers)| ServerMsg::Viewers { code, viewers }),
             (room(), addrs()).prop_map(|(code, sender)| ServerMsg::Alive { code, sender }),
             (room(), any::<u64>()).prop_map(|(code, nonce)| ServerMsg::Challenge { code, nonce }),
-            (any::<u64>(), 1u8..=7).prop_map(|(txn, k)| ServerMsg::Error {
+            (any::<u64>(), 1u8..=8).prop_map(|(txn, k)| ServerMsg::Error {
                 txn,
                 kind: ErrorKind::from_u8(k).unwrap()
             }),
