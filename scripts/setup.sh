@@ -35,6 +35,8 @@ if [ "${1:-}" = "test" ]; then
   PACKAGES+=(vulkan-validationlayers openxr-layer-corevalidation)
   # The admin tests: systemd-analyze for the unit, pebble (ACME test server) for certificates.
   PACKAGES+=(systemd pebble)
+  # ffprobe checks what send --record writes.
+  PACKAGES+=(ffmpeg)
   if [ -n "$MONADO_SRC" ]; then
     PACKAGES+=(cmake ninja-build python3 git libeigen3-dev libvulkan-dev glslang-tools libudev-dev
       libxcb1-dev libxcb-randr0-dev libx11-xcb-dev libxrandr-dev)

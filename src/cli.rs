@@ -259,6 +259,10 @@ pub struct SendArgs {
     pub web: Option<SocketAddr>,
     #[command(flatten)]
     pub web_opts: WebArgs,
+    /// Also write the stream to FILE (.mkv or .mp4) as encoded, no re-encoding, with 360
+    /// metadata for players.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
     /// Serve Prometheus metrics (per viewer: path, RTT, bitrate, frames sent and skipped) at
     /// http://ADDR/metrics, and /healthz.
     #[arg(long, value_name = "ADDR")]

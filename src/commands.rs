@@ -122,6 +122,7 @@ fn send_config(a: &SendArgs, rendezvous: Option<SocketAddr>) -> SendConfig {
         punch: a.net.punch(),
         impairment: crate::net::netem::Netem::from_env(),
         no_upnp: a.net.no_upnp,
+        record: a.record.clone(),
         ..Default::default()
     }
 }

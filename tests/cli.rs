@@ -610,3 +610,126 @@ fn send_reads_its_settings_from_a_config_file() {
     assert!(out.contains("bad.toml:1: bad value for `size`"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// ffprobe's view of a file: its first video stream and its format, frames counted by
+/// decoding every one.
+fn probe(path: &std::path::Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_streams",
+            "-show_format",
+        ])
+        .args(["-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe (apt: ffmpeg)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn record(args: &[&str], file: &std::path::Path) {
+    let mut all = vec![
+        "send",
+        "--source",
+        "testcard",
+        "--bind",
+        "127.0.0.1:0",
+        "--rendezvous-port",
+        "0",
+        "--record",
+        file.to_str().unwrap(),
+    ];
+    all.extend(args);
+    let (code, err) = run(&all, Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn record_writes_the_stream_with_360_metadata() {
+    let dir = std::env::temp_dir().join(format!("inclubit-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let mkv = dir.join("talk.mkv");
+    record(&["--size", "640x320", "--frames", "90"], &mkv);
+    let p = probe(&mkv);
+    let s = &p["streams"][0];
+    assert_eq!(s["codec_name"], "h264", "{p}");
+    assert_eq!(
+        (s["width"].as_u64(), s["height"].as_u64()),
+        (Some(640), Some(320))
+    );
+    // Every frame encoded is in the file and decodes; 90 frames at 30 fps.
+    assert_eq!(s["nb_read_frames"], "90", "{p}");
+    let duration: f64 = p["format"]["duration"].as_str().unwrap().parse().unwrap();
+    assert!((2.8..=3.1).contains(&duration), "duration {duration}");
+    let side = &s["side_data_list"][0];
+    assert_eq!(side["side_data_type"], "Spherical Mapping", "{p}");
+    assert_eq!(side["projection"], "equirectangular", "{p}");
+
+    // MP4, stereo top-bottom, a turned scene: both boxes, the yaw kept.
+    let mp4 = dir.join("stage.mp4");
+    record(
+        &[
+            "--size",
+            "640x640",
+            "--projection",
+            "equirect-tb",
+            "--yaw",
+            "90",
+            "--frames",
+            "60",
+        ],
+        &mp4,
+    );
+    let p = probe(&mp4);
+    let s = &p["streams"][0];
+    assert_eq!(s["nb_read_frames"], "60", "{p}");
+    let sides = s["side_data_list"].as_array().expect("side data");
+    assert!(
+        sides
+            .iter()
+            .any(|d| d["side_data_type"] == "Stereo 3D" && d["type"] == "top and bottom"),
+        "{p}"
+    );
+    assert!(
+        sides
+            .iter()
+            .any(|d| d["projection"] == "equirectangular" && d["yaw"] == 90),
+        "{p}"
+    );
+
+    // An unknown container, a place that cannot be written: one line, nothing streamed.
+    for (file, want) in [
+        (dir.join("talk.avi"), "name it .mkv or .mp4"),
+        (
+            std::path::PathBuf::from("/nonexistent/dir/talk.mkv"),
+            "No such file or directory",
+        ),
+    ] {
+        let (code, err) = run(
+            &[
+                "send",
+                "--frames",
+                "5",
+                "--record",
+                file.to_str().unwrap(),
+                "--rendezvous-port",
+                "0",
+            ],
+            Duration::from_secs(20),
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(want) && err.contains("cannot record to"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,6 +4,7 @@ mod decoding;
 mod deliver;
 pub mod demo;
 pub mod ladder;
+pub mod record;
 mod room;
 pub mod send;
 pub mod stats;
@@ -41,6 +42,8 @@ pub enum PipelineError {
     /// `--xr` and no headset to render to.
     #[error("{0}")]
     Headset(String),
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
     #[error("{0}")]
     Other(String),
 }

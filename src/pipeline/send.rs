@@ -60,6 +60,8 @@ pub struct SendConfig {
     pub secret: Option<PairingSecret>,
     /// The embedded rendezvous's ticket key (kept across restarts by the caller).
     pub ticket_key: Option<TicketKey>,
+    /// Write the full-size stream to this file as well (`.mkv` or `.mp4`).
+    pub record: Option<std::path::PathBuf>,
 }
 
 impl Default for SendConfig {
@@ -85,6 +87,7 @@ impl Default for SendConfig {
             claim: None,
             secret: None,
             ticket_key: None,
+            record: None,
         }
     }
 }
@@ -193,6 +196,7 @@ pub struct SendSession {
     encoder: Option<std::thread::JoinHandle<Result<(), PipelineError>>>,
     tasks: Vec<JoinHandle<()>>,
     done: watch::Receiver<bool>,
+    recorder: Option<super::record::Recorder>,
 }
 
 /// The source and its full-size encoder, at the configured (or default) bitrate.
@@ -260,6 +264,16 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
     });
     let (frames_tx, _) = broadcast::channel::<Arc<EncodedFrame>>(16);
     let (done_tx, done) = watch::channel(false);
+    let recorder = match &cfg.record {
+        Some(path) => Some(super::record::Recorder::start(
+            path,
+            cfg.projection,
+            cfg.orientation,
+            frames_tx.subscribe(),
+            ladder.clone(),
+        )?),
+        None => None,
+    };
 
     let low = LowEncoder::spawn(ladder, fps, cfg.encoder_threads, frames_tx.clone())?;
     let enc_thread = {
@@ -319,6 +333,7 @@ pub async fn start(cfg: SendConfig) -> Result<SendSession, PipelineError> {
         encoder: Some(enc_thread),
         tasks,
         done,
+        recorder,
     })
 }
 
@@ -493,6 +508,11 @@ impl SendSession {
         let r = tokio::task::block_in_place(|| self.join_encoder());
         for t in &self.tasks {
             t.abort();
+        }
+        // The channel closes with the encoder and the tasks gone: the file is finished.
+        if let Some(rec) = self.recorder.take() {
+            let written = tokio::task::block_in_place(|| rec.finish())?;
+            tracing::info!(frames = written, "recording written");
         }
         r
     }
