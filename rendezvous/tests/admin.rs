@@ -259,35 +259,10 @@ fn metrics_are_scraped_and_parse() {
     assert_eq!((code, body.as_str()), (200, "ok\n"));
 
     // A room, and a guess at a code that has none.
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.connect(server.udp).unwrap();
-    let mut buf = [0u8; 2048];
-    let open = ClientMsg::Open {
-        txn: 1,
-        hosts: vec![],
-        fingerprint: [0; 32],
-        claim: None,
-        direct_only: false,
-    };
-    s.send(&open.encode()).unwrap();
-    let n = s.recv(&mut buf).unwrap();
-    let code = match ServerMsg::decode(&buf[..n]) {
-        Ok(ServerMsg::Opened { code, .. }) => code,
-        other => panic!("{other:?}"),
-    };
+    let s = udp_to(server.udp);
+    let code = open_room(&s);
     let wrong = RoomCode::from_bits(code.bits() ^ 1);
-    let join = ClientMsg::Join {
-        txn: 2,
-        code: wrong,
-        hosts: vec![],
-    };
-    s.send(&join.encode()).unwrap();
-    let n = s.recv(&mut buf).unwrap();
-    assert!(matches!(
-        ServerMsg::decode(&buf[..n]),
-        Ok(ServerMsg::Error { .. })
-    ));
+    assert_eq!(join(server.udp, wrong, 2), Err(ErrorKind::RoomNotFound));
     // Garbage counts as malformed and changes nothing else.
     s.send(&[0xff, 0x00, 0x01]).unwrap();
 

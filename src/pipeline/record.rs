@@ -222,15 +222,8 @@ unsafe fn add_spherical(st: *mut sys::AVStream, projection: Projection, orientat
     (*sph).yaw = fixed(orientation[0]);
     (*sph).pitch = fixed(orientation[1]);
     (*sph).roll = fixed(orientation[2]);
-    if sys::av_stream_add_side_data(
-        st,
-        sys::AVPacketSideDataType::AV_PKT_DATA_SPHERICAL,
-        sph as *mut u8,
-        size,
-    ) < 0
-    {
-        sys::av_free(sph as *mut _);
-    }
+    let spherical = sys::AVPacketSideDataType::AV_PKT_DATA_SPHERICAL;
+    give_side_data(st, spherical, sph as *mut u8, size);
     if projection == Projection::EquirectStereoTopBottom {
         let s3d = sys::av_stereo3d_alloc();
         if s3d.is_null() {
@@ -238,15 +231,27 @@ unsafe fn add_spherical(st: *mut sys::AVStream, projection: Projection, orientat
         }
         (*s3d).type_ = sys::AVStereo3DType::AV_STEREO3D_TOPBOTTOM;
         let len = std::mem::size_of::<sys::AVStereo3D>();
-        if sys::av_stream_add_side_data(
+        give_side_data(
             st,
             sys::AVPacketSideDataType::AV_PKT_DATA_STEREO3D,
             s3d as *mut u8,
             len,
-        ) < 0
-        {
-            sys::av_free(s3d as *mut _);
-        }
+        );
+    }
+}
+
+/// Hands `data` (from av_malloc) to the stream, or frees it when the stream refuses it.
+///
+/// # Safety
+/// `st` valid, `data` an av_malloc'd block of `len` bytes owned by the caller until now.
+unsafe fn give_side_data(
+    st: *mut sys::AVStream,
+    kind: sys::AVPacketSideDataType,
+    data: *mut u8,
+    len: usize,
+) {
+    if sys::av_stream_add_side_data(st, kind, data, len) < 0 {
+        sys::av_free(data as *mut _);
     }
 }
 
