@@ -6,6 +6,7 @@ pub mod candidates;
 pub mod congestion;
 pub mod control;
 pub mod endpoint;
+pub mod jitter;
 pub mod netem;
 pub mod pairing;
 pub mod paths;
