@@ -11,6 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(
   build-essential pkg-config clang libclang-dev
+  # libopus is built from source by the opus crate
+  cmake
   # FFmpeg (linked dynamically; x264 comes with Debian's libavcodec)
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavdevice-dev
   libavfilter-dev libswresample-dev

@@ -1,5 +1,6 @@
 //! inclubit: live 360° video from a camera PC to VR headsets and browsers, peer to peer.
 
+pub mod audio;
 pub mod capture;
 pub mod decode;
 pub mod encode;
