@@ -103,7 +103,7 @@ impl<P: Clone> JitterBuffer<P> {
     pub fn push(&mut self, now: Instant, seq: u64, capture_us: u64, arrival_us: u64, payload: P) {
         // Late ones count in the spread above all: they are what the target must cover.
         self.transit
-            .push_back((now, arrival_us as i64 - capture_us as i64));
+            .push_back((now, (arrival_us as i64).wrapping_sub(capture_us as i64)));
         while self
             .transit
             .front()
@@ -135,7 +135,7 @@ impl<P: Clone> JitterBuffer<P> {
         t.sort_unstable();
         let min = t[0];
         let p95 = t[(t.len() - 1) * 95 / 100];
-        let spread = Duration::from_micros((p95 - min).max(0) as u64);
+        let spread = Duration::from_micros(p95.saturating_sub(min).max(0) as u64);
         self.target = (spread + self.cfg.frame).clamp(self.cfg.min_target, self.cfg.max_target);
     }
 
@@ -157,7 +157,7 @@ impl<P: Clone> JitterBuffer<P> {
         let Some(seq) = self.next else {
             return Playout::Silence;
         };
-        self.next = Some(seq + 1);
+        self.next = Some(seq.saturating_add(1));
         if let Some(payload) = self.packets.remove(&seq) {
             self.missing_run = 0;
             self.stats.played += 1;
@@ -182,7 +182,7 @@ impl<P: Clone> JitterBuffer<P> {
             return Playout::Conceal { seq };
         }
         // The next packet carries this one's FEC; it stays for its own turn.
-        if let Some(next) = self.packets.get(&(seq + 1)) {
+        if let Some(next) = self.packets.get(&seq.saturating_add(1)) {
             self.stats.fec += 1;
             return Playout::Fec {
                 seq,
@@ -199,13 +199,13 @@ impl<P: Clone> JitterBuffer<P> {
             .packets
             .keys()
             .next_back()
-            .map_or(0, |last| last.saturating_sub(next) + 1);
+            .map_or(0, |last| last.saturating_sub(next).saturating_add(1));
         let held = self.cfg.frame * depth as u32;
         if held > self.target + self.cfg.frame {
             let since = *self.over_since.get_or_insert(now);
             if now.saturating_duration_since(since) >= SHRINK_AFTER {
                 self.packets.remove(&next);
-                self.next = Some(next + 1);
+                self.next = Some(next.saturating_add(1));
                 self.stats.shrunk += 1;
                 self.over_since = None;
             }
@@ -370,6 +370,21 @@ mod tests {
             "{:?}",
             r.jb.depth()
         );
+    }
+
+    #[test]
+    fn sequence_numbers_from_the_network_at_the_edge_do_not_panic() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let t = Instant::now();
+        for (k, seq) in [u64::MAX, u64::MAX - 1, 0, u64::MAX]
+            .into_iter()
+            .enumerate()
+        {
+            jb.push(t, seq, u64::MAX, k as u64, seq);
+        }
+        for k in 0..40u64 {
+            let _ = jb.pop(t + Duration::from_millis(k * 20));
+        }
     }
 
     #[test]
